@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each installs what it needs (Debian data packages when root, then a venv).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEBS := mricron-data invesalius-examples
+
+.PHONY: demo test deps venv bench clean
+
+deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; fi; \
+	else echo "not root or no apt-get: demo data falls back to pip-installed anatomy (nilearn)"; fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+venv: $(BIN)/python deps
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: venv
+	$(BIN)/python -m mrgan_tf.demo
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf runs build *.egg-info

@@ -1,0 +1,52 @@
+"""Packaging for mrgan-tf.
+
+TensorFlow is chosen at install time: the CPU wheel by default, or the CUDA build
+with ``MRGAN_TF_GPU=1 pip install -e .[gpu]`` (the two wheels provide the same
+module and must not be installed together).
+"""
+import os
+
+from setuptools import find_packages, setup
+
+GPU = os.environ.get("MRGAN_TF_GPU", "0") == "1"
+TENSORFLOW = "tensorflow[and-cuda]==2.21.*" if GPU else "tensorflow-cpu==2.21.*"
+
+setup(
+    name="mrgan-tf",
+    version="0.1.0",
+    description="MR-GAN: brain CT to synthetic MR from paired and unpaired data (TF2/Keras 3)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mrgan_tf", "mrgan_tf.*", "tfrecords_tools", "tfrecords_tools.*"]),
+    install_requires=[
+        TENSORFLOW,
+        "keras>=3.10,<4",
+        "numpy",
+        "scipy",
+        "nibabel>=5",
+        "pydicom>=3",
+        "SimpleITK>=2.3",
+        "absl-py",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+        "scikit-image",
+        "nilearn",
+        "pillow",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "test": ["pytest", "pytest-xdist"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mrgan-make-records=mrgan_tf.make_records:run",
+            "mrgan-train=mrgan_tf.train:run",
+            "mrgan-export=mrgan_tf.export:run",
+            "mrgan-synthesize=mrgan_tf.synthesize:run",
+            "mrgan-evaluate=mrgan_tf.evaluate:run",
+            "mrgan-demo-data=mrgan_tf.demo_data:run",
+            "mrgan-demo=mrgan_tf.demo:run",
+            "tfrecords-inspect=tfrecords_tools.inspect:run",
+        ]
+    },
+)
