@@ -1,0 +1,226 @@
+"""Tests for mrgan_tf.metrics: hand-computed values, scikit-image agreement, conventions."""
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+from mrgan_tf import metrics as M
+
+REF0 = np.zeros((2, 2))
+PRED0 = np.array([[0.0, 2.0], [4.0, 6.0]])
+
+
+@pytest.fixture(scope="module")
+def rand_pair():
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 255, size=(3, 32, 40))
+    pred = np.clip(ref + rng.normal(0, 20, size=ref.shape), 0, 255)
+    return ref, pred
+
+
+def test_hand_computed_mae_mse_psnr():
+    assert M.mae(REF0, PRED0) == pytest.approx(3.0)
+    assert M.mse(REF0, PRED0) == pytest.approx(14.0)
+    assert M.psnr(REF0, PRED0) == pytest.approx(10 * math.log10(65025 / 14))
+    assert M.psnr(REF0, PRED0, data_range=1.0) == pytest.approx(10 * math.log10(1 / 14))
+
+
+def test_identical_images_inf_psnr_and_unit_ssim(rand_pair):
+    ref, _ = rand_pair
+    assert M.psnr(ref, ref) == float("inf")
+    assert M.psnr_paper_convention(ref, ref) == float("inf")
+    assert M.ssim(ref, ref) == pytest.approx(1.0)
+    assert M.ssim(ref, ref, mask=ref > 100) == pytest.approx(1.0)
+    assert M.mae(ref, ref) == 0.0
+
+
+def test_agrees_with_skimage(rand_pair):
+    ref, pred = rand_pair
+    assert M.mse(ref, pred) == pytest.approx(mean_squared_error(ref, pred), abs=1e-6)
+    assert M.psnr(ref, pred) == pytest.approx(
+        peak_signal_noise_ratio(ref, pred, data_range=255), abs=1e-6)
+    per_slice = [structural_similarity(r, p, data_range=255, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False) for r, p in zip(ref, pred)]
+    assert M.ssim(ref, pred) == pytest.approx(np.mean(per_slice), abs=1e-6)
+    # a single 2-D slice is the same as a stack of one
+    assert M.ssim(ref[0], pred[0]) == pytest.approx(per_slice[0], abs=1e-6)
+
+
+def test_paper_convention_offset_is_exactly_20log10_255(rand_pair):
+    ref, pred = rand_pair
+    diff = M.psnr_paper_convention(ref, pred) - M.psnr(ref, pred)
+    assert diff == pytest.approx(20 * math.log10(255), abs=1e-9)
+    assert diff == pytest.approx(48.13, abs=0.01)
+
+
+def test_masked_metrics_ignore_outside_pixels(rand_pair):
+    ref, pred = rand_pair
+    mask = np.zeros(ref.shape, bool)
+    mask[:, 8:24, 10:30] = True
+    before = {k: f(ref, pred, mask=mask) for k, f in
+              (("mae", M.mae), ("mse", M.mse), ("psnr", M.psnr))}
+    pred2 = pred.copy()
+    pred2[~mask] = 255 - pred2[~mask]
+    for k, f in (("mae", M.mae), ("mse", M.mse), ("psnr", M.psnr)):
+        assert f(ref, pred2, mask=mask) == pytest.approx(before[k])
+    assert M.mae(ref, pred2) != pytest.approx(M.mae(ref, pred))
+    # hand check: masked MAE is the mean over masked pixels only
+    assert before["mae"] == pytest.approx(np.abs(ref - pred)[mask].mean())
+    # a 2-D mask broadcasts over the stack
+    assert M.mae(ref, pred, mask=mask[0]) == pytest.approx(before["mae"])
+
+
+def test_masked_ssim_is_mean_of_map_inside_mask(rand_pair):
+    ref, pred = rand_pair
+    mask = np.zeros(ref.shape, bool)
+    mask[:, 4:20, 5:35] = True
+    maps = [structural_similarity(r, p, data_range=255, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False, full=True)[1]
+            for r, p in zip(ref, pred)]
+    expected = np.stack(maps)[mask].mean()
+    assert M.ssim(ref, pred, mask=mask) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pooled_psnr_differs_from_mean_of_slice_psnr():
+    # slice 0 nearly perfect, slices 1-2 poor: the per-slice average is dominated by slice 0
+    ref = np.zeros((3, 4, 4))
+    pred = ref.copy()
+    pred[0, 0, 0] = 1.0
+    pred[1:] = 50.0
+    pooled = M.psnr(ref, pred)
+    mean_slices = np.mean([M.psnr(r, p) for r, p in zip(ref, pred)])
+    mse_pooled = (1.0 + 2 * 16 * 2500.0) / 48
+    assert pooled == pytest.approx(10 * math.log10(65025 / mse_pooled))
+    assert mean_slices - pooled > 10.0
+
+
+def test_ct_physical_metrics_clip_to_window():
+    ref = np.full((1, 16, 16), 0.0)
+    pred = ref.copy()
+    pred[0, :8] = 5000.0         # above 3000: PSNR/SSIM see 3000, MAE sees 5000
+    ref[0, 8:] = -3000.0         # below -1024 in the reference only
+    pred[0, 8:] = -1024.0        # -> identical after clipping
+    mask = np.ones(ref.shape, bool)
+    out = M.physical_ct_metrics(ref, pred, mask)
+    assert out["mae"] == pytest.approx((5000 * 128 + 1976 * 128) / 256)
+    mse_clipped = 3000.0 ** 2 * 128 / 256
+    assert out["psnr"] == pytest.approx(10 * math.log10(4024.0 ** 2 / mse_clipped))
+    assert -1 <= out["ssim"] < 1
+
+
+def test_ct_physical_metrics_masked_region_only():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(-1000, 2000, size=(2, 20, 20))
+    pred = ref + rng.normal(0, 50, size=ref.shape)
+    mask = np.zeros(ref.shape, bool)
+    mask[:, 5:15, 5:15] = True
+    a = M.physical_ct_metrics(ref, pred, mask)
+    pred2 = pred.copy()
+    pred2[~mask] += 700.0
+    b = M.physical_ct_metrics(ref, pred2, mask)
+    assert a["mae"] == pytest.approx(b["mae"]) and a["psnr"] == pytest.approx(b["psnr"])
+    assert a["ssim"] == pytest.approx(b["ssim"])  # outside set to -1024 before SSIM
+
+
+def test_mr_physical_metrics_use_ref_range_in_mask():
+    ref = np.zeros((1, 16, 16))
+    ref[0, 4:12, 4:12] = np.linspace(100, 500, 64).reshape(8, 8)
+    ref[0, 0, 0] = 10000.0  # outside the mask: must not set the range
+    mask = np.zeros(ref.shape, bool)
+    mask[0, 4:12, 4:12] = True
+    pred = ref + 4.0
+    out = M.physical_mr_metrics(ref, pred, mask)
+    assert out["mae"] == pytest.approx(4.0)
+    assert out["psnr"] == pytest.approx(10 * math.log10(400.0 ** 2 / 16.0))
+
+
+def test_patient_metrics_keys(rand_pair):
+    ref, pred = rand_pair
+    out = M.patient_metrics(ref, pred)
+    assert set(out) == {"mae", "psnr", "psnr_paper", "ssim"}
+    out = M.patient_metrics(ref, pred, mask=ref > 50)
+    assert set(out) == {"mae", "psnr", "psnr_paper", "ssim", "mae_masked", "psnr_masked",
+                        "ssim_masked"}
+    assert all(isinstance(v, float) for v in out.values())
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="shape"):
+        M.mae(np.zeros((2, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="empty"):
+        M.mae(REF0, PRED0, mask=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="mask shape"):
+        M.mae(REF0, PRED0, mask=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="11x11"):
+        M.ssim(REF0, PRED0)
+    with pytest.raises(ValueError, match="slice"):
+        M.mae(np.zeros(4), np.zeros(4))
+
+
+def test_summarise_sample_sd_and_missing():
+    rows = [{"mae": 1.0}, {"mae": 2.0}, {"mae": 4.0}, {"psnr": 3.0}]
+    s = M.summarise(rows, ["mae", "psnr", "ssim"])
+    assert s["mae"]["mean"] == pytest.approx(7 / 3)
+    assert s["mae"]["sd"] == pytest.approx(np.std([1, 2, 4], ddof=1))
+    assert s["mae"]["n"] == 3
+    assert s["psnr"] == {"mean": 3.0, "sd": 0.0, "n": 1}
+    assert s["ssim"] == {"mean": None, "sd": None, "n": 0}
+
+
+def _table_input():
+    # MAE columns of the paper's Table I (Paired, Ours)
+    ours = [22.76, 18.27, 22.27, 16.75, 17.68, 17.57, 16.55, 18.30, 18.57, 24.91]
+    paired = [24.20, 17.82, 22.01, 18.23, 18.26, 20.52, 20.63, 19.42, 19.12, 23.23]
+    pids = [f"Patient{i:02d}" for i in range(1, 11)]
+    per = {
+        "paired": {p: {"mae": v, "psnr": 17.0} for p, v in zip(pids, paired)},
+        "mrgan": {p: {"mae": v, "psnr": 17.0} for p, v in zip(pids, ours)},
+    }
+    del per["paired"]["Patient10"]["psnr"]  # a missing value
+    return per
+
+
+def test_table_markdown_format():
+    text = M.table_markdown(_table_input(), metrics=("mae", "psnr"))
+    lines = text.strip().splitlines()
+    assert lines[0] == "| Patient | MAE paired | MAE mrgan | PSNR paired | PSNR mrgan |"
+    assert len(lines) == 2 + 10 + 1
+    assert lines[-1].startswith("| Avg±sd |")
+    avg = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert avg == ["Avg±sd", "20.34±2.20", "19.36±2.88", "17.00±0.00", "17.00±0.00"]
+    p10 = [c.strip() for c in lines[-2].strip("|").split("|")]
+    assert p10 == ["Patient10", "23.23", "24.91", "—", "17.00"]
+
+
+def test_table_markdown_population_sd_reproduces_paper():
+    # the paper's 19.36±2.73 for MR-GAN MAE is a population sd (ddof=0)
+    text = M.table_markdown(_table_input(), metrics=("mae",), ddof=0)
+    assert text.strip().splitlines()[-1] == "| Avg±sd | 20.34±2.09 | 19.36±2.73 |"
+
+
+def test_table_markdown_missing_patient_and_metric():
+    per = {"a": {"p1": {"mae": 1.0}}, "b": {"p2": {"mae": 2.0}}}
+    text = M.table_markdown(per, metrics=("mae", "ssim"))
+    assert "| p1 | 1.00 | — | — | — |" in text
+    assert "| p2 | — | 2.00 | — | — |" in text
+    assert "| Avg±sd | 1.00±0.00 | 2.00±0.00 | — | — |" in text
+
+
+def test_table_csv_and_json():
+    per = _table_input()
+    rows = list(csv.DictReader(io.StringIO(M.table_csv(per, metrics=("mae", "psnr")))))
+    assert len(rows) == 2 * 10 * 2
+    assert rows[0] == {"model": "paired", "patient": "Patient01", "metric": "mae", "value": "24.2"}
+    missing = [r for r in rows if r["model"] == "paired" and r["patient"] == "Patient10"
+               and r["metric"] == "psnr"]
+    assert missing[0]["value"] == ""
+    per["mrgan"]["Patient01"]["psnr"] = float("inf")
+    doc = json.loads(M.table_json(per, metrics=("mae", "psnr")))
+    assert doc["per_patient"]["mrgan"]["Patient01"]["psnr"] is None
+    assert doc["per_patient"]["paired"]["Patient10"]["psnr"] is None
+    assert doc["summary"]["mrgan"]["mae"]["mean"] == pytest.approx(19.363)
+    assert doc["summary"]["paired"]["psnr"]["n"] == 9
