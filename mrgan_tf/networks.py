@@ -1,0 +1,152 @@
+"""The paper's networks (Sec. II.D, Table II): ResNet generators and dual-head PatchGANs.
+
+Instance normalisation is ``GroupNormalization(groups=-1)`` (one group per
+channel), which equals per-channel instance norm; reflection padding is a tiny
+layer over ``keras.ops.pad`` (no tensorflow-addons under Keras 3).
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+# Table II: extra head, shared network (stride-2 convs) and extra tail, in filters.
+DISCRIMINATOR_VARIANTS = {
+    "D1": dict(head=(64,), body=(64, 128, 256, 512), tail=(512, 1)),
+    "D2": dict(head=(64, 64), body=(64, 128, 256, 512), tail=(512, 512, 1)),
+    "D3": dict(head=(64, 64), body=(64, 128, 256, 512), tail=(512, 512, 512, 1)),
+    "D4": dict(head=(64,), body=(128, 256, 512), tail=(512, 1)),
+    "D5": dict(head=(64,), body=(128, 256, 512), tail=(1,)),
+}
+
+
+@keras.saving.register_keras_serializable(package="mrgan_tf")
+class ReflectionPad2D(layers.Layer):
+    """Pads H and W by mirroring, as Johnson et al.'s generator does."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = pad
+
+    def call(self, x):
+        p = self.pad
+        return ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, shape):
+        grow = lambda n: None if n is None else n + 2 * self.pad  # noqa: E731
+        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+def instance_norm(name=None):
+    return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+
+
+def _residual_block(x, filters: int, name: str):
+    y = ReflectionPad2D(1)(x)
+    y = layers.Conv2D(filters, 3, name=f"{name}_conv1")(y)
+    y = layers.ReLU()(instance_norm(f"{name}_in1")(y))
+    y = ReflectionPad2D(1)(y)
+    y = layers.Conv2D(filters, 3, name=f"{name}_conv2")(y)
+    y = instance_norm(f"{name}_in2")(y)
+    return layers.Add()([x, y])
+
+
+def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 256,
+                    channels: int = 1, name: str = "generator") -> keras.Model:
+    """Johnson et al.'s ResNet generator: c7s1-ngf, d2ngf, d4ngf, n x R4ngf, u2ngf, ungf, c7s1-1.
+
+    Input and output are [B, H, W, channels] in [-1, 1]; H and W must be
+    multiples of 4. With ngf=64, 9 blocks and 1 channel it has 11,376,129 weights.
+    """
+    inp = keras.Input((image_size, image_size, channels), name="image")
+    x = ReflectionPad2D(3)(inp)
+    x = layers.Conv2D(ngf, 7, name="c7s1")(x)
+    x = layers.ReLU()(instance_norm("c7s1_in")(x))
+    for i, f in enumerate((ngf * 2, ngf * 4)):
+        x = layers.Conv2D(f, 3, strides=2, padding="same", name=f"down{i}")(x)
+        x = layers.ReLU()(instance_norm(f"down{i}_in")(x))
+    for i in range(n_blocks):
+        x = _residual_block(x, ngf * 4, name=f"res{i}")
+    for i, f in enumerate((ngf * 2, ngf)):
+        x = layers.Conv2DTranspose(f, 3, strides=2, padding="same", name=f"up{i}")(x)
+        x = layers.ReLU()(instance_norm(f"up{i}_in")(x))
+    x = ReflectionPad2D(3)(x)
+    x = layers.Conv2D(channels, 7, name="out_conv")(x)
+    out = layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def _conv_stack(filters, strides: int, first_plain: bool, last_plain: bool, name: str):
+    """4x4 padded convs; instance norm + leaky ReLU except on the first and last conv of D."""
+    stack = []
+    for i, f in enumerate(filters):
+        plain_in = first_plain and i == 0
+        is_last = last_plain and i == len(filters) - 1
+        stack.append(layers.Conv2D(f, 4, strides=strides, padding="same", name=f"{name}_conv{i}",
+                                   dtype="float32" if is_last else None))
+        if is_last:
+            continue
+        if not plain_in:
+            stack.append(instance_norm(f"{name}_in{i}"))
+        stack.append(layers.LeakyReLU(0.2))
+    return stack
+
+
+class DualHeadDiscriminator(keras.Model):
+    """PatchGAN with an extra head and tail per input kind (paper Fig. 4).
+
+    ``unpaired(x)`` judges one image (1 channel); ``paired(cond, x)`` judges a
+    (condition, image) pair (2 channels). Both share the strided body; each
+    returns patch logits [B, h, w, 1] in float32.
+    """
+
+    def __init__(self, variant: str = "D1", image_size: int | None = 256, channels: int = 1,
+                 ndf_scale: float = 1.0, name: str = "discriminator", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if variant not in DISCRIMINATOR_VARIANTS:
+            raise ValueError(f"unknown discriminator variant {variant!r}; choose from {sorted(DISCRIMINATOR_VARIANTS)}")
+        spec = DISCRIMINATOR_VARIANTS[variant]
+        width = lambda fs: tuple(max(1, int(round(f * ndf_scale))) if f != 1 else 1 for f in fs)  # noqa: E731
+        self.variant = variant
+        self.heads = {
+            kind: keras.Sequential(_conv_stack(width(spec["head"]), 1, True, False, f"{kind}_head"),
+                                   name=f"{kind}_head")
+            for kind in ("unpaired", "paired")
+        }
+        self.body = keras.Sequential(_conv_stack(width(spec["body"]), 2, False, False, "body"), name="body")
+        self.tails = {
+            kind: keras.Sequential(_conv_stack(width(spec["tail"]), 1, False, True, f"{kind}_tail"),
+                                   name=f"{kind}_tail")
+            for kind in ("unpaired", "paired")
+        }
+        # Track the dict-held sub-models as attributes so their weights are the model's.
+        self.unpaired_head, self.paired_head = self.heads["unpaired"], self.heads["paired"]
+        self.unpaired_tail, self.paired_tail = self.tails["unpaired"], self.tails["paired"]
+        s = image_size
+        self.unpaired_head.build((None, s, s, channels))
+        self.paired_head.build((None, s, s, 2 * channels))
+        self.body.build(self.unpaired_head.compute_output_shape((None, s, s, channels)))
+        body_out = self.body.compute_output_shape(self.unpaired_head.compute_output_shape((None, s, s, channels)))
+        self.unpaired_tail.build(body_out)
+        self.paired_tail.build(body_out)
+        self.built = True
+
+    def _judge(self, kind: str, x, training=None):
+        return self.tails[kind](self.body(self.heads[kind](x, training=training), training=training),
+                                training=training)
+
+    def unpaired(self, x, training=None):
+        return self._judge("unpaired", x, training)
+
+    def paired(self, cond, x, training=None):
+        return self._judge("paired", ops.concatenate([cond, x], axis=-1), training)
+
+    def call(self, x, training=None):
+        return self.unpaired(x, training)
+
+    def variables_for(self, kind: str):
+        """Head + shared body + tail: the only weights an update of this kind may change."""
+        return (self.heads[kind].trainable_variables + self.body.trainable_variables
+                + self.tails[kind].trainable_variables)
