@@ -44,3 +44,37 @@ class Volume:
 
     def with_data(self, data: np.ndarray, affine: np.ndarray | None = None) -> "Volume":
         return Volume(data, self.affine if affine is None else affine, self.source)
+
+
+def checked_volume(data: np.ndarray, affine: np.ndarray, source) -> Volume:
+    """Validate freshly read voxels + affine and return a float32 Volume.
+
+    Every reader funnels through here so that all formats reject the same
+    things with the same wording: not 3-D, empty, NaN/inf, singular affine.
+    A trailing singleton 4th (or higher) dimension is squeezed away.
+    """
+    source = str(source)
+    data = np.asarray(data)
+    if data.size == 0:
+        raise VolumeError(source, f"image is empty (shape {data.shape})")
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise VolumeError(source, f"image is {data.ndim}-D (shape {data.shape}), expected 3-D")
+    if min(data.shape) == 1:
+        raise VolumeError(source, f"image is a single slice (shape {data.shape}), expected a 3-D volume")
+    if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+        raise VolumeError(source, f"voxel type {data.dtype} is not a real scalar")
+    data = data.astype(np.float32, copy=False)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise VolumeError(source, f"{bad} voxel(s) are NaN or infinite")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise VolumeError(source, f"affine has shape {affine.shape}, expected (4, 4)")
+    if not np.all(np.isfinite(affine)) or not np.allclose(affine[3], [0, 0, 0, 1]):
+        raise VolumeError(source, f"affine is not a finite homogeneous transform:\n{affine}")
+    cols = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(cols == 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * np.prod(cols):
+        raise VolumeError(source, f"affine is not invertible (voxel sizes {cols.round(4).tolist()})")
+    return Volume(data, affine, source)

@@ -1,0 +1,158 @@
+"""Read one DICOM series (a folder of single-frame slices) into a RAS+ Volume.
+
+Geometry comes only from ImageOrientationPatient, ImagePositionPatient and
+PixelSpacing; slices are ordered by their position along the slice normal,
+never by file name or InstanceNumber. Anything that would make the stacked
+volume geometrically wrong (several series, mixed orientations, gaps,
+duplicate positions, differing pixel grids) is refused with a VolumeError.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume
+
+ORIENTATION_TOL = 1e-4
+# A step more than GAP_FACTOR x the median step is a missing slice; any step
+# further than UNIFORM_TOL (relative) from the median is non-uniform spacing.
+GAP_FACTOR = 1.5
+UNIFORM_TOL = 0.10
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# DICOM patient coordinates are LPS; the project's affines are RAS+.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _read_images(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every parsable image file directly in `folder`; other files are skipped."""
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
+            continue  # not DICOM (README, thumbnails, ...) or not parsable
+        sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
+        if sop_class == DICOMDIR_SOP_CLASS or "PixelData" not in ds:
+            continue  # DICOMDIR, structured reports, presentation states ...
+        images.append((path, ds))
+    return images
+
+
+def _pick_series(folder: Path, images, series_uid: str | None):
+    by_series = collections.defaultdict(list)
+    for path, ds in images:
+        by_series[str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>"))].append((path, ds))
+    if series_uid is not None:
+        if series_uid not in by_series:
+            raise VolumeError(folder, f"series {series_uid} not found; present: {sorted(by_series)}")
+        return by_series[series_uid]
+    if len(by_series) > 1:
+        listing = "; ".join(
+            f"{uid} ({len(members)} images, {members[0][1].get('SeriesDescription', '')!s})"
+            for uid, members in sorted(by_series.items())
+        )
+        raise VolumeError(folder, f"{len(by_series)} series in one folder, pass series_uid to pick one: {listing}")
+    return next(iter(by_series.values()))
+
+
+def _required(folder: Path, path: Path, ds, keyword: str, length: int) -> np.ndarray:
+    value = ds.get(keyword)
+    if value is None or len(value) != length:
+        raise VolumeError(folder, f"{path.name}: missing or malformed {keyword} (not a cross-sectional image?)")
+    return np.array([float(v) for v in value], dtype=np.float64)
+
+
+def _check_spacing(folder: Path, paths: list[Path], heights: np.ndarray) -> None:
+    """Refuse duplicate positions, gaps and non-uniform steps along the normal."""
+    steps = np.diff(heights)
+    median = float(np.median(steps))
+    if np.any(steps < 1e-3):
+        i = int(np.argmin(steps))
+        raise VolumeError(
+            folder,
+            f"{paths[i].name} and {paths[i + 1].name} share slice position {heights[i]:.3f} mm "
+            "(several echoes, phases or acquisitions in one series?)",
+        )
+    for i, step in enumerate(steps):
+        if step > GAP_FACTOR * median or abs(step - median) > UNIFORM_TOL * median:
+            kind = "gap in the series" if step > GAP_FACTOR * median else "non-uniform slice spacing"
+            raise VolumeError(
+                folder,
+                f"{kind}: {step:.3f} mm between slices at {heights[i]:.3f} mm ({paths[i].name}) "
+                f"and {heights[i + 1]:.3f} mm ({paths[i + 1].name}); median step {median:.3f} mm",
+            )
+
+
+def _pixels(folder: Path, path: Path, ds) -> np.ndarray:
+    """Stored values -> float32 modality values (RescaleSlope/Intercept, e.g. HU)."""
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise VolumeError(folder, f"{path.name}: multi-frame (enhanced) DICOM is not supported")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise VolumeError(folder, f"{path.name}: colour image ({ds.get('PhotometricInterpretation')}), expected greyscale")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types (missing plugin, corrupt data)
+        syntax = ds.file_meta.get("TransferSyntaxUID", "?")
+        raise VolumeError(folder, f"{path.name}: cannot decode pixel data ({syntax}): {exc}") from exc
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
+    """Stack the slices of one series in `folder` into a Volume (float32, RAS+ affine).
+
+    data[i, j, k] is column i, row j of the k-th slice along the slice normal
+    (row direction x column direction), so the affine maps indices exactly as
+    the DICOM geometry says.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VolumeError(folder, "not a directory (expected a folder of DICOM slices)")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise VolumeError(folder, "folder is not readable")
+    images = _read_images(folder)
+    if not images:
+        raise VolumeError(folder, "no DICOM images in this folder")
+    series = _pick_series(folder, images, series_uid)
+    if len(series) == 1:
+        raise VolumeError(folder, "only 1 slice, need a 3-D series")
+
+    orientations = np.array([_required(folder, p, ds, "ImageOrientationPatient", 6) for p, ds in series])
+    if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOL:
+        distinct = np.unique(orientations.round(4), axis=0)
+        raise VolumeError(
+            folder,
+            f"mixed orientations in one series ({len(distinct)} distinct ImageOrientationPatient: "
+            f"{[o.tolist() for o in distinct]}); localizers or several stacks?",
+        )
+    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise VolumeError(folder, f"ImageOrientationPatient {orientations[0].tolist()} is not two orthonormal vectors")
+
+    positions = np.array([_required(folder, p, ds, "ImagePositionPatient", 3) for p, ds in series])
+    order = np.argsort(positions @ normal, kind="stable")
+    series = [series[i] for i in order]
+    positions = positions[order]
+    paths = [p for p, _ in series]
+    _check_spacing(folder, paths, positions @ normal)
+
+    grids = {(int(ds.Rows), int(ds.Columns), *_required(folder, p, ds, "PixelSpacing", 2)) for p, ds in series}
+    if len(grids) > 1:
+        raise VolumeError(folder, f"slices differ in size or PixelSpacing: {sorted(grids)}")
+    row_spacing, col_spacing = next(iter(grids))[2:]
+
+    # pixel_array is [row, column]; transpose so that i runs along a row.
+    data = np.stack([_pixels(folder, p, ds).T for p, ds in series], axis=-1)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing  # i: next column, moves along the row direction
+    lps[:3, 1] = col_dir * row_spacing  # j: next row, moves along the column direction
+    lps[:3, 2] = (positions[-1] - positions[0]) / (len(series) - 1)  # keeps gantry tilt exact
+    lps[:3, 3] = positions[0]
+    return checked_volume(data, LPS_TO_RAS @ lps, folder)

@@ -1,0 +1,165 @@
+"""Read any supported volume into a validated RAS+ Volume; write NIfTI atomically.
+
+``read_volume`` is the only entry point the rest of the project uses for input
+images, so every format is checked the same way (see ``checked_volume``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+# Order of preference only matters for error messages: two hits is an error.
+MODALITY_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".inv3")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# What nibabel and zlib/gzip raise on missing, truncated or corrupt files.
+_NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES + (".inv3",):
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def read_volume(path, series_uid: str | None = None) -> Volume:
+    """Read a NIfTI / MetaImage / NRRD file, a DICOM series folder or an .inv3 project.
+
+    `series_uid` picks one series when a DICOM folder holds several.
+    Raises VolumeError (message starts with `path`) for anything unusable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from mrgan_tf.io.dicom import read_dicom_series
+
+        return read_dicom_series(path, series_uid=series_uid)
+    if not path.exists():
+        raise VolumeError(path, "no such file or directory")
+    if not path.is_file():
+        raise VolumeError(path, "not a regular file or directory")
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path)
+    if suffix in SITK_SUFFIXES:
+        return _read_sitk(path)
+    if suffix == ".inv3":
+        from mrgan_tf.io import invesalius
+
+        vol = invesalius.read_inv3(path)
+        return checked_volume(vol.data, vol.affine, path)
+    raise VolumeError(
+        path, f"unsupported format {suffix or '(no suffix)'!r}; expected one of "
+        f"{', '.join(NIFTI_SUFFIXES + SITK_SUFFIXES)}, .inv3 or a DICOM folder"
+    )
+
+
+def _read_nifti(path: Path) -> Volume:
+    """nibabel's affine (sform, else qform) and scaled data (scl_slope/inter applied)."""
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter like get_fdata
+    except _NIFTI_ERRORS as exc:
+        raise VolumeError(path, f"cannot read NIfTI file (missing, truncated or corrupt): {exc}") from exc
+    return checked_volume(data, img.affine, path)
+
+
+def _read_sitk(path: Path) -> Volume:
+    """SimpleITK image -> (i, j, k) array and RAS+ affine from LPS origin/direction/spacing."""
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # SimpleITK reports every I/O problem this way
+        raise VolumeError(path, f"cannot read image (missing, truncated or corrupt): {_sitk_reason(exc)}") from exc
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(path, f"{img.GetNumberOfComponentsPerPixel()} components per voxel, expected a scalar image")
+    dim = img.GetDimension()
+    # GetArrayFromImage gives reversed index order (..., z, y, x); undo it.
+    data = sitk.GetArrayViewFromImage(img).transpose(tuple(range(dim))[::-1])
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    lps = np.eye(4)
+    n = min(dim, 3)
+    lps[:n, :n] = direction[:n, :n] * np.array(img.GetSpacing()[:n])
+    lps[:n, 3] = img.GetOrigin()[:n]
+    return checked_volume(np.array(data), LPS_TO_RAS @ lps, path)
+
+
+def _sitk_reason(exc: RuntimeError) -> str:
+    """The informative lines of a SimpleITK exception, without source locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+    lines = [re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-f]+\): |sitk::ERROR: )", "", ln) for ln in lines]
+    lines = [ln for ln in lines if not ln.startswith("Reason:")]  # a stale errno, often wrong
+    if not lines:
+        return str(exc).strip() or type(exc).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
+def write_nifti(vol: Volume, path, dtype=np.float32) -> Path:
+    """Write `vol` as NIfTI-1 (`.nii` or `.nii.gz`) without ever leaving a partial file.
+
+    The affine goes into both sform and qform (code 'scanner'); sform keeps
+    shears, and readers prefer it. NIfTI stores it as float32. Integer dtypes
+    are rounded and must fit the type, so masks and labels are never wrapped.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in NIFTI_SUFFIXES:
+        raise VolumeError(path, "output name must end in .nii or .nii.gz")
+    dtype = np.dtype(dtype)
+    data = np.asarray(vol.data)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        data = np.rint(data)
+        if data.size and (data.min() < info.min or data.max() > info.max):
+            raise VolumeError(path, f"values {data.min()}..{data.max()} do not fit {dtype}")
+    img = nib.Nifti1Image(data.astype(dtype), vol.affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_sform(vol.affine, code="scanner")
+    img.set_qform(vol.affine, code="scanner")
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def find_modality_file(patient_dir, modality: str) -> Path | None:
+    """The one input for `modality` ('ct', 'mr', 'mask') in a patient folder, or None.
+
+    Looks for `<modality>.nii.gz|.nii|.mha|.nrrd|.mhd|.inv3` or a `<modality>/`
+    DICOM folder; two of them at once is ambiguous and raises VolumeError.
+    """
+    patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise VolumeError(patient_dir, "patient folder does not exist")
+    found = [patient_dir / f"{modality}{s}" for s in MODALITY_SUFFIXES]
+    found = [p for p in found if p.is_file()]
+    if (patient_dir / modality).is_dir():
+        found.append(patient_dir / modality)
+    if len(found) > 1:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found)
+        raise VolumeError(patient_dir, f"several {modality} inputs, keep only one: {names}")
+    return found[0] if found else None
