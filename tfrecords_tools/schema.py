@@ -299,7 +299,7 @@ def fields_from_json(d: Mapping[str, Any]) -> dict[str, Field]:
         args = {k: v for k, v in spec.items() if k != "type"}
         try:
             fields[name] = _TYPES[spec["type"]](**args)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"field '{name}': bad field spec {spec!r}: {e}") from None
     check_fields(fields)
     return fields

@@ -28,6 +28,7 @@ from tfrecords_tools import schema
 INDEX_SUFFIX = ".shards.json"
 _EXTENSIONS = {"GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz", "": ".tfrecord"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_ANY_EXT = "(" + "|".join(re.escape(e) for e in _EXTENSIONS.values()) + r")\Z"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -120,7 +121,7 @@ class ShardedWriter:
         if self._state != "new":
             raise RuntimeError(f"ShardedWriter({self.name!r}) can only be opened once")
         os.makedirs(self.out_dir, exist_ok=True)
-        stale = re.compile(r"\.tmp-" + re.escape(self.name) + r"-\d+" + re.escape(self._ext) + r"\Z")
+        stale = re.compile(r"\.tmp-" + re.escape(self.name) + r"-\d+" + _ANY_EXT)
         for entry in os.listdir(self.out_dir):
             if stale.match(entry):
                 _remove(os.path.join(self.out_dir, entry))
@@ -167,7 +168,7 @@ class ShardedWriter:
             # No index may point at a mix of old and new shards: drop the old index first.
             index = index_path(self.out_dir, self.name)
             _remove(index)
-            old = re.compile(re.escape(self.name) + r"-\d+-of-\d+" + re.escape(self._ext) + r"\Z")
+            old = re.compile(re.escape(self.name) + r"-\d+-of-\d+" + _ANY_EXT)  # any compression
             for entry in os.listdir(self.out_dir):
                 if old.match(entry) and entry not in finals:
                     _remove(os.path.join(self.out_dir, entry))
