@@ -277,7 +277,8 @@ def table_markdown(per_patient: Mapping[str, Mapping[str, Mapping]],
     models = list(per_patient)
     patients = _patients(per_patient)
     header = ["Patient"] + [f"{_DISPLAY.get(k, (k, 2))[0]} {m}" for k in metrics for m in models]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    rule = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     for pid in patients:
         cells = [pid]
         for k in metrics:
@@ -313,7 +314,7 @@ def table_csv(per_patient: Mapping[str, Mapping[str, Mapping]],
 def table_json(per_patient: Mapping[str, Mapping[str, Mapping]],
                metrics: Sequence[str] = ("mae", "psnr", "psnr_paper", "ssim"),
                ddof: int = 1) -> str:
-    """Strict JSON ``{"metrics", "ddof", "per_patient", "summary"}``; missing/non-finite values are null."""
+    """Strict JSON ``{metrics, ddof, per_patient, summary}``; missing/non-finite values are null."""
     def clean(v):
         v = _value({"v": v}, "v")
         return None if v is None or math.isinf(v) else v
