@@ -215,18 +215,18 @@ def patient_metrics(ref_255, pred_255, mask=None) -> dict[str, float]:
 # ----------------------------------------------------------------------------
 # summaries and tables
 
-def _value(row: Mapping | None, key: str) -> float | None:
-    """A metric value, or None when missing/NaN/not a number."""
-    if row is None:
-        return None
-    v = row.get(key)
-    if v is None:
-        return None
+def _num(v) -> float | None:
+    """``v`` as a float, or None when missing/NaN/not a number."""
     try:
         v = float(v)
     except (TypeError, ValueError):
         return None
     return None if math.isnan(v) else v
+
+
+def _value(row: Mapping | None, key: str) -> float | None:
+    """A metric value of a row, or None when the row or value is missing."""
+    return None if row is None else _num(row.get(key))
 
 
 def summarise(rows: Sequence[Mapping], keys: Iterable[str], ddof: int = 1) -> dict[str, dict]:
@@ -316,7 +316,7 @@ def table_json(per_patient: Mapping[str, Mapping[str, Mapping]],
                ddof: int = 1) -> str:
     """Strict JSON ``{metrics, ddof, per_patient, summary}``; missing/non-finite values are null."""
     def clean(v):
-        v = _value({"v": v}, "v")
+        v = _num(v)
         return None if v is None or math.isinf(v) else v
 
     doc = {
