@@ -81,6 +81,15 @@ def test_dicom_gap_is_rejected_naming_positions(tmp_path):
     assert "-99.480" in msg and "103.020" in msg
 
 
+def test_dicom_non_uniform_spacing_is_rejected(tmp_path):
+    folder = copy_series("98892001/CT5N", tmp_path / "ct")
+    ds = pydicom.dcmread(folder / "2062")
+    ds.ImagePositionPatient = [-72.2, -143.0, 9.3]  # step 3.04 mm instead of 2.5: > 10 % off, < 1.5x
+    ds.save_as(folder / "2062")
+    with pytest.raises(VolumeError, match="non-uniform slice spacing.*6.263 mm.*9.300 mm"):
+        read_volume(folder)
+
+
 def test_dicom_several_series_and_mixed_orientations_are_rejected(tmp_path):
     folder = copy_series("98892003/MR2", tmp_path / "mr")
     with pytest.raises(VolumeError, match="series") as err:
@@ -112,6 +121,30 @@ def test_dicom_duplicate_positions_are_rejected(tmp_path):
     shutil.copy(folder / "2062", folder / "copy")
     with pytest.raises(VolumeError, match="share slice position"):
         read_volume(folder)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.98])
+def test_dicom_truncated_slice_is_reported_not_dropped(tmp_path, keep):
+    folder = copy_series("98892001/CT5N", tmp_path / "ct")
+    top = folder / "2062"  # the top slice: dropping it would leave a gap-free, shorter volume
+    blob = top.read_bytes()
+    top.write_bytes(blob[: int(len(blob) * keep)])
+    with pytest.raises(VolumeError, match="2062"):
+        read_volume(folder)
+
+
+def test_dicom_without_preamble_is_read(tmp_path):
+    folder = copy_series("98892001/CT5N", tmp_path / "ct")
+    reference = read_volume(folder)
+    raw = folder / "2392"
+    ds = pydicom.dcmread(raw)
+    ds.preamble = None
+    del ds.file_meta  # implicit-VR little endian body only, as old ACR-NEMA files
+    ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert raw.read_bytes()[128:132] != b"DICM"
+    vol = read_volume(folder)
+    np.testing.assert_array_equal(vol.data, reference.data)
+    np.testing.assert_array_equal(vol.affine, reference.affine)
 
 
 # ---------------------------------------------------------------- NIfTI / SimpleITK

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume
+from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume, lps_to_ras
 
 ORIENTATION_TOL = 1e-4
 # A step more than GAP_FACTOR x the median step is a missing slice; any step
@@ -24,23 +27,58 @@ ORIENTATION_TOL = 1e-4
 GAP_FACTOR = 1.5
 UNIFORM_TOL = 0.10
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# DICOM patient coordinates are LPS; the project's affines are RAS+.
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def _read_images(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
-    """Every parsable image file directly in `folder`; other files are skipped."""
-    images = []
+def _sop_class(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else "") or "")
+
+
+def _dcmread(path: Path):
+    """Parse one file; None when it is not DICOM at all.
+
+    Files without the 128-byte preamble + 'DICM' (old ACR-NEMA style) are
+    re-read with force=True and kept only if they look like an image slice.
+    """
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass
+    except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:  # forced parsing of arbitrary bytes can fail in any way
+        return None
+    if "PixelData" not in ds or "ImagePositionPatient" not in ds:
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:  # needed to decode pixels; take what parsing found
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
+def _read_images(folder: Path):
+    """Image datasets directly in `folder`, plus the DICOM files that hold no pixels.
+
+    Non-DICOM files (README, thumbnails) are skipped; files without pixel data
+    (DICOMDIR, reports, or images cut short) are returned separately so that
+    a truncated slice of the chosen series is reported instead of dropped.
+    """
+    images, pixelless = [], []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError):
-            continue  # not DICOM (README, thumbnails, ...) or not parsable
-        sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
-        if sop_class == DICOMDIR_SOP_CLASS or "PixelData" not in ds:
-            continue  # DICOMDIR, structured reports, presentation states ...
-        images.append((path, ds))
-    return images
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns on every odd element
+            ds = _dcmread(path)
+        if ds is None:
+            continue
+        if "PixelData" in ds and _sop_class(ds) != DICOMDIR_SOP_CLASS:
+            images.append((path, ds))
+        else:
+            pixelless.append((path, ds))
+    return images, pixelless
 
 
 def _pick_series(folder: Path, images, series_uid: str | None):
@@ -116,10 +154,14 @@ def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
         raise VolumeError(folder, "not a directory (expected a folder of DICOM slices)")
     if not os.access(folder, os.R_OK | os.X_OK):
         raise VolumeError(folder, "folder is not readable")
-    images = _read_images(folder)
+    images, pixelless = _read_images(folder)
     if not images:
         raise VolumeError(folder, "no DICOM images in this folder")
     series = _pick_series(folder, images, series_uid)
+    classes = {_sop_class(ds) for _, ds in series}
+    broken = [p.name for p, ds in pixelless if _sop_class(ds) in classes]
+    if broken:
+        raise VolumeError(folder, f"image file(s) without pixel data, truncated? {', '.join(broken)}")
     if len(series) == 1:
         raise VolumeError(folder, "only 1 slice, need a 3-D series")
 
@@ -155,4 +197,4 @@ def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
     lps[:3, 1] = col_dir * row_spacing  # j: next row, moves along the column direction
     lps[:3, 2] = (positions[-1] - positions[0]) / (len(series) - 1)  # keeps gantry tilt exact
     lps[:3, 3] = positions[0]
-    return checked_volume(data, LPS_TO_RAS @ lps, folder)
+    return checked_volume(data, lps_to_ras(lps), folder)

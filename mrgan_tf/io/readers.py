@@ -14,13 +14,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume
+from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume, lps_to_ras
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 # Order of preference only matters for error messages: two hits is an error.
 MODALITY_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".inv3")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # What nibabel and zlib/gzip raise on missing, truncated or corrupt files.
 _NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
@@ -68,7 +67,8 @@ def _read_nifti(path: Path) -> Volume:
     """nibabel's affine (sform, else qform) and scaled data (scl_slope/inter applied)."""
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter like get_fdata
+        # float32 straight from the proxy: scl_slope / scl_inter applied, no float64 copy
+        data = img.get_fdata(dtype=np.float32, caching="unchanged")
     except _NIFTI_ERRORS as exc:
         raise VolumeError(path, f"cannot read NIfTI file (missing, truncated or corrupt): {exc}") from exc
     return checked_volume(data, img.affine, path)
@@ -92,7 +92,7 @@ def _read_sitk(path: Path) -> Volume:
     n = min(dim, 3)
     lps[:n, :n] = direction[:n, :n] * np.array(img.GetSpacing()[:n])
     lps[:n, 3] = img.GetOrigin()[:n]
-    return checked_volume(np.array(data), LPS_TO_RAS @ lps, path)
+    return checked_volume(np.array(data), lps_to_ras(lps), path)
 
 
 def _sitk_reason(exc: RuntimeError) -> str:

@@ -46,6 +46,15 @@ class Volume:
         return Volume(data, self.affine if affine is None else affine, self.source)
 
 
+# DICOM and ITK/SimpleITK world coordinates are LPS; the project's affines are RAS+.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
+    """Voxel->LPS affine to voxel->RAS+ affine (negate the first two world axes)."""
+    return LPS_TO_RAS @ np.asarray(affine_lps, dtype=np.float64)
+
+
 def checked_volume(data: np.ndarray, affine: np.ndarray, source) -> Volume:
     """Validate freshly read voxels + affine and return a float32 Volume.
 
