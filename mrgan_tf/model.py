@@ -1,0 +1,289 @@
+"""MR-GAN as a ``keras.Model`` whose ``train_step`` is the paper's Algorithm 1.
+
+One batch carries four images packed as channels of one [B, H, W, 4] tensor
+(unpaired CT, unpaired MR, paired CT, paired MR) in the records' integer scale;
+packing keeps every tf.distribute strategy, multi-worker included, on plain
+tensors. Decoding to [-1, 1] and augmentation happen here, on the replica.
+
+The mode (MR-GAN, paired-only pix2pix, unpaired-only CycleGAN) is chosen in
+one place, ``MODES``; the three rows of Table I come from this one class.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from mrgan_tf import augment as augment_lib
+from mrgan_tf import losses, networks
+from mrgan_tf.schedule import ConstantThenLinearDecay
+
+# Channel order of the packed batch produced by mrgan_tf.data.
+UNPAIRED_CT, UNPAIRED_MR, PAIRED_CT, PAIRED_MR = range(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    unpaired: bool               # Alg. 1 lines 2-9: the two unpaired cycles
+    paired: bool                 # Alg. 1 lines 10-16: the paired updates
+    paired_directions: tuple     # which generators the paired phase trains
+    paired_cycle: bool           # cycle terms in the paired phase (Eq. 3, last two terms)
+
+
+MODES = {
+    "mrgan": Mode(unpaired=True, paired=True, paired_directions=("mr", "ct"), paired_cycle=True),
+    "paired": Mode(unpaired=False, paired=True, paired_directions=("mr",), paired_cycle=False),
+    "unpaired": Mode(unpaired=True, paired=False, paired_directions=(), paired_cycle=False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MRGANConfig:
+    mode: str = "mrgan"
+    image_size: int = 256
+    ngf: int = 64                  # generator width (paper 64)
+    n_blocks: int = 9              # residual blocks (paper 9)
+    discriminator: str = "D1"      # Table II variant
+    ndf_scale: float = 1.0         # discriminator width multiplier (1 = Table II)
+    adversarial: str = "paper"     # paper (LSGAN unpaired, NLL paired) | lsgan | nll
+    cycle_weight: float = 10.0     # lambda, Eq. (5)
+    l1_weight: float = 100.0       # gamma, Eq. (5)
+    n_iter: int = 1                # Alg. 1 n_iter
+    paired_repeats: int = 1        # authors' code ran the paired update twice; the paper once
+    real_label: float = 1.0        # authors' code: 0.9 (one-sided label smoothing)
+    pool_size: int = 0             # authors' code: 50 past fakes for the unpaired discriminators
+    input_max: float = 255.0       # integer value of intensity 1.0 in the records (255 or 65535)
+    augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {sorted(MODES)}")
+        losses.adversarial_kinds(self.adversarial)
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
+
+    def updates_per_iteration(self, net: str, phase: str | None = None) -> int:
+        """How often Algorithm 1 applies ``net``'s optimizer per iteration (in one phase, or both)."""
+        if phase is None:
+            return sum(self.updates_per_iteration(net, p) for p in ("unpaired", "paired"))
+        m = MODES[self.mode]
+        if phase == "unpaired":
+            return self.n_iter * int(m.unpaired)
+        return self.n_iter * self.paired_repeats * int(net[-2:] in m.paired_directions)
+
+
+@dataclasses.dataclass
+class _Direction:
+    """One translation direction: its generator, the way back, and its discriminator."""
+    name: str                   # "mr" for CT->MR (SynMR, DisMR), "ct" for MR->CT
+    gen: keras.Model
+    back: keras.Model
+    dis: networks.DualHeadDiscriminator
+    pool: "FakePool | None" = None
+
+
+class FakePool(keras.layers.Layer):
+    """A history of past fakes for the unpaired discriminator (Shrivastava et al.; authors' code).
+
+    Each fake enters the pool; once it is full, with p = 0.5 the discriminator sees a
+    stored fake instead (which is replaced by the new one). Per replica, not synchronised.
+    """
+
+    def __init__(self, size: int, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.images = self.add_weight(shape=(size, *image_shape), initializer="zeros", trainable=False,
+                                      name="images", aggregation="only_first_replica")
+        self.count = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
+                                     name="count", aggregation="only_first_replica")
+
+    def query(self, fakes, seed):
+        out = []
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), fakes.shape[0] or 1)
+        for i in range(fakes.shape[0]):
+            fake = tf.cast(fakes[i], self.images.dtype)
+            coin = tf.random.stateless_uniform([], seeds[i])
+            slot = tf.random.stateless_uniform([], seeds[i] + 1, 0, self.size, dtype=tf.int32)
+            full = self.count >= self.size
+            use_old = tf.logical_and(full, coin < 0.5)
+            old = self.images[slot]
+            write_slot = tf.where(full, slot, self.count)
+            # Store the new fake unless we returned it as-is from a full pool.
+            store = tf.logical_or(tf.logical_not(full), use_old)
+            new_images = tf.tensor_scatter_nd_update(self.images, [[write_slot]], [fake])
+            self.images.assign(tf.where(store, new_images, self.images))
+            self.count.assign(tf.minimum(self.count + 1, self.size))
+            out.append(tf.where(use_old, old, fake))
+        return tf.cast(tf.stack(out), fakes.dtype)
+
+
+class MRGAN(keras.Model):
+    """SynMR, SynCT, DisMR and DisCT trained by Algorithm 1."""
+
+    def __init__(self, config: MRGANConfig = MRGANConfig(), **kwargs):
+        super().__init__(name="mrgan", **kwargs)
+        self.config = config
+        self.mode = MODES[config.mode]
+        s = config.image_size
+        self.syn_mr = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_mr")
+        self.syn_ct = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_ct")
+        self.dis_mr = networks.DualHeadDiscriminator(config.discriminator, s, ndf_scale=config.ndf_scale,
+                                                     name="dis_mr")
+        self.dis_ct = networks.DualHeadDiscriminator(config.discriminator, s, ndf_scale=config.ndf_scale,
+                                                     name="dis_ct")
+        pools = {d: FakePool(config.pool_size, (s, s, 1), name=f"pool_{d}") if config.pool_size else None
+                 for d in ("mr", "ct")}
+        self.to_mr = _Direction("mr", self.syn_mr, self.syn_ct, self.dis_mr, pools["mr"])
+        self.to_ct = _Direction("ct", self.syn_ct, self.syn_mr, self.dis_ct, pools["ct"])
+        self.pool_mr, self.pool_ct = pools["mr"], pools["ct"]      # tracked for checkpoints
+        self.iteration = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                         name="iteration", aggregation="only_first_replica")
+        self.adversarial = {phase: losses.ADVERSARIAL[kind]
+                            for phase, kind in losses.adversarial_kinds(config.adversarial).items()}
+        self.built = True
+
+    @property
+    def trained_directions(self) -> tuple[str, ...]:
+        """Generators this mode trains (the paired baseline leaves SynCT untouched)."""
+        if self.mode.unpaired:
+            return ("mr", "ct")
+        return self.mode.paired_directions
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizers: dict[str, keras.optimizers.Optimizer], **kwargs):
+        """Takes one optimizer per network: keys syn_mr, syn_ct, dis_mr, dis_ct.
+
+        Keys "<net>/unpaired" and "<net>/paired" give a phase its own optimizer (as
+        the authors' code had eight). Call inside the strategy scope: each optimizer
+        is built on all weights of its network, because an update changes only a
+        subset (one discriminator head and tail).
+        """
+        super().compile(optimizer=None, **kwargs)
+        nets = {"syn_mr": self.syn_mr, "syn_ct": self.syn_ct, "dis_mr": self.dis_mr, "dis_ct": self.dis_ct}
+        self.optimizers = {}
+        for key, opt in optimizers.items():
+            net = key.split("/")[0]
+            if net not in nets:
+                raise ValueError(f"optimizer key {key!r} names no network; use {sorted(nets)}")
+            opt.build(nets[net].trainable_variables)
+            self.optimizers[key] = opt
+        for net in nets:
+            for phase in ("unpaired", "paired"):
+                if f"{net}/{phase}" not in self.optimizers and net not in self.optimizers:
+                    raise ValueError(f"no optimizer for {net} ({phase} phase)")
+
+    def _optimizer(self, net: str, phase: str):
+        return self.optimizers.get(f"{net}/{phase}", self.optimizers.get(net))
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def train_step(self, batch):
+        """One iteration of Algorithm 1: four unpaired updates, then four paired ones."""
+        ct, mr, pair = self._decode_and_augment(batch)
+        logs = {}
+        for _ in range(self.config.n_iter):
+            if self.mode.unpaired:                                     # lines 2-9
+                logs.update(self._update(self.to_mr, src=ct, real=mr, phase="unpaired"))   # lines 5-6
+                logs.update(self._update(self.to_ct, src=mr, real=ct, phase="unpaired"))   # lines 7-8
+            if self.mode.paired:                                       # lines 10-16
+                p_ct, p_mr = pair[..., :1], pair[..., 1:]
+                for _ in range(self.config.paired_repeats):
+                    if "mr" in self.mode.paired_directions:
+                        logs.update(self._update(self.to_mr, src=p_ct, real=p_mr, phase="paired"))  # 12-13
+                    if "ct" in self.mode.paired_directions:
+                        logs.update(self._update(self.to_ct, src=p_mr, real=p_ct, phase="paired"))  # 14-15
+        self.iteration.assign_add(1)
+        return self._format_logs(logs)
+
+    def _update(self, d: _Direction, src, real, phase: str) -> dict:
+        """A discriminator update then a generator update for one direction and phase.
+
+        The fake G(src) is computed once, under the generator's tape: the
+        discriminator update uses it without gradient, and since G has not changed
+        in between, the generator update reuses it (no second forward pass).
+        Unpaired: D judges single images; ``real`` is an independent target-domain
+        image. Paired: D judges (src, image) pairs and ``real`` is src's partner.
+        """
+        cfg = self.config
+        d_loss_fn, g_loss_fn = self.adversarial[phase]
+        judge = (lambda x: d.dis.unpaired(x, training=True)) if phase == "unpaired" \
+            else (lambda x: d.dis.paired(src, x, training=True))
+        scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+        g_opt, d_opt = self._optimizer(f"syn_{d.name}", phase), self._optimizer(f"dis_{d.name}", phase)
+        d_vars = d.dis.variables_for(phase)
+        g_vars = d.gen.trainable_variables
+
+        with tf.GradientTape() as g_tape:
+            fake = d.gen(src, training=True)
+            with g_tape.stop_recording():
+                shown = fake
+                if phase == "unpaired" and d.pool is not None:
+                    shown = d.pool.query(fake, self._seed(7 if d.name == "mr" else 8))
+                with tf.GradientTape() as d_tape:
+                    d_loss = d_loss_fn(judge(real), judge(tf.stop_gradient(shown)), cfg.real_label)
+                    scaled = d_opt.scale_loss(d_loss * scale)
+                d_opt.apply_gradients(zip(d_tape.gradient(scaled, d_vars), d_vars))
+            terms = {"adv": g_loss_fn(judge(fake))}
+            if phase == "unpaired" or self.mode.paired_cycle:
+                terms["cycle"] = cfg.cycle_weight * losses.l1(d.back(fake, training=True), src)
+            if phase == "paired":
+                terms["l1"] = cfg.l1_weight * losses.l1(fake, real)
+            g_loss = tf.add_n(list(terms.values()))
+            scaled = g_opt.scale_loss(g_loss * scale)
+        g_opt.apply_gradients(zip(g_tape.gradient(scaled, g_vars), g_vars))
+
+        logs = {f"{phase}/dis_{d.name}": d_loss, f"{phase}/syn_{d.name}": g_loss}
+        logs.update({f"{phase}/syn_{d.name}_{k}": v for k, v in terms.items()})
+        return logs
+
+    # ------------------------------------------------------------------ helpers
+    def _seed(self, salt: int):
+        """Stateless seed from (config seed, iteration, replica, salt): resumable randomness."""
+        replica = tf.distribute.get_replica_context()
+        rid = replica.replica_id_in_sync_group if replica is not None else 0
+        return tf.stack([tf.cast(self.config.seed * 1000 + salt, tf.int64),
+                         self.iteration * 4096 + tf.cast(rid, tf.int64)])
+
+    def decode(self, q):
+        """Records' integers -> the network's [-1, 1]."""
+        return tf.cast(q, tf.float32) * (2.0 / self.config.input_max) - 1.0
+
+    def _decode_and_augment(self, batch):
+        x = self.decode(batch)
+        aug = self.config.augment
+        ct = augment_lib.augment(x[..., UNPAIRED_CT:UNPAIRED_CT + 1], self._seed(1), aug)
+        mr = augment_lib.augment(x[..., UNPAIRED_MR:UNPAIRED_MR + 1], self._seed(2), aug)
+        pair = augment_lib.augment(x[..., PAIRED_CT:PAIRED_MR + 1], self._seed(3), aug)  # same map for both
+        return ct, mr, pair
+
+    def _format_logs(self, logs):
+        # MultiWorkerMirroredStrategy reduces logs along axis 0, so give them one
+        # (keras-team/keras#20329); other strategies take scalars.
+        strategy = tf.distribute.get_strategy()
+        rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        return {k: tf.reshape(tf.cast(v, tf.float32), [1] if rank1 else []) for k, v in sorted(logs.items())}
+
+    def call(self, ct, training=False):
+        """Inference is SynMR(CT)."""
+        return self.syn_mr(ct, training=training)
+
+    def cycle(self, ct):
+        """CT -> SynMR -> SynCT(SynMR(CT)), for Fig. 7 style checks."""
+        syn = self.syn_mr(ct, training=False)
+        return syn, self.syn_ct(syn, training=False)
+
+
+def make_optimizers(config: MRGANConfig, lr: float = 2e-4, beta_1: float = 0.5, beta_2: float = 0.999,
+                    decay_start: int = 100_000, decay_steps: int = 200_000, separate_phases: bool = False,
+                    loss_scale: bool = False) -> dict[str, keras.optimizers.Optimizer]:
+    """Adam per network (or per network and phase), with Sec. II.D's schedule in iterations."""
+    opts = {}
+    for net in ("syn_mr", "syn_ct", "dis_mr", "dis_ct"):
+        for phase in (("unpaired", "paired") if separate_phases else (None,)):
+            per_iter = max(1, config.updates_per_iteration(net, phase))
+            key = net if phase is None else f"{net}/{phase}"
+            schedule = ConstantThenLinearDecay(lr, decay_start, decay_steps, per_iter)
+            opt = keras.optimizers.Adam(schedule, beta_1=beta_1, beta_2=beta_2, name=key.replace("/", "_"))
+            opts[key] = keras.optimizers.LossScaleOptimizer(opt) if loss_scale else opt
+    return opts
