@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import tensorflow as tf
@@ -117,6 +118,13 @@ def make_dataset(
     return ds
 
 
+def _op_error_text(e: tf.errors.OpError) -> str:
+    """``DataLossError: inflate() failed ...`` without TF's function-node and op decorations."""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", e.message)
+    message = re.sub(r"\s*\[Op:[^\]]*\].*\Z", "", message, flags=re.S)
+    return f"{type(e).__name__}: {message.strip()}"
+
+
 def _records(path: str, compression: str) -> Iterator[bytes]:
     """Serialized records of one shard, in order; CorruptRecordError on unreadable data."""
     it = iter(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
@@ -127,7 +135,7 @@ def _records(path: str, compression: str) -> Iterator[bytes]:
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            raise CorruptRecordError(path, index, f"{type(e).__name__}: {e.message}") from None
+            raise CorruptRecordError(path, index, _op_error_text(e)) from None
         yield serialized
         index += 1
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -32,11 +32,14 @@ _ANY_EXT = "(" + "|".join(re.escape(e) for e in _EXTENSIONS.values()) + r")\Z"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``."""
+    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``.
+
+    The temp file is created with mode 0666 & ~umask, like a plain ``open``.
+    """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -78,7 +81,10 @@ def extension(compression: str) -> str:
 
 
 class ShardedWriter:
-    """Context manager writing validated records into ``examples_per_shard``-sized shards."""
+    """Context manager writing validated records into ``examples_per_shard``-sized shards.
+
+    ``compression`` is "GZIP" (default), "ZLIB" or None/"" for none.
+    """
 
     def __init__(
         self,
@@ -87,6 +93,7 @@ class ShardedWriter:
         fields: schema.Fields,
         examples_per_shard: int = 512,
         compression: str | None = "GZIP",
+        compression_level: int | None = None,
     ) -> None:
         check_name(name)
         schema.check_fields(fields)
@@ -98,7 +105,8 @@ class ShardedWriter:
         self.examples_per_shard = examples_per_shard
         self.compression = (compression or "").upper()
         self._ext = extension(self.compression)
-        self._options = tf.io.TFRecordOptions(compression_type=self.compression)
+        # zlib level 0-9; None = zlib's default (6). Lower levels write faster, read the same.
+        self._options = tf.io.TFRecordOptions(compression_type=self.compression, compression_level=compression_level)
         self._temps: list[str] = []  # every temp shard this writer created
         self._counts: list[int] = []
         self._current: tf.io.TFRecordWriter | None = None
