@@ -329,3 +329,23 @@ def test_inspect_bad_inputs(tmp_path, capsys):
     write_set(tmp_path, n=2)
     assert inspect_cli.inspect_dir(str(tmp_path), png=str(tmp_path / "no" / "x.png")) == 1
     assert "x.png" in capsys.readouterr().err
+
+
+def test_batch_parser_matches_per_example_parser(tmp_path):
+    records = write_set(tmp_path, n=5, per_shard=2)
+    batch_parser = schema.make_tf_batch_parser(FIELDS)
+    ds = reader.make_dataset(tmp_path, "s", parse=False, cycle_length=1).batch(3).map(batch_parser)
+    batches = list(ds)
+    assert [int(b["k"].shape[0]) for b in batches] == [3, 2]
+    assert batches[0]["deep"].shape == (3, 4, 3, 3) and batches[0]["deep"].dtype == tf.uint16
+    for j, record in enumerate(records):
+        b = batches[j // 3]
+        got = {k: v[j % 3].numpy() for k, v in b.items()}
+        got["pid"] = got["pid"].decode("utf-8")
+        got["k"], got["x"] = got["k"].item(), got["x"].item()
+        assert_same(got, record)
+
+    fields = {"im": schema.Image("uint8")}
+    mixed = [schema.encode({"im": np.zeros(s, np.uint8)}, fields) for s in [(2, 3), (3, 2)]]  # same byte count
+    with pytest.raises(tf.errors.InvalidArgumentError, match="share one shape"):
+        schema.make_tf_batch_parser(fields)(tf.constant(mixed))

@@ -39,6 +39,8 @@ def _display(img: np.ndarray, dtype: str) -> tuple[np.ndarray, dict[str, Any]]:
     """[H, W, C] image -> something imshow shows faithfully (gray, or RGB for 3/4 channels)."""
     scale = {"uint8": 255.0, "uint16": 65535.0}.get(dtype)
     x = img.astype(np.float32)
+    if scale is not None and x.max() <= 1:  # 0/1 label maps would look all black at full scale
+        scale = 1.0
     if scale is None:  # float32: stretch to its own range
         lo, hi = float(x.min()), float(x.max())
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
@@ -57,7 +59,7 @@ def render_contact_sheet(samples: list[Sample], dtypes: dict[str, dict[str, str]
     per_example = max(1, max((len(imgs) for _, _, imgs in samples), default=1))
     cols = max(1, math.ceil(math.sqrt(len(samples))))
     rows = max(1, math.ceil(len(samples) / cols))
-    fig = Figure(figsize=(1.8 * cols * per_example, 2.0 * rows))
+    fig = Figure(figsize=(1.8 * cols * per_example, 2.2 * rows))
     FigureCanvasAgg(fig)
     for s, (set_name, group, images) in enumerate(samples):
         r, c = divmod(s, cols)
@@ -116,7 +118,11 @@ def inspect_dir(directory: str, group_key: str | None = None, png: str | None = 
         if not samples:
             print(f"error: {png}: no Image fields to draw in {directory}", file=sys.stderr)
             return 1
-        atomic_write_bytes(png, render_contact_sheet(samples, dtypes))
+        try:
+            atomic_write_bytes(png, render_contact_sheet(samples, dtypes))
+        except OSError as e:
+            print(f"error: {png}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return 1
         print(f"wrote {png} ({len(samples)} examples)")
     return status
 
