@@ -1,0 +1,134 @@
+"""Keras callbacks for a multi-day run: checkpoints, TensorBoard, a NaN guard, a loss log."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrgan_tf import figures
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _iteration(model) -> int:
+    return int(model.iteration.numpy())
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Saves every ``every`` iterations and when training ends, but never after a NaN.
+
+    tf.train.CheckpointManager writes each checkpoint before it updates the
+    pointer file, so a kill at any moment leaves the previous one loadable.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+        super().__init__()
+        self.manager, self.every = manager, max(1, every)
+        self.failed = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.failed:
+            return
+        it = _iteration(self.model)
+        if it % self.every == 0:
+            self.manager.save(checkpoint_number=it)
+
+    def on_train_end(self, logs=None):
+        it = _iteration(self.model)
+        if not self.failed and self.manager.latest_checkpoint != self._path(it):
+            self.manager.save(checkpoint_number=it)
+
+    def _path(self, it):
+        return os.path.join(self.manager.directory, f"ckpt-{it}")
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss term and names it."""
+
+    def __init__(self, checkpointing: Checkpointing | None = None):
+        super().__init__()
+        self.checkpointing = checkpointing
+        self.error: str | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = {k: float(np.mean(v)) for k, v in (logs or {}).items() if not np.all(np.isfinite(v))}
+        if bad and self.error is None:
+            self.error = (f"non-finite loss at iteration {_iteration(self.model)}: {bad}; training stopped, "
+                          f"the last good checkpoint is kept")
+            if self.checkpointing is not None:
+                self.checkpointing.failed = True
+            self.model.stop_training = True
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """TensorBoard scalars (every loss term, learning rates, iterations/s), image panels, and history.csv.
+
+    The image panel is CT | SynMR | reference MR | |error| | SynCT(SynMR(CT)) on
+    fixed validation slices, so successive panels are comparable.
+    """
+
+    def __init__(self, run_dir: str, every: int = 50, image_every: int = 500, fixed: dict | None = None,
+                 write: bool = True):
+        super().__init__()
+        self.every, self.image_every, self.fixed = max(1, every), max(1, image_every), fixed
+        self.write = write
+        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train")) if write else None
+        self.history_path = os.path.join(run_dir, "history.csv")
+        self._t0, self._it0 = None, None
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        self._t0, self._it0 = time.perf_counter(), _iteration(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        it = _iteration(self.model)
+        if not self.write or not logs:
+            return
+        if it % self.every == 0:
+            now = time.perf_counter()
+            rate = (it - self._it0) / max(now - self._t0, 1e-9)
+            self._t0, self._it0 = now, it
+            values = {k: float(np.mean(v)) for k, v in logs.items()}
+            with self.writer.as_default(step=it):
+                for k, v in values.items():
+                    tf.summary.scalar(f"loss/{k}", v)
+                for name, opt in self.model.optimizers.items():
+                    tf.summary.scalar(f"learning_rate/{name}", float(opt.learning_rate))
+                tf.summary.scalar("iterations_per_second", rate)
+            self._append_history(it, values, rate)
+        if self.fixed is not None and it % self.image_every == 0:
+            self.write_images(it)
+
+    def _append_history(self, it, values, rate):
+        keys = sorted(values)
+        new = not os.path.exists(self.history_path)
+        if not new and self._keys is None:
+            with open(self.history_path) as f:
+                self._keys = f.readline().strip().split(",")[1:-1]
+        if new:
+            self._keys = keys
+        with open(self.history_path, "a") as f:
+            if new:
+                f.write(",".join(["iteration", *keys, "iterations_per_second"]) + "\n")
+            row = [str(it)] + [f"{values.get(k, math.nan):.6g}" for k in self._keys] + [f"{rate:.4g}"]
+            f.write(",".join(row) + "\n")
+
+    def write_images(self, it):
+        syn, rec = self.model.cycle(self.fixed["ct"])
+        panels = [figures.slice_panel(c, s, r, b) for c, s, r, b in
+                  zip(self.fixed["ct"][..., 0].numpy(), syn[..., 0].numpy(),
+                      self.fixed["mr"][..., 0].numpy(), rec[..., 0].numpy())]
+        with self.writer.as_default(step=it):
+            tf.summary.image("CT | SynMR | MR | error | SynCT(SynMR)",
+                             np.stack(panels)[..., None], max_outputs=len(panels))
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.flush()

@@ -1,0 +1,77 @@
+"""tf.data from the dataset spec: one element = unpaired CT, unpaired MR and a paired CT/MR.
+
+Elements stay in the records' integer type and are packed as the four channels
+of one [B, H, W, 4] tensor (order in ``mrgan_tf.model``); the model decodes and
+augments them on the device. Streams are independently shuffled and repeated,
+so an element's unpaired CT and MR come from unrelated slices (Alg. 1 lines 3-4).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mrgan_tf.model import MODES
+from mrgan_tf.spec import DatasetSpec
+from tfrecords_tools import reader
+
+
+def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int, shuffle_buffer: int):
+    """An endless shuffled stream of [S, S, len(fields)] images from one shard set."""
+    spec.require(set_name)
+    s = spec.preprocess.image_size
+    ds = reader.make_dataset(spec.root, set_name, shuffle_files=True, seed=seed)
+    ds = ds.map(lambda ex: tf.ensure_shape(tf.concat([ex[f] for f in fields], axis=-1), [s, s, len(fields)]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+
+
+def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, seed: int = 0,
+                     shuffle_buffer: int = 2048, skip_batches: int = 0,
+                     unpaired_from_paired: bool = False) -> tf.data.Dataset:
+    """Endless batches [global_batch, S, S, 4] for ``mode``; channels a mode does not use are zero.
+
+    ``skip_batches`` replays the stream to where a resumed run left off (the
+    streams are seeded, so the resumed run sees what the uninterrupted one would).
+    ``unpaired_from_paired`` also feeds the paired training slices to the
+    unpaired streams (each modality shuffled independently).
+    """
+    m = MODES[mode]
+    s = spec.preprocess.image_size
+    dtype = tf.uint8 if spec.preprocess.bits == 8 else tf.uint16
+    zeros = tf.data.Dataset.from_tensors(tf.zeros([s, s, 1], dtype)).repeat()
+
+    def unpaired(modality: str, salt: int):
+        if not m.unpaired:
+            return zeros
+        sets = [f"unpaired_{modality}"] + (["paired_train"] if unpaired_from_paired else [])
+        sets = [n for n in sets if spec.count(n)] or [f"unpaired_{modality}"]   # require() explains
+        streams = [_stream(spec, n, (modality,), seed + salt + i, shuffle_buffer) for i, n in enumerate(sets)]
+        if len(streams) == 1:
+            return streams[0]
+        weights = [spec.count(n) / sum(spec.count(n) for n in sets) for n in sets]
+        return tf.data.Dataset.sample_from_datasets(streams, weights, seed=seed + salt)
+
+    paired = (_stream(spec, "paired_train", ("ct", "mr"), seed + 3, shuffle_buffer) if m.paired
+              else zeros.map(lambda z: tf.concat([z, z], axis=-1)))
+    ds = tf.data.Dataset.zip(unpaired("ct", 1), unpaired("mr", 2), paired)
+    ds = ds.map(lambda ct, mr, pair: tf.concat([ct, mr, pair], axis=-1), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(global_batch_size, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def fixed_slices(spec: DatasetSpec, n: int, set_name: str | None = None) -> dict[str, tf.Tensor]:
+    """``n`` slices spread over a paired set (test, else train), for image summaries.
+
+    Returns float images in [-1, 1] under keys ct and mr, [n, S, S, 1].
+    """
+    name = set_name or ("paired_test" if spec.count("paired_test") else "paired_train")
+    spec.require(name)
+    total = spec.count(name)
+    step = max(1, total // max(n, 1))
+    picked = [ex for i, ex in enumerate(reader.iterate(spec.root, name)) if i % step == 0][:n]
+    scale = 2.0 / spec.input_max
+    return {k: tf.constant([ex[k] for ex in picked], tf.float32) * scale - 1.0 for k in ("ct", "mr")}

@@ -1,0 +1,158 @@
+"""python -m mrgan_tf.train --flagfile=configs/mrgan.cfg
+
+Flags -> strategy -> data -> model -> fit (checkpoints, TensorBoard) -> export.
+Running the same command again resumes from the last checkpoint: step,
+optimizer state, learning-rate position and the data stream continue where
+they stopped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from mrgan_tf import distribute  # noqa: F401  (defines --strategy, --cpu_devices)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("records", None, "Records directory written by make_records (holds dataset.json).")
+flags.DEFINE_string("out", None, "Run directory: checkpoints/, logs/, history.csv, export/.")
+flags.DEFINE_enum("mode", "mrgan", ["mrgan", "paired", "unpaired"],
+                  "mrgan: paired + unpaired (Alg. 1); paired: pix2pix baseline; unpaired: CycleGAN baseline.")
+flags.DEFINE_integer("ngf", 64, "Generator base width (paper 64).")
+flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks (paper 9).")
+flags.DEFINE_enum("discriminator", "D1", ["D1", "D2", "D3", "D4", "D5"], "Table II discriminator.")
+flags.DEFINE_float("ndf_scale", 1.0, "Discriminator width multiplier (1 = Table II).")
+flags.DEFINE_enum("adversarial", "paper", ["paper", "lsgan", "nll"],
+                  "paper: LSGAN unpaired + NLL paired (Eq. 2); or every adversarial term LSGAN / NLL.")
+flags.DEFINE_float("cycle_weight", 10.0, "lambda in Eq. (5).")
+flags.DEFINE_float("l1_weight", 100.0, "gamma in Eq. (5).")
+flags.DEFINE_integer("n_iter", 1, "Alg. 1 n_iter: updates per phase per iteration.")
+flags.DEFINE_integer("paired_repeats", 1, "Repeat the paired phase (authors' code: 2; paper: 1).")
+flags.DEFINE_float("real_label", 1.0, "Real label for discriminators (authors' code: 0.9).")
+flags.DEFINE_integer("pool_size", 0, "Pool of past fakes for unpaired discriminators (authors' code: 50).")
+flags.DEFINE_bool("augment", True, "Flip / crop / rotate online (paper III.A).")
+flags.DEFINE_enum("crop_mode", "pad", ["pad", "resize"], "Random crop from the image padded or resized to S+2*margin.")
+flags.DEFINE_integer("crop_margin", 15, "Crop margin in pixels (256 -> 286: 15).")
+flags.DEFINE_float("max_rotation", 5.0, "Max rotation in degrees.")
+flags.DEFINE_integer("batch_size", 1, "Per-replica batch size (paper 1). Global batch = this x replicas.")
+flags.DEFINE_float("lr", 2e-4, "Adam learning rate.")
+flags.DEFINE_float("beta_1", 0.5, "Adam beta_1.")
+flags.DEFINE_integer("decay_start", 100_000, "Iterations at constant learning rate.")
+flags.DEFINE_integer("decay_steps", 200_000, "Iterations of linear decay to zero.")
+flags.DEFINE_bool("separate_phase_optimizers", False, "One Adam per network and phase (authors' code: 8).")
+flags.DEFINE_integer("steps", None, "Total iterations (default decay_start + decay_steps).")
+flags.DEFINE_bool("unpaired_from_paired", False, "Also feed paired training slices to the unpaired streams.")
+flags.DEFINE_integer("seed", 0, "Seed for data order, augmentation and initial weights.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "mixed_bfloat16 for AVX-512 BF16 CPUs / TPUs; mixed_float16 (with loss scaling) for GPUs.")
+flags.DEFINE_bool("xla", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("deterministic", False, "Deterministic TF ops (reproducible runs, slower).")
+flags.DEFINE_integer("checkpoint_every", 1000, "Iterations between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+flags.DEFINE_integer("log_every", 50, "Iterations between TensorBoard scalars / history.csv rows.")
+flags.DEFINE_integer("image_every", 1000, "Iterations between TensorBoard image panels.")
+flags.DEFINE_integer("image_slices", 4, "Fixed validation slices in the image panel.")
+flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_bool("export", True, "Export SavedModels for serving when training ends.")
+
+
+def model_config_from_flags(spec):
+    from mrgan_tf.augment import AugmentConfig
+    from mrgan_tf.model import MRGANConfig
+    aug = AugmentConfig(flip=FLAGS.augment, crop_margin=FLAGS.crop_margin if FLAGS.augment else 0,
+                        crop_mode=FLAGS.crop_mode, max_rotation_deg=FLAGS.max_rotation if FLAGS.augment else 0.0)
+    return MRGANConfig(mode=FLAGS.mode, image_size=spec.preprocess.image_size, ngf=FLAGS.ngf,
+                       n_blocks=FLAGS.n_blocks, discriminator=FLAGS.discriminator, ndf_scale=FLAGS.ndf_scale,
+                       adversarial=FLAGS.adversarial, cycle_weight=FLAGS.cycle_weight, l1_weight=FLAGS.l1_weight,
+                       n_iter=FLAGS.n_iter, paired_repeats=FLAGS.paired_repeats, real_label=FLAGS.real_label,
+                       pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed)
+
+
+def train(records: str, out: str) -> dict:
+    """Trains (or resumes) a run; returns a summary. Importable for tests and the demo."""
+    import keras
+    import tensorflow as tf
+
+    from mrgan_tf import callbacks, checkpoints, data
+    from mrgan_tf.model import MRGAN, make_optimizers
+    from mrgan_tf.spec import DatasetSpec
+
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    chief = distribute.is_chief(strategy)
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(FLAGS.seed)
+    keras.mixed_precision.set_global_policy(FLAGS.precision)
+
+    spec = DatasetSpec.load(records)
+    config = model_config_from_flags(spec)
+    total = FLAGS.steps if FLAGS.steps is not None else FLAGS.decay_start + FLAGS.decay_steps
+    run_dir = out if chief else os.path.join(out, "workers", f"{os.getpid()}")   # non-chief: scratch
+
+    with strategy.scope():
+        model = MRGAN(config)
+        model.compile(make_optimizers(config, FLAGS.lr, FLAGS.beta_1, decay_start=FLAGS.decay_start,
+                                      decay_steps=FLAGS.decay_steps,
+                                      separate_phases=FLAGS.separate_phase_optimizers,
+                                      loss_scale=FLAGS.precision == "mixed_float16"),
+                      jit_compile=FLAGS.xla)
+        manager = checkpoints.manager_for(model, run_dir, FLAGS.keep_checkpoints)
+        if manager.latest_checkpoint:
+            checkpoints.checkpoint_for(model).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    start = int(model.iteration.numpy())
+    if chief:
+        checkpoints.save_run_config(out, config, records, precision=FLAGS.precision)
+    if start:
+        logging.info("resuming %s from iteration %d (%s)", out, start, manager.latest_checkpoint)
+    if start >= total:
+        logging.info("%s already trained for %d >= %d iterations", out, start, total)
+
+    replicas = strategy.num_replicas_in_sync
+    ds = data.training_dataset(spec, config.mode, FLAGS.batch_size * replicas, seed=FLAGS.seed,
+                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired)
+    ckpt_cb = callbacks.Checkpointing(manager, FLAGS.checkpoint_every)
+    guard = callbacks.NaNGuard(ckpt_cb)
+    fixed = None
+    if chief and (spec.count("paired_test") or spec.count("paired_train")):
+        fixed = data.fixed_slices(spec, FLAGS.image_slices)
+    monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief)
+    t0 = time.perf_counter()
+    if start < total:
+        model.fit(ds, epochs=1, steps_per_epoch=total - start, callbacks=[guard, ckpt_cb, monitor],
+                  verbose=FLAGS.verbose if chief else 0)
+    seconds = time.perf_counter() - t0
+    if guard.error:
+        raise callbacks.NonFiniteLoss(guard.error)
+    summary = {"run_dir": out, "start_iteration": start, "iterations": int(model.iteration.numpy()),
+               "seconds": seconds, "replicas": replicas, "global_batch": FLAGS.batch_size * replicas,
+               "checkpoint": manager.latest_checkpoint}
+    if FLAGS.export and chief:
+        from mrgan_tf import export
+        summary["export"] = export.export_model(model, spec, os.path.join(out, "export"))
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.records or not FLAGS.out:
+        raise app.UsageError("--records and --out are required (or a --flagfile that sets them)")
+    from mrgan_tf.callbacks import NonFiniteLoss
+    from mrgan_tf.spec import SpecError
+    try:
+        summary = train(FLAGS.records, FLAGS.out)
+    except (SpecError, NonFiniteLoss, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}")
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
