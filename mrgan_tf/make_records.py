@@ -1,0 +1,596 @@
+"""Convert a SynthRAD-style folder of CT/MR volumes into the MR-GAN records directory.
+
+``<root>/<patient_id>/{ct,mr,mask}`` volumes -> four shard sets (paired_train,
+unpaired_ct, unpaired_mr, paired_test) plus ``dataset.json`` and ``summary.json``
+(docs/DESIGN.md, "Records"). Patients are read and prepared in worker processes;
+the main process writes shards into ``<out>.tmp-<pid>`` and renames it to ``--out``
+only when everything succeeded, so a failed or interrupted run leaves no partial output.
+
+TensorFlow (through ``tfrecords_tools``) is imported only in the main process when
+writing: the spawned workers import this module and must start fast.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from mrgan_tf.io.readers import find_modality_file, read_volume
+from mrgan_tf.io.volumes import VolumeError
+from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
+from mrgan_tf.spec import SET_NAMES, SPEC_NAME, DatasetSpec
+
+SUMMARY_NAME = "summary.json"
+ROLES = ("paired", "ct", "mr")
+SPLITS = ("train", "test")
+MANIFEST_COLUMNS = ("patient_id", "role", "split")
+ON_ERROR = ("fail", "skip")
+# Which modalities each role reads and which shard set a (role, split) goes to.
+ROLE_MODALITIES = {"paired": ("ct", "mr"), "ct": ("ct",), "mr": ("mr",)}
+SET_OF = {("paired", "train"): "paired_train", ("paired", "test"): "paired_test",
+          ("ct", "train"): "unpaired_ct", ("mr", "train"): "unpaired_mr"}
+SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
+              "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask")}
+# Errors that mean "this patient's input is bad" (skippable with on_error="skip").
+_PATIENT_ERRORS = (VolumeError, ValueError, OSError)
+
+
+class MakeRecordsError(ValueError):
+    """Bad input or configuration; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass
+class PatientTask:
+    """One patient to convert: which files, which role and split."""
+
+    patient_id: str
+    role: str
+    split: str
+    ct: str | None
+    mr: str | None
+    mask: str | None
+
+    @property
+    def set_name(self) -> str:
+        return SET_OF[(self.role, self.split)]
+
+
+@dataclasses.dataclass
+class _Found:
+    """What a patient folder holds (paths, or the error that made it unusable)."""
+
+    folder: Path
+    files: dict[str, Path | None]
+    error: str | None = None
+
+
+def discover_patients(root: str | os.PathLike) -> dict[str, _Found]:
+    """Patient folders of ``root`` (sorted; hidden entries and plain files ignored)."""
+    root = Path(root)
+    if not root.exists():
+        raise MakeRecordsError(f"{root}: --root does not exist")
+    if not root.is_dir():
+        raise MakeRecordsError(f"{root}: --root is not a directory")
+    folders = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    if not folders:
+        what = "is empty" if not any(root.iterdir()) else "has no patient folders (<root>/<patient_id>/ct.nii.gz ...)"
+        raise MakeRecordsError(f"{root}: --root {what}")
+    found = {}
+    for folder in folders:
+        try:
+            files = {m: find_modality_file(folder, m) for m in ("ct", "mr", "mask")}
+        except VolumeError as e:
+            found[folder.name] = _Found(folder, {}, str(e))
+            continue
+        error = None
+        if files["ct"] is None and files["mr"] is None:
+            error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
+                    ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
+        found[folder.name] = _Found(folder, files, error)
+    return found
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """``{patient_id: (role, split)}`` from a CSV with columns patient_id,role,split (extra columns ignored)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+            header = rows and list(rows[0].keys())
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MakeRecordsError(f"{path}: cannot read manifest ({e})") from None
+    if not rows:
+        raise MakeRecordsError(f"{path}: manifest has no rows (expected columns {','.join(MANIFEST_COLUMNS)})")
+    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise MakeRecordsError(f"{path}: manifest lacks column(s) {missing}; has {header}")
+    out: dict[str, tuple[str, str]] = {}
+    for line, row in enumerate(rows, start=2):
+        pid, role, split = ((row.get(c) or "").strip() for c in MANIFEST_COLUMNS)
+        if not (pid or role or split):
+            continue
+        if not pid:
+            raise MakeRecordsError(f"{path}:{line}: empty patient_id")
+        if role not in ROLES:
+            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} has role {role!r}, expected one of {ROLES}")
+        if split not in SPLITS:
+            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} has split {split!r}, expected one of {SPLITS}")
+        if pid in out:
+            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} is listed twice")
+        out[pid] = (role, split)
+    return out
+
+
+def _hash_order(ids: Iterable[str], seed: int) -> list[str]:
+    """Ids in a seeded pseudo-random but reproducible order (independent of listing order)."""
+    return sorted(ids, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
+
+
+def choose_test_patients(paired: Sequence[str], test_patients: int | Sequence[str], seed: int = 0) -> list[str]:
+    """The paired patients held out for testing: a count (seeded hash order) or explicit ids."""
+    if isinstance(test_patients, (int, np.integer)):
+        n = int(test_patients)
+        if n < 0:
+            raise MakeRecordsError(f"--test_patients must be >= 0, got {n}")
+        if n > len(paired) and paired:
+            raise MakeRecordsError(f"--test_patients={n} but only {len(paired)} paired patient(s) exist")
+        return sorted(_hash_order(paired, seed)[:n])
+    ids = list(dict.fromkeys(test_patients))
+    not_paired = [pid for pid in ids if pid not in paired]
+    if not_paired:
+        raise MakeRecordsError(f"--test_patients: {not_paired} not paired patient(s) (unknown, or CT or MR missing; "
+                               f"test patients need both); paired: {sorted(paired)}")
+    return sorted(ids)
+
+
+def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
+                  manifest: str | os.PathLike | None = None) -> tuple[list[PatientTask], dict[str, str], list[str]]:
+    """Decide role and split of every patient folder.
+
+    Returns (tasks, failed {id: error} for folders unusable as found, unlisted ids
+    left out because the manifest does not name them).
+    """
+    found = discover_patients(root)
+    failed = {pid: f.error for pid, f in found.items() if f.error}
+    usable = {pid: f for pid, f in found.items() if not f.error}
+
+    def has(pid: str, modality: str) -> bool:
+        return usable[pid].files.get(modality) is not None
+
+    unlisted: list[str] = []
+    if manifest is not None:
+        listed = read_manifest(manifest)
+        unknown = sorted(set(listed) - set(found))
+        if unknown:
+            raise MakeRecordsError(f"{manifest}: unknown patient(s) {unknown}: no such folder in {root}")
+        unlisted = sorted(set(found) - set(listed))
+        roles = {}
+        for pid, (role, split) in listed.items():
+            if pid in failed:
+                continue
+            lacking = [m for m in ROLE_MODALITIES[role] if not has(pid, m)]
+            if lacking:
+                raise MakeRecordsError(f"{manifest}: patient {pid!r} has role {role!r} but "
+                                       f"{usable[pid].folder} has no {' or '.join(lacking).upper()}")
+            if split == "test" and role != "paired":
+                raise MakeRecordsError(f"{manifest}: patient {pid!r} is a test patient with role {role!r}; "
+                                       "test patients must be paired")
+            roles[pid] = (role, split)
+        for pid in unlisted:
+            failed.pop(pid, None)
+    else:
+        auto = {pid: "paired" if has(pid, "ct") and has(pid, "mr") else ("ct" if has(pid, "ct") else "mr")
+                for pid in usable}
+        paired = sorted(pid for pid, r in auto.items() if r == "paired")
+        test = set(choose_test_patients(paired, test_patients, split_seed))
+        roles = {pid: (role, "test" if pid in test else "train") for pid, role in auto.items()}
+    tasks = []
+    for pid in sorted(roles):
+        role, split = roles[pid]
+        files = usable[pid].files
+        wanted = ROLE_MODALITIES[role] + ("mask",)
+        paths = {m: (str(files[m]) if m in wanted and files.get(m) is not None else None) for m in ("ct", "mr", "mask")}
+        tasks.append(PatientTask(pid, role, split, **paths))
+    n_paired = sum(t.role == "paired" for t in tasks)
+    if n_paired and not any(t.set_name == "paired_train" for t in tasks):
+        logging.warning("every paired patient is a test patient: paired_train will be empty")
+    return tasks, failed, unlisted
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@dataclasses.dataclass
+class PatientResult:
+    """A prepared patient, kept slices only (what the main process needs to write records)."""
+
+    task: PatientTask
+    error: str | None = None
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (n_kept, S, S)
+    slice_index: np.ndarray | None = None
+    num_slices: int = 0
+    placement: list[float] | None = None
+    mr_range: tuple[float, float] | None = None
+    affine: np.ndarray | None = None
+    volume_shape: tuple[int, int, int] | None = None
+    registration: dict | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_kept(self) -> int:
+        return 0 if self.slice_index is None else len(self.slice_index)
+
+
+def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
+    """Read and prepare one patient (runs in a worker). Input problems come back as ``error``
+    text, not exceptions: VolumeError does not survive pickling between processes."""
+    t0 = time.perf_counter()
+    try:
+        vols = {m: (read_volume(getattr(task, m)) if getattr(task, m) else None) for m in ("ct", "mr", "mask")}
+        t1 = time.perf_counter()
+        prep = prepare_patient(vols["ct"], vols["mr"], vols["mask"], cfg)
+    except _PATIENT_ERRORS as e:
+        return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"patient {task.patient_id}: {e}")
+    t2 = time.perf_counter()
+    keep = np.flatnonzero(prep.keep)
+    images = {"mask": prep.mask[keep]}
+    for name in ("ct", "mr"):
+        if getattr(prep, name) is not None:
+            images[name] = getattr(prep, name)[keep]
+    return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
+                         placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
+                         volume_shape=prep.shape, registration=prep.registration,
+                         seconds={"read": t1 - t0, "prepare": t2 - t1})
+
+
+def _results(tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int) -> Iterator[PatientResult]:
+    """Results in task order; at most 2 x workers patients in flight (bounded memory)."""
+    if workers == 0:
+        for task in tasks:
+            yield convert_patient(task, cfg)
+        return
+    ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = collections.deque()
+        todo = iter(tasks)
+        for task in todo:
+            pending.append(ex.submit(convert_patient, task, cfg))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            task = next(todo, None)
+            if task is not None:
+                pending.append(ex.submit(convert_patient, task, cfg))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def set_fields(set_name: str, bits: int) -> dict:
+    """The record schema of one shard set."""
+    from tfrecords_tools import schema
+
+    image_dtype = "uint8" if bits == 8 else "uint16"
+    fields = {name: schema.Image("uint8" if name == "mask" else image_dtype, channels=1)
+              for name in SET_IMAGES[set_name]}
+    fields.update(patient_id=schema.String(), slice_index=schema.Int(), num_slices=schema.Int(),
+                  placement=schema.Float(length=5), mr_range=schema.Float(length=2),
+                  affine=schema.Float(length=16), volume_shape=schema.Int(length=3))
+    return fields
+
+
+def patient_records(result: PatientResult) -> Iterator[dict[str, Any]]:
+    """One record per kept slice of a prepared patient."""
+    common = {"patient_id": result.task.patient_id, "num_slices": result.num_slices,
+              "placement": np.asarray(result.placement, np.float64),
+              "mr_range": np.asarray(result.mr_range if result.mr_range else (0.0, 0.0), np.float64),
+              "affine": np.asarray(result.affine, np.float64).ravel(),
+              "volume_shape": np.asarray(result.volume_shape, np.int64)}
+    names = SET_IMAGES[result.task.set_name]
+    for i, k in enumerate(result.slice_index):
+        record = dict(common, slice_index=int(k))
+        for name in names:
+            record[name] = result.images[name][i][:, :, None]
+        yield record
+
+
+def _patient_entry(task: PatientTask, result: PatientResult | None, error: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": task.role, "split": task.split,
+                             "sources": {m: getattr(task, m) for m in ("ct", "mr", "mask") if getattr(task, m)}}
+    if error is not None:
+        entry.update(n_slices_kept=0, n_slices_skipped=0, error=error)
+        return entry
+    entry.update(n_slices_kept=result.n_kept, n_slices_skipped=result.num_slices - result.n_kept,
+                 mr_range=list(result.mr_range) if result.mr_range else None)
+    if result.registration is not None:
+        entry["registration_metric"] = result.registration["metric"]
+        entry["registration"] = result.registration
+    return entry
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def _holds_records(path: Path) -> bool:
+    return (path / SPEC_NAME).exists() or any(p.name.endswith(".shards.json") for p in path.iterdir())
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber records without --overwrite, and anything that is not a records directory."""
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise MakeRecordsError(f"{out}: parent folder {out.parent} does not exist")
+        return
+    if not out.is_dir():
+        raise MakeRecordsError(f"{out}: --out exists and is not a directory")
+    if _holds_records(out):
+        if not overwrite:
+            raise MakeRecordsError(f"{out}: already holds records; pass --overwrite to replace them")
+    elif any(out.iterdir()):
+        raise MakeRecordsError(f"{out}: --out is a non-empty folder that does not hold records; "
+                               "refusing to replace it (choose an empty or new folder)")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished temp dir to ``out``; an old ``out`` is moved aside first and
+    deleted last, so at every moment one complete version exists."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
+                 test_patients: int | Sequence[str] = 2, split_seed: int = 0,
+                 manifest: str | os.PathLike | None = None, on_error: str = "fail", overwrite: bool = False,
+                 workers: int = 2, examples_per_shard: int = 512, progress: bool = True) -> dict[str, Any]:
+    """Convert ``root`` into the records directory ``out``; returns the summary dict.
+
+    ``workers=0`` converts in this process (debugging, tests). Raises MakeRecordsError
+    (or VolumeError) naming the file on bad input; nothing is left in ``out`` then.
+    """
+    start = time.perf_counter()
+    cfg = cfg or PreprocessConfig()
+    if on_error not in ON_ERROR:
+        raise MakeRecordsError(f"--on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if workers < 0:
+        raise MakeRecordsError(f"--workers must be >= 0, got {workers}")
+    out = Path(out).absolute()
+    check_output(out, overwrite)
+    tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
+                                            manifest=manifest)
+    if failed and on_error == "fail":
+        raise MakeRecordsError(next(iter(failed.values())))
+    if not tasks:
+        raise MakeRecordsError(f"{root}: no usable patients" + (f" (failed: {failed})" if failed else ""))
+    if unlisted:
+        logging.warning("%d patient folder(s) not in the manifest are left out: %s", len(unlisted), unlisted)
+
+    from tfrecords_tools import writer as tfw
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    patients: dict[str, dict[str, Any]] = {}
+    stage = collections.Counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name, set_fields(name, cfg.bits),
+                                                                  examples_per_shard=examples_per_shard))
+                       for name in SET_NAMES}
+            bar = stack.enter_context(_progress(len(tasks), progress))
+            results = stack.enter_context(contextlib.closing(_results(tasks, cfg, workers)))
+            for result in results:
+                task = result.task
+                bar.update(1)
+                if result.error is not None:
+                    if on_error == "fail":
+                        raise MakeRecordsError(result.error)
+                    logging.warning("skipping patient %s: %s", task.patient_id, result.error)
+                    failed[task.patient_id] = result.error
+                    patients[task.patient_id] = _patient_entry(task, None, result.error)
+                    continue
+                stage.update(result.seconds)
+                t0 = time.perf_counter()
+                w = writers[task.set_name]
+                for record in patient_records(result):
+                    w.write(record)
+                stage["write"] += time.perf_counter() - t0
+                patients[task.patient_id] = _patient_entry(task, result, None)
+        sets = {name: w.info for name, w in writers.items()}
+        for pid, error in failed.items():  # folders that failed before conversion
+            patients.setdefault(pid, {"error": error})
+        ok = [t for t in tasks if t.patient_id not in failed]
+        spec = DatasetSpec(root=str(out), preprocess=cfg, sets=sets,
+                           split={s: [t.patient_id for t in ok if t.split == s] for s in SPLITS},
+                           patients=patients, extra={"source_root": str(Path(root).absolute())})
+        seconds = time.perf_counter() - start
+        summary = _summary(out, tasks, failed, unlisted, patients, sets, stage, seconds, workers)
+        tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
+        tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+        check_output(out, overwrite)  # still true? (another run may have written meanwhile)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="patient", desc="make_records", disable=not enabled, file=sys.stderr)
+
+
+def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds, workers) -> dict[str, Any]:
+    by_role: dict[str, int] = collections.Counter(f"{t.role}/{t.split}" for t in tasks if t.patient_id not in failed)
+    skipped = collections.Counter()
+    for t in tasks:
+        skipped[t.set_name] += patients.get(t.patient_id, {}).get("n_slices_skipped", 0)
+    total = sum(info["count"] for info in sets.values())
+    return {
+        "out": str(out),
+        "patients": dict(sorted(by_role.items())),
+        "slices": {name: sets[name]["count"] for name in SET_NAMES},
+        "skipped_slices": {name: skipped[name] for name in SET_NAMES},
+        "failed_patients": dict(sorted(failed.items())),
+        "not_in_manifest": unlisted,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "slices_per_second": round(total / seconds, 2) if seconds > 0 else None,
+        "stage_seconds": {k: round(stage[k], 3) for k in ("read", "prepare", "write")},
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable summary lines (printed by the CLI)."""
+    lines = [f"records written to {summary['out']}",
+             "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
+             "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
+             "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
+             + f" (below min_foreground)"]
+    if summary["failed_patients"]:
+        lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
+        lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
+    if summary["not_in_manifest"]:
+        lines.append(f"not in manifest (left out): {', '.join(summary['not_in_manifest'])}")
+    st = summary["stage_seconds"]
+    lines.append(f"time: {summary['seconds']:.1f} s, {summary['slices_per_second']} slices/s "
+                 f"(stage totals: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "
+                 f"{summary['workers']} worker(s); write {st['write']:.1f} s)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+_DEFAULTS = PreprocessConfig()
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the CLI flags (only when run as a program, so importers' flags never collide)."""
+    flags.DEFINE_string("root", None, "Input folder: <root>/<patient_id>/ct.nii.gz, mr.nii.gz [, mask.nii.gz].",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "Output records directory.", flag_values=fv)
+    flags.DEFINE_string("manifest", None, "CSV with columns patient_id,role,split (role paired|ct|mr, "
+                        "split train|test) overriding roles and the split.", flag_values=fv)
+    flags.DEFINE_string("test_patients", "2", "Number of paired test patients (chosen by a seeded hash of the ids) "
+                        "or a comma-separated list of patient ids.", flag_values=fv)
+    flags.DEFINE_integer("split_seed", 0, "Seed of the test-patient choice.", flag_values=fv)
+    flags.DEFINE_enum("on_error", "fail", list(ON_ERROR), "fail: stop at the first bad patient; "
+                      "skip: leave bad patients out and list them in the summary.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing records directory.", flag_values=fv)
+    flags.DEFINE_integer("workers", 2, "Worker processes preparing patients (0: in the main process).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 512, "Records per shard file.", lower_bound=1, flag_values=fv)
+    # One flag per PreprocessConfig field, with its default.
+    d = _DEFAULTS
+    flags.DEFINE_float("spacing_mm", d.spacing_mm, "Isotropic voxel size after resampling (mm).", flag_values=fv)
+    flags.DEFINE_integer("image_size", d.image_size, "Slice size S (records hold S x S images).", flag_values=fv)
+    flags.DEFINE_enum("fit", d.fit, ["pad", "resize"], "pad: centred pad/crop at the resampled pixel size; "
+                      "resize: scale the longer side to S, then pad.", flag_values=fv)
+    flags.DEFINE_float("ct_window_center", d.ct_window_center, "CT window centre (HU).", flag_values=fv)
+    flags.DEFINE_float("ct_window_width", d.ct_window_width, "CT window width (HU).", flag_values=fv)
+    flags.DEFINE_list("mr_percentiles", [str(p) for p in d.mr_percentiles],
+                      "MR normalisation percentiles lo,hi inside the body.", flag_values=fv)
+    flags.DEFINE_enum("bits", str(d.bits), ["8", "16"], "Stored image depth.", flag_values=fv)
+    flags.DEFINE_float("min_foreground", d.min_foreground, "Keep slices whose body mask covers at least this "
+                       "fraction of the S x S image.", flag_values=fv)
+    flags.DEFINE_float("body_threshold_hu", d.body_threshold_hu, "CT body mask threshold (HU).", flag_values=fv)
+    flags.DEFINE_bool("register", d.register, "Affine MI registration of MR to CT (else world coordinates).",
+                      flag_values=fv)
+    flags.DEFINE_float("register_skull_hu", d.register_skull_hu, "CT voxels above this are left out of the "
+                       "registration metric.", flag_values=fv)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:
+    """PreprocessConfig from the preprocessing flags (one flag per field)."""
+    values = {}
+    for field in dataclasses.fields(PreprocessConfig):
+        value = fv[field.name].value
+        if field.name == "mr_percentiles":
+            try:
+                value = tuple(float(v) for v in value)
+            except ValueError:
+                raise MakeRecordsError(f"--mr_percentiles must be two numbers lo,hi, got {value}") from None
+        elif field.name == "bits":
+            value = int(value)
+        values[field.name] = value
+    try:
+        return PreprocessConfig(**values)
+    except ValueError as e:
+        raise MakeRecordsError(str(e)) from None
+
+
+def parse_test_patients(text: str) -> int | list[str]:
+    """``"3"`` -> 3; ``"p01,p07"`` -> ["p01", "p07"]."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise MakeRecordsError(f"--test_patients must be a count or a list of patient ids, got {text!r}")
+    return ids
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fv = flags.FLAGS
+    for name in ("root", "out"):
+        if not fv[name].value:
+            raise app.UsageError(f"--{name} is required")
+    if fv["manifest"].present and fv["test_patients"].present:
+        logging.warning("--manifest given: its split column decides the test patients; --test_patients ignored")
+    try:
+        summary = make_records(fv.root, fv.out, config_from_flags(fv),
+                               test_patients=parse_test_patients(fv.test_patients), split_seed=fv.split_seed,
+                               manifest=fv.manifest, on_error=fv.on_error, overwrite=fv.overwrite,
+                               workers=fv.workers, examples_per_shard=fv.examples_per_shard)
+    except (MakeRecordsError, VolumeError) as e:
+        print(f"make_records: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(format_summary(summary))
+
+
+def run() -> None:
+    """Console entry point."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    # Run the importable module, so worker processes unpickle mrgan_tf.make_records.* objects.
+    from mrgan_tf.make_records import run as _run
+
+    _run()
