@@ -410,19 +410,27 @@ def _readme(summary: dict) -> str:
         "NOT FOR CLINICAL OR RESEARCH CONCLUSIONS. No real paired CT/MR of one head is in this folder.",
         "",
         "REAL:",
-        "- MR anatomy and T1 contrast: Colin27 single-subject T1 with skull (Debian mricron-data",
-        "  ch2.nii.gz, brain mask from ch2bet.nii.gz) and the MNI152 2009 T1 template (nilearn,",
-        "  an average of 152 brains, skull-stripped).",
-        "- ct_only patient with base_subject 'cranium': a real head CT (Debian invesalius-examples",
-        "  Cranium.inv3), real HU, cropped to the head and resampled (a headrest arc is visible).",
+    ]
+    bases = set(summary["train_bases"]) | set(summary["test_bases"])
+    if "colin27" in bases:
+        lines += ["- MR anatomy and T1 contrast of Colin27: single-subject T1 with skull (Debian",
+                  "  mricron-data ch2.nii.gz; brain mask from ch2bet.nii.gz)."]
+    if "mni152" in bases:
+        lines += ["- MR anatomy and T1 contrast of the MNI152 2009 T1 template (nilearn; an average of",
+                  "  152 brains, skull-stripped)."]
+    if "cranium" in bases:
+        lines += ["- The ct_only patient with base_subject 'cranium': a real head CT (Debian",
+                  "  invesalius-examples Cranium.inv3) in its real HU, cropped to the head and",
+                  "  resampled (a headrest arc is visible)."]
+    lines += [
         "",
         "SIMULATED:",
         "- Every other CT: tissue classes segmented from the MR anatomy (air, soft tissue, fat,",
         "  skull, CSF, grey and white matter, air cavities) get typical HU (-1000, 40, -90,",
         "  ~1100 +/- 250, 15, 40, 25, -1000), smooth per-patient variation, 10-20 HU Gaussian",
         "  noise and a 0.7-voxel Gaussian partial-volume blur (which leaves ~3-5 HU of correlated",
-        "  noise, close to the real Cranium CT). Colin27's skull is the dark",
-        "  T1 band between brain and scalp, so it is approximate (sinuses count as bone).",
+        "  noise, close to the real Cranium CT). Colin27's skull is the dark T1 band between",
+        "  brain and scalp, so it is approximate (sinuses near the brain count as bone).",
         "- MNI152 has no skull: a synthetic CSF/skull (5-8 mm)/muscle/fat shell is drawn around",
         "  its brain for both the CT and the MR.",
         "- Each patient is its base anatomy under a random affine (rotation <= 8 deg, scale",
@@ -521,21 +529,26 @@ def build_demo_dataset(out_dir, seed: int = 0, n_paired_train: int = 4, n_paired
 # --------------------------------------------------------------------------- CLI
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Output folder (must be empty or absent unless --overwrite).")
-flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical arrays.")
-flags.DEFINE_integer("n_paired_train", 4, "Paired CT/MR training patients.")
-flags.DEFINE_integer("n_paired_test", 2, "Paired CT/MR test patients (base anatomy unseen in training).")
-flags.DEFINE_integer("n_unpaired_ct", 3, "CT-only training patients (the first is the real Cranium CT).")
-flags.DEFINE_integer("n_unpaired_mr", 3, "MR-only training patients.")
-flags.DEFINE_float("size_scale", 1.0, "Resolution factor: voxel size is 2 mm / size_scale.")
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder.")
+
+
+def _define_flags() -> None:
+    """Flags are defined only when this module is the program (see run), so that other
+    CLIs (e.g. the end-to-end demo) can import build_demo_dataset and define their own
+    --out/--seed without a duplicate-flag error."""
+    flags.DEFINE_string("out", None, "Output folder (must be empty or absent unless --overwrite).")
+    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical arrays.")
+    flags.DEFINE_integer("n_paired_train", 4, "Paired CT/MR training patients.")
+    flags.DEFINE_integer("n_paired_test", 2, "Paired CT/MR test patients (base anatomy unseen in training).")
+    flags.DEFINE_integer("n_unpaired_ct", 3, "CT-only training patients (the first is the real Cranium CT).")
+    flags.DEFINE_integer("n_unpaired_mr", 3, "MR-only training patients.")
+    flags.DEFINE_float("size_scale", 1.0, "Resolution factor: voxel size is 2 mm / size_scale.")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder.")
+    flags.mark_flag_as_required("out")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.out:
-        raise app.UsageError("--out is required")
     try:
         summary = build_demo_dataset(
             FLAGS.out, FLAGS.seed, FLAGS.n_paired_train, FLAGS.n_paired_test, FLAGS.n_unpaired_ct,
@@ -546,6 +559,7 @@ def main(argv):
 
 
 def run():
+    _define_flags()
     app.run(main)
 
 

@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import plistlib
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -243,3 +245,12 @@ def test_falls_back_to_nilearn_without_debian_files(tmp_path, monkeypatch, caplo
     assert len(summary["warnings"]) == 2 and "mricron-data" in caplog.text
     assert "WARNINGS:" in (tmp_path / "o" / "README.txt").read_text()
     assert {r["base_subject"] for r in _manifest(tmp_path / "o")} == {"mni152"}
+
+
+def test_cli_refuses_non_empty_output(tmp_path):
+    (tmp_path / "x.txt").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "mrgan_tf.demo_data", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"{tmp_path}: directory is not empty" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
