@@ -103,6 +103,8 @@ def _apply_voxel_map(data, m: np.ndarray, out_shape, order: int, fill: float | N
     if data.dtype == bool:
         data = data.astype(np.uint8)
     out_dtype = data.dtype if (order == 0 and data.dtype != np.float64) else np.float32
+    if tuple(out_shape) == data.shape and np.allclose(m, np.eye(4), rtol=0, atol=1e-6):
+        return data.astype(out_dtype)  # same grid (e.g. SynthRAD pairs): interpolation would be the identity
     diag = np.allclose(m[:3, :3], np.diag(np.diag(m[:3, :3])))
     matrix = np.diag(m[:3, :3]) if diag else m[:3, :3]
     out = ndimage.affine_transform(data, matrix, offset=m[:3, 3], output_shape=tuple(out_shape),
