@@ -36,6 +36,7 @@ class PreprocessConfig:
     body_threshold_hu: float = -500.0
     register: bool = False
     register_skull_hu: float = 300.0
+    register_model: str = "rigid"  # or "affine" (the paper); see registration.register_affine
 
     def __post_init__(self):
         self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)
@@ -53,6 +54,8 @@ class PreprocessConfig:
             problems.append(f"mr_percentiles must be (lo, hi) with 0 <= lo < hi <= 100, got {self.mr_percentiles}")
         if self.bits not in (8, 16):
             problems.append(f"bits must be 8 or 16, got {self.bits}")
+        if self.register_model not in ("rigid", "affine"):
+            problems.append(f"register_model must be 'rigid' or 'affine', got {self.register_model!r}")
         if not 0 <= self.min_foreground <= 1:
             problems.append(f"min_foreground must be in [0, 1], got {self.min_foreground}")
         if problems:
@@ -442,7 +445,7 @@ def _register_mr_to_ct(ct_c: Volume, mr: Volume, body: np.ndarray, cfg: Preproce
     from mrgan_tf import registration
 
     fixed_mask = body & (ct_c.data < cfg.register_skull_hu)
-    result = registration.register_affine(ct_c, mr, fixed_mask=fixed_mask)
+    result = registration.register_affine(ct_c, mr, fixed_mask=fixed_mask, model=cfg.register_model)
     return {"metric": result.metric, "transform": result.transform.tolist(),
             "iterations": result.iterations, "stop_reason": result.stop_reason}
 

@@ -46,7 +46,8 @@ def test_config_round_trip_defaults_and_validation():
     assert pp.PreprocessConfig.from_dict({"bits": 16}).image_size == 256
     with pytest.raises(ValueError, match="unknown"):
         pp.PreprocessConfig.from_dict({"bitz": 16})
-    for bad in ({"bits": 12}, {"ct_window_width": 0}, {"fit": "stretch"}, {"mr_percentiles": (99, 1)}):
+    for bad in ({"bits": 12}, {"ct_window_width": 0}, {"fit": "stretch"}, {"mr_percentiles": (99, 1)},
+                {"register_model": "bspline"}):
         with pytest.raises(ValueError):
             pp.PreprocessConfig(**bad)
 
