@@ -231,7 +231,7 @@ class PatientResult:
     affine: np.ndarray | None = None
     volume_shape: tuple[int, int, int] | None = None
     registration: dict | None = None
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU time: robust to a busy machine
 
     @property
     def n_kept(self) -> int:
@@ -241,14 +241,14 @@ class PatientResult:
 def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
     """Read and prepare one patient (runs in a worker). Input problems come back as ``error``
     text, not exceptions: VolumeError does not survive pickling between processes."""
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         vols = {m: (read_volume(getattr(task, m)) if getattr(task, m) else None) for m in ("ct", "mr", "mask")}
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         prep = prepare_patient(vols["ct"], vols["mr"], vols["mask"], cfg)
     except _PATIENT_ERRORS as e:
         return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"patient {task.patient_id}: {e}")
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     keep = np.flatnonzero(prep.keep)
     images = {"mask": prep.mask[keep]}
     for name in ("ct", "mr"):
@@ -257,31 +257,42 @@ def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
     return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
                          placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
                          volume_shape=prep.shape, registration=prep.registration,
-                         seconds={"read": t1 - t0, "prepare": t2 - t1})
+                         cpu_seconds={"read": t1 - t0, "prepare": t2 - t1})
 
 
-def _results(tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int) -> Iterator[PatientResult]:
-    """Results in task order; at most 2 x workers patients in flight (bounded memory)."""
-    if workers == 0:
-        for task in tasks:
-            yield convert_patient(task, cfg)
-        return
-    ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        pending = collections.deque()
-        todo = iter(tasks)
-        for task in todo:
-            pending.append(ex.submit(convert_patient, task, cfg))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            task = next(todo, None)
-            if task is not None:
-                pending.append(ex.submit(convert_patient, task, cfg))
+class _Results:
+    """Patient results in task order, computed by a process pool started at construction
+    (so workers run while the main process imports TensorFlow). At most 2 x workers
+    patients are in flight, which bounds memory. ``workers=0``: computed here, lazily."""
+
+    def __init__(self, tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int):
+        self._todo = iter(tasks)
+        self._cfg = cfg
+        self._pending: collections.deque = collections.deque()
+        self._ex = None
+        if workers > 0:
+            self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(2 * workers):
+                self._submit()
+
+    def _submit(self) -> None:
+        task = next(self._todo, None)
+        if task is not None:
+            self._pending.append(self._ex.submit(convert_patient, task, self._cfg))
+
+    def __iter__(self) -> Iterator[PatientResult]:
+        if self._ex is None:
+            for task in self._todo:
+                yield convert_patient(task, self._cfg)
+            return
+        while self._pending:
+            result = self._pending.popleft().result()
+            self._submit()
             yield result
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- records
@@ -397,8 +408,6 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     if unlisted:
         logging.warning("%d patient folder(s) not in the manifest are left out: %s", len(unlisted), unlisted)
 
-    from tfrecords_tools import writer as tfw
-
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -406,11 +415,13 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     stage = collections.Counter()
     try:
         with contextlib.ExitStack() as stack:
+            results = stack.enter_context(contextlib.closing(_Results(tasks, cfg, workers)))
+            from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
+
             writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name, set_fields(name, cfg.bits),
                                                                   examples_per_shard=examples_per_shard))
                        for name in SET_NAMES}
             bar = stack.enter_context(_progress(len(tasks), progress))
-            results = stack.enter_context(contextlib.closing(_results(tasks, cfg, workers)))
             for result in results:
                 task = result.task
                 bar.update(1)
@@ -421,12 +432,12 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                     failed[task.patient_id] = result.error
                     patients[task.patient_id] = _patient_entry(task, None, result.error)
                     continue
-                stage.update(result.seconds)
-                t0 = time.perf_counter()
+                stage.update(result.cpu_seconds)
+                t0 = time.process_time()
                 w = writers[task.set_name]
                 for record in patient_records(result):
                     w.write(record)
-                stage["write"] += time.perf_counter() - t0
+                stage["write"] += time.process_time() - t0
                 patients[task.patient_id] = _patient_entry(task, result, None)
         sets = {name: w.info for name, w in writers.items()}
         for pid, error in failed.items():  # folders that failed before conversion
@@ -469,7 +480,7 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
         "workers": workers,
         "seconds": round(seconds, 3),
         "slices_per_second": round(total / seconds, 2) if seconds > 0 else None,
-        "stage_seconds": {k: round(stage[k], 3) for k in ("read", "prepare", "write")},
+        "stage_cpu_seconds": {k: round(stage[k], 3) for k in ("read", "prepare", "write")},
     }
 
 
@@ -485,9 +496,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
     if summary["not_in_manifest"]:
         lines.append(f"not in manifest (left out): {', '.join(summary['not_in_manifest'])}")
-    st = summary["stage_seconds"]
+    st = summary["stage_cpu_seconds"]
     lines.append(f"time: {summary['seconds']:.1f} s, {summary['slices_per_second']} slices/s "
-                 f"(stage totals: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "
+                 f"(CPU: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "
                  f"{summary['workers']} worker(s); write {st['write']:.1f} s)")
     return "\n".join(lines)
 
@@ -531,6 +542,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_float("register_skull_hu", d.register_skull_hu, "CT voxels above this are left out of the "
                        "registration metric.", flag_values=fv)
+    flags.DEFINE_enum("register_model", d.register_model, ["rigid", "affine"], "Registration transform "
+                      "(the paper used affine).", flag_values=fv)
 
 
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:

@@ -300,9 +300,10 @@ def test_config_from_flags_covers_every_field():
 
     fv = flags.FlagValues()
     mr_mod.define_flags(fv)
-    fv(["prog", "--bits=16", "--mr_percentiles=1,99", "--fit=resize", "--register"])
+    fv(["prog", "--bits=16", "--mr_percentiles=1,99", "--fit=resize", "--register", "--register_model=affine"])
     cfg = mr_mod.config_from_flags(fv)
-    assert cfg == pp.PreprocessConfig(bits=16, mr_percentiles=(1, 99), fit="resize", register=True)
+    assert cfg == pp.PreprocessConfig(bits=16, mr_percentiles=(1, 99), fit="resize", register=True,
+                                      register_model="affine")
     fv2 = flags.FlagValues()
     mr_mod.define_flags(fv2)
     fv2(["prog"])
