@@ -342,6 +342,19 @@ def resolve_version_dir(path: str, name: str = "ct2mr") -> str:
                       f"saved_model.pb or {path}/{name}/<version>/saved_model.pb)")
 
 
+def read_info(version_dir: str) -> dict[str, Any]:
+    """``assets/preprocess.json`` of a version dir, checked (its preprocess dict must be valid)."""
+    asset = os.path.join(version_dir, "assets", PREPROCESS_ASSET)
+    try:
+        with open(asset) as f:
+            info = json.load(f)
+        PreprocessConfig.from_dict(info["preprocess"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"{asset}: missing or unreadable preprocessing parameters ({e}); "
+                          "was this SavedModel written by mrgan_tf.export?") from e
+    return info
+
+
 def load_exported(path: str, name: str = "ct2mr") -> Exported:
     """Load the SavedModel for ``name`` (ct2mr | mr2ct) found at ``path`` (see ``resolve_version_dir``)."""
     import tensorflow as tf
@@ -349,26 +362,23 @@ def load_exported(path: str, name: str = "ct2mr") -> Exported:
     if name not in DIRECTIONS:
         raise ExportError(f"unknown model name {name!r}; expected one of {sorted(DIRECTIONS)}")
     version_dir = resolve_version_dir(path, name)
-    asset = os.path.join(version_dir, "assets", PREPROCESS_ASSET)
-    try:
-        with open(asset) as f:
-            info = json.load(f)
-        cfg = PreprocessConfig.from_dict(info["preprocess"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ExportError(f"{asset}: missing or unreadable preprocessing parameters ({e}); "
-                          "was this SavedModel written by mrgan_tf.export?") from e
+    info = read_info(version_dir)
     if info.get("name", name) != name:
         raise ExportError(f"{version_dir}: holds a {info.get('name')} model, not {name}")
-    return Exported(version_dir, name, cfg, info, tf.saved_model.load(version_dir))
+    return Exported(version_dir, name, PreprocessConfig.from_dict(info["preprocess"]), info,
+                    tf.saved_model.load(version_dir))
 
 
 # --------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "Training run directory (run.json + checkpoints/).")
-flags.DEFINE_string("checkpoint", None, "A checkpoint prefix inside the run (default: the latest).")
-flags.DEFINE_string("export_dir", None, "Where <name>/<version>/ go (default: <run>/export).")
-flags.DEFINE_integer("version", None, "Version number to write (default: highest existing + 1).")
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """CLI flags, defined only when run as a program (importers' flags never collide)."""
+    flags.DEFINE_string("run", None, "Training run directory (run.json + checkpoints/).", flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "A checkpoint prefix inside the run (default: the latest).",
+                        flag_values=fv)
+    flags.DEFINE_string("export_dir", None, "Where <name>/<version>/ go (default: <run>/export).", flag_values=fv)
+    flags.DEFINE_integer("version", None, "Version number to write (default: highest existing + 1).",
+                         flag_values=fv)
 
 
 def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | None = None,
@@ -385,13 +395,14 @@ def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | No
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.run:
+    fv = flags.FLAGS
+    if not fv.run:
         raise app.UsageError("--run is required")
     import tensorflow as tf
 
     from mrgan_tf.spec import SpecError
     try:
-        out = export_run(FLAGS.run, FLAGS.export_dir, FLAGS.checkpoint, FLAGS.version)
+        out = export_run(fv.run, fv.export_dir, fv.checkpoint, fv.version)
     except (ExportError, SpecError, FileNotFoundError, ValueError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -401,6 +412,7 @@ def main(argv):
 
 
 def run():
+    define_flags()
     app.run(main)
 
 

@@ -1,0 +1,307 @@
+"""Whole-volume synthesis: a CT volume in, a synthetic MR volume on the same grid out.
+
+    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --ct=ct.nii.gz --out=syn_mr.nii.gz
+    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --root=DATASET --out_dir=DIR
+    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --mr=mr.nii.gz --out=syn_ct.nii.gz
+
+The input is read with the same readers and sliced with the same preprocessing
+as make_records (``prepare_patient`` with the model's stored PreprocessConfig),
+every axial slice goes through the generator, and the slices are put back on
+the input's exact grid (shape and affine) with ``restack_to_grid``.
+
+Output scales: synthetic MR on the paper's 0-255 scale (float32, 255 = the
+upper MR normalisation percentile); synthetic CT in HU, meaningful inside the
+CT window the model was trained on. Voxels outside the model's field of view
+(cropped away by a "pad" fit, or outside the resampled grid) are 0 for MR and
+-1024 HU (air) for CT.
+
+``--model`` is an export dir (``<dir>/ct2mr/<version>``), a model or version dir
+of one SavedModel (uses its ``normalised`` signature; preprocessing runs here in
+numpy, the same code as make_records), or a training run dir (uses the Keras
+generator from the latest checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+from absl import app, flags, logging
+
+from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
+                             resolve_version_dir)
+from mrgan_tf.io.readers import read_volume, write_nifti
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.preprocess import (PreprocessConfig, dequantise, from_model_range, prepare_patient,
+                                 restack_to_grid, to_model_range, unwindow_ct)
+
+AIR_HU = -1024.0
+CT_LIKE_HU = (-1100.0, 4000.0)   # plausible HU range of a CT
+OUTPUT_NAMES = {"ct2mr": "syn_mr.nii.gz", "mr2ct": "syn_ct.nii.gz"}
+INPUT_MODALITY = {"ct2mr": "ct", "mr2ct": "mr"}
+
+
+class SynthesisError(ValueError):
+    """Bad model or input for synthesis; the message names the path."""
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclasses.dataclass
+class Predictor:
+    """One direction's generator on [N, S, S, 1] in [-1, 1], plus the preprocessing it was trained with."""
+
+    name: str                                   # ct2mr | mr2ct
+    preprocess: PreprocessConfig
+    source: str                                 # the SavedModel version dir or run dir
+    fn: Callable[[np.ndarray], np.ndarray]      # [-1, 1] -> [-1, 1]
+
+    def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """(Z, S, S) on 0..1 -> (Z, S, S) on 0..1, in batches (tqdm bar when ``progress``)."""
+        from tqdm import tqdm
+
+        stack01 = np.asarray(stack01, np.float32)
+        s = self.preprocess.image_size
+        if stack01.ndim != 3 or stack01.shape[1:] != (s, s):
+            raise ValueError(f"expected a (Z, {s}, {s}) stack, got {stack01.shape}")
+        out = np.empty_like(stack01)
+        starts = range(0, len(stack01), max(1, int(batch_size)))
+        for i in tqdm(starts, desc=f"{self.name} slices", unit="batch", disable=not progress, leave=False):
+            x = to_model_range(stack01[i:i + batch_size, ..., None])
+            out[i:i + batch_size] = from_model_range(np.asarray(self.fn(x), np.float32)[..., 0])
+        return np.clip(out, 0.0, 1.0)
+
+
+def _is_run_dir(path: str) -> bool:
+    from mrgan_tf.checkpoints import RUN_CONFIG
+
+    return os.path.isfile(os.path.join(path, RUN_CONFIG))
+
+
+def _keras_fn(generator, size: int):
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: generator(x, training=False), input_signature=[
+        tf.TensorSpec([None, size, size, 1], tf.float32)])
+    return lambda x: fn(tf.constant(x, tf.float32)).numpy()
+
+
+def _saved_model_fn(exported):
+    import tensorflow as tf
+
+    sig = exported.normalised
+    arg, out = ("ct", "mr") if exported.name == "ct2mr" else ("mr", "ct")
+    return lambda x: sig(**{arg: tf.constant(x, tf.float32)})[out].numpy()
+
+
+def exported_models(path: str) -> tuple[str, ...]:
+    """Which of ct2mr / mr2ct a SavedModel path provides (without loading them)."""
+    found = []
+    for name in DIRECTIONS:
+        try:
+            version_dir = resolve_version_dir(path, name)
+        except ExportError:
+            continue
+        if read_info(version_dir).get("name", name) == name:
+            found.append(name)
+    if not found:
+        resolve_version_dir(path)  # raises the "no SavedModel" error naming the path
+    return tuple(found)
+
+
+def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str, Predictor]:
+    """Predictors for ``names`` (default: all the model provides) from a run dir or a SavedModel path."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise SynthesisError(f"{path}: model path does not exist")
+
+    def check(have):
+        wanted = have if names is None else tuple(names)
+        missing = [n for n in wanted if n not in have]
+        if missing:
+            raise SynthesisError(f"{path}: no {'/'.join(missing)} model here (it has: {', '.join(have) or 'none'})")
+        return wanted
+
+    if _is_run_dir(path):
+        from mrgan_tf.checkpoints import restore_generators
+        from mrgan_tf.spec import DatasetSpec
+
+        model, run_cfg = restore_generators(path)
+        wanted = check(tuple(SERVING_NAMES[d] for d in model.trained_directions))
+        cfg = DatasetSpec.load(run_cfg["records"]).preprocess
+        gens = {"ct2mr": model.syn_mr, "mr2ct": model.syn_ct}
+        return {n: Predictor(n, cfg, path, _keras_fn(gens[n], cfg.image_size)) for n in wanted}
+    out = {}
+    for n in check(exported_models(path)):
+        exported = load_exported(path, n)
+        out[n] = Predictor(n, exported.preprocess, exported.version_dir, _saved_model_fn(exported))
+    return out
+
+
+def load_predictor(path: str, name: str = "ct2mr") -> Predictor:
+    return load_predictors(path, (name,))[name]
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def ct_like_warning(vol: Volume) -> str | None:
+    """A warning when ``vol`` does not look like a CT in HU (None when it does)."""
+    lo, hi = float(vol.data.min()), float(vol.data.max())
+    if lo < CT_LIKE_HU[0] or hi > CT_LIKE_HU[1] or hi < 100.0:
+        return (f"{vol.source}: values {lo:.0f}..{hi:.0f} do not look like a CT in HU (expected within "
+                f"{CT_LIKE_HU[0]:.0f}..{CT_LIKE_HU[1]:.0f} with a max >= 100); synthesizing anyway")
+    return None
+
+
+def prepare_input(predictor: Predictor, vol: Volume):
+    """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
+    cfg = predictor.preprocess
+    if predictor.name == "ct2mr":
+        prep = prepare_patient(vol, None, None, cfg)
+        return prep, dequantise(prep.ct, cfg.bits)
+    prep = prepare_patient(None, vol, None, cfg)
+    return prep, dequantise(prep.mr, cfg.bits)
+
+
+def to_output_units(predictor: Predictor, out01: np.ndarray) -> tuple[np.ndarray, float]:
+    """0..1 model output -> (values in output units, fill value outside the field of view)."""
+    cfg = predictor.preprocess
+    if predictor.name == "ct2mr":
+        return out01 * 255.0, 0.0
+    return unwindow_ct(out01, cfg.ct_window_center, cfg.ct_window_width), AIR_HU
+
+
+def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16,
+                      progress: bool = False) -> tuple[Volume, dict]:
+    """Synthesize every axial slice of ``vol``; returns the volume on ``vol``'s grid and timings."""
+    t0 = time.perf_counter()
+    prep, stack01 = prepare_input(predictor, vol)
+    t1 = time.perf_counter()
+    out01 = predictor.predict01(stack01, batch_size, progress)
+    t2 = time.perf_counter()
+    values, fill = to_output_units(predictor, out01)
+    out = restack_to_grid(values, prep.geometry, vol, order=1, fill=fill)
+    t3 = time.perf_counter()
+    return out, {"slices": int(len(stack01)), "prepare_s": t1 - t0, "model_s": t2 - t1, "restack_s": t3 - t2,
+                 "total_s": t3 - t0}
+
+
+def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
+                    progress: bool = False) -> dict:
+    """Read ``src``, synthesize, write ``out`` (NIfTI, atomically). Raises VolumeError on bad input."""
+    if not str(out).endswith((".nii", ".nii.gz")):
+        raise SynthesisError(f"{out}: output name must end in .nii or .nii.gz")
+    vol = read_volume(src)
+    if predictor.name == "ct2mr":
+        warning = ct_like_warning(vol)
+        if warning:
+            logging.warning(warning)
+    result, timing = synthesize_volume(predictor, vol, batch_size, progress)
+    write_nifti(result, out)
+    return {"input": str(src), "output": str(out), "shape": list(vol.shape), **timing}
+
+
+def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: int = 16,
+                    progress: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Every patient of ``root`` with an input for the model -> ``out_dir/<patient>/syn_*.nii.gz``.
+
+    Bad patients are reported and skipped; returns (done, {patient: error}).
+    """
+    from mrgan_tf.make_records import MakeRecordsError, discover_patients
+
+    try:
+        patients = discover_patients(root)
+    except MakeRecordsError as e:
+        raise SynthesisError(str(e)) from None
+    modality = INPUT_MODALITY[predictor.name]
+    todo = {pid: f.files.get(modality) for pid, f in patients.items() if f.files.get(modality) is not None}
+    errors = {pid: f.error for pid, f in patients.items() if f.error}
+    if not todo:
+        raise SynthesisError(f"{root}: no patient folder has a {modality} input")
+    done = []
+    for pid, src in todo.items():
+        try:
+            done.append(synthesize_file(predictor, str(src), os.path.join(out_dir, pid, OUTPUT_NAMES[predictor.name]),
+                                        batch_size, progress))
+        except VolumeError as e:
+            errors[pid] = str(e)
+            logging.error("%s", e)
+    return done, errors
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """CLI flags, defined only when run as a program (importers' flags never collide)."""
+    flags.DEFINE_string("model", None, "Export dir (holding ct2mr/<version>), a SavedModel model/version dir, "
+                        "or a training run dir.", flag_values=fv)
+    flags.DEFINE_string("ct", None, "Input CT: NIfTI, .mha/.nrrd or a DICOM folder (ct2mr).", flag_values=fv)
+    flags.DEFINE_string("mr", None, "Input MR (mr2ct).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output NIfTI file (.nii.gz).", flag_values=fv)
+    flags.DEFINE_string("root", None, "Dataset root <root>/<patient>/ct.nii.gz ...: synthesize every patient.",
+                        flag_values=fv)
+    flags.DEFINE_string("out_dir", None, "Output folder for --root: <out_dir>/<patient>/syn_mr.nii.gz.",
+                        flag_values=fv)
+    flags.DEFINE_enum("direction", None, ["ct2mr", "mr2ct"], "Default: mr2ct with --mr, else ct2mr.",
+                      flag_values=fv)
+    flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+
+
+def _direction(fv) -> str:
+    if fv.ct and fv.mr:
+        raise app.UsageError("give --ct or --mr, not both")
+    inferred = "mr2ct" if fv.mr else "ct2mr"
+    if fv.direction and (fv.ct or fv.mr) and fv.direction != inferred:
+        raise app.UsageError(f"--direction={fv.direction} does not match the input flag (--{'mr' if fv.mr else 'ct'})")
+    return fv.direction or inferred
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fv = flags.FLAGS
+    single = bool(fv.ct or fv.mr)
+    if not fv.model:
+        raise app.UsageError("--model is required")
+    if single == bool(fv.root):
+        raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
+    if single and not fv.out:
+        raise app.UsageError("--out is required with --ct/--mr")
+    if fv.root and not fv.out_dir:
+        raise app.UsageError("--out_dir is required with --root")
+    direction = _direction(fv)
+    import tensorflow as tf
+
+    from mrgan_tf.spec import SpecError
+    try:
+        predictor = load_predictor(fv.model, direction)
+        if single:
+            info = synthesize_file(predictor, fv.ct or fv.mr, fv.out, fv.batch_size, fv.progress)
+            print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s "
+                  f"(model {info['model_s']:.1f} s)")
+            return 0
+        done, errors = synthesize_root(predictor, fv.root, fv.out_dir, fv.batch_size, fv.progress)
+    except (SynthesisError, ExportError, VolumeError, SpecError, FileNotFoundError, tf.errors.OpError) as e:
+        print(f"synthesize: error: {e}", file=sys.stderr)
+        return 1
+    for info in done:
+        print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s")
+    for pid, err in errors.items():
+        print(f"synthesize: error: patient {pid}: {err}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def run():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
