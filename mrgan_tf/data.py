@@ -1,8 +1,9 @@
 """tf.data from the dataset spec: one element = unpaired CT, unpaired MR and a paired CT/MR.
 
-Elements stay in the records' integer type and are packed as the four channels
-of one [B, H, W, 4] tensor (order in ``mrgan_tf.model``); the model decodes and
-augments them on the device. Streams are independently shuffled and repeated,
+Elements keep the records' integer scale (as float32: collective ops, which
+multi-worker fit runs on the batch, take no uint8) and are packed as the four
+channels of one [B, H, W, 4] tensor (order in ``mrgan_tf.model``); the model
+rescales and augments them on the device. Streams are independently shuffled and repeated,
 so an element's unpaired CT and MR come from unrelated slices (Alg. 1 lines 3-4).
 """
 from __future__ import annotations
@@ -53,7 +54,8 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     paired = (_stream(spec, "paired_train", ("ct", "mr"), seed + 3, shuffle_buffer) if m.paired
               else zeros.map(lambda z: tf.concat([z, z], axis=-1)))
     ds = tf.data.Dataset.zip(unpaired("ct", 1), unpaired("mr", 2), paired)
-    ds = ds.map(lambda ct, mr, pair: tf.concat([ct, mr, pair], axis=-1), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda ct, mr, pair: tf.cast(tf.concat([ct, mr, pair], axis=-1), tf.float32),
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(global_batch_size, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)

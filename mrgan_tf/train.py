@@ -70,7 +70,7 @@ def model_config_from_flags(spec):
                        pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed)
 
 
-def train(records: str, out: str) -> dict:
+def train(records: str, out: str, extra_callbacks=()) -> dict:
     """Trains (or resumes) a run; returns a summary. Importable for tests and the demo."""
     import keras
     import tensorflow as tf
@@ -120,7 +120,7 @@ def train(records: str, out: str) -> dict:
     monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief)
     t0 = time.perf_counter()
     if start < total:
-        model.fit(ds, epochs=1, steps_per_epoch=total - start, callbacks=[guard, ckpt_cb, monitor],
+        model.fit(ds, epochs=1, steps_per_epoch=total - start, callbacks=[guard, ckpt_cb, monitor, *extra_callbacks],
                   verbose=FLAGS.verbose if chief else 0)
     seconds = time.perf_counter() - t0
     if guard.error:
