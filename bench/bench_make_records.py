@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -80,6 +81,12 @@ def build_dataset(root: Path) -> int:
     return n
 
 
+def _cpu() -> dict[str, float]:
+    """User+system CPU seconds of this process and of its finished children (the workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"main": own.ru_utime + own.ru_stime, "workers": kids.ru_utime + kids.ru_stime}
+
+
 def main(argv) -> None:
     del argv
     data = Path(_DATA.value)
@@ -87,13 +94,25 @@ def main(argv) -> None:
     n_volumes = build_dataset(data / "root")
     print(f"{n_volumes} input volumes of {SHAPE} in {data / 'root'} (built/checked in {time.perf_counter() - t0:.1f} s)")
     best = None
+    load_before = os.getloadavg()[0]
     for _ in range(_REPEAT.value):
+        before = _cpu()
         summary = make_records(data / "root", data / "records", PreprocessConfig(), test_patients=2,
                                workers=_WORKERS.value, overwrite=True)
+        summary["process_cpu_seconds"] = {k: round(v - before[k], 2) for k, v in _cpu().items()}
         if best is None or summary["seconds"] < best["seconds"]:
             best = summary
+    load = (load_before, os.getloadavg()[0])
     print(format_summary(best))
-    result = {"volumes": n_volumes, "shape": SHAPE, "slices": sum(best["slices"].values()), **best}
+    cpu = best["stage_cpu_seconds"]
+    pc = best["process_cpu_seconds"]
+    print(f"CPU time of the whole run: main process {pc['main']:.1f} s, workers {pc['workers']:.1f} s "
+          f"-> at best {(pc['main'] + pc['workers']) / 2:.1f} s wall on 2 idle cores")
+    print(f"{os.cpu_count()} CPU(s); 1-min load average {load[0]:.1f} before, {load[1]:.1f} after "
+          f"(other processes share the CPUs when it is above 0); CPU per kept slice: "
+          f"{1e3 * sum(cpu.values()) / sum(best['slices'].values()):.2f} ms")
+    result = {"volumes": n_volumes, "shape": SHAPE, "slices": sum(best["slices"].values()),
+              "load_average": load, **best}
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -88,7 +88,9 @@ def discover_patients(root: str | os.PathLike) -> dict[str, _Found]:
         raise MakeRecordsError(f"{root}: --root does not exist")
     if not root.is_dir():
         raise MakeRecordsError(f"{root}: --root is not a directory")
-    folders = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    # A records directory written into the root by an earlier run is not a patient.
+    folders = sorted(p for p in root.iterdir()
+                     if not p.name.startswith(".") and p.is_dir() and not _holds_records(p))
     if not folders:
         what = "is empty" if not any(root.iterdir()) else "has no patient folders (<root>/<patient_id>/ct.nii.gz ...)"
         raise MakeRecordsError(f"{root}: --root {what}")
@@ -208,8 +210,9 @@ def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str]
         wanted = ROLE_MODALITIES[role] + ("mask",)
         paths = {m: (str(files[m]) if m in wanted and files.get(m) is not None else None) for m in ("ct", "mr", "mask")}
         tasks.append(PatientTask(pid, role, split, **paths))
-    n_paired = sum(t.role == "paired" for t in tasks)
-    if n_paired and not any(t.set_name == "paired_train" for t in tasks):
+    if not any(t.role == "paired" for t in tasks):
+        logging.warning("no paired patients: paired_train and paired_test will be empty")
+    elif not any(t.set_name == "paired_train" for t in tasks):
         logging.warning("every paired patient is a test patient: paired_train will be empty")
     return tasks, failed, unlisted
 
@@ -440,6 +443,9 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                 stage["write"] += time.process_time() - t0
                 patients[task.patient_id] = _patient_entry(task, result, None)
         sets = {name: w.info for name, w in writers.items()}
+        if not any(info["count"] for info in sets.values()):
+            raise MakeRecordsError(f"{root}: no slices written (failed patients: {sorted(failed) or 'none'}; "
+                                   f"slices need a body mask covering >= min_foreground={cfg.min_foreground})")
         for pid, error in failed.items():  # folders that failed before conversion
             patients.setdefault(pid, {"error": error})
         ok = [t for t in tasks if t.patient_id not in failed]

@@ -201,13 +201,21 @@ def test_on_error_skip_lists_bad_patient_and_writes_the_rest(tmp_path):
     bad = add_patient(root, "c", ("ct",))
     with gzip.open(bad / "ct.nii.gz", "wb") as f:
         f.write(b"garbage")
-    summary = make_records(root, tmp_path / "out", CFG, test_patients=1, on_error="skip", workers=2,
+    summary = make_records(root, root / "out", CFG, test_patients=1, on_error="skip", workers=2,
                            progress=False)
     assert list(summary["failed_patients"]) == ["c"] and str(bad / "ct.nii.gz") in summary["failed_patients"]["c"]
-    spec = DatasetSpec.load(tmp_path / "out")
+    spec = DatasetSpec.load(root / "out")
     assert "error" in spec.patients["c"] and spec.count("unpaired_ct") == 0
     assert spec.count("paired_train") > 0 and spec.count("paired_test") > 0
     assert "c" not in spec.split["train"]
+    # Records written inside the root are not taken for a patient next time.
+    assert [t.patient_id for t in mr_mod.plan_patients(root, test_patients=1)[0]] == ["a", "b", "c"]
+    # Nothing usable at all is an error, even with skip.
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (root / "c").rename(only_bad / "c")
+    assert "no slices written" in run_fail(only_bad, tmp_path / "none", CFG, on_error="skip")
+    assert no_leftovers(tmp_path / "none")
 
 
 def test_configuration_errors(tmp_path, dataset):
