@@ -3,12 +3,14 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from mrgan_tf import make_records as mr_mod
@@ -162,7 +164,7 @@ def test_manifest_overrides_roles_and_split(dataset, tmp_path):
 
 # ------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("case", ["truncated", "4d", "nan", "no_modality", "no_overlap"])
+@pytest.mark.parametrize("case", ["truncated", "2d", "4d", "nan", "dicom_gap", "no_modality", "no_overlap"])
 def test_bad_patient_fails_cleanly_naming_the_file(tmp_path, case):
     root = tmp_path / "root"
     add_patient(root, "a")
@@ -171,6 +173,14 @@ def test_bad_patient_fails_cleanly_naming_the_file(tmp_path, case):
         data = (bad / "mr.nii.gz").read_bytes()
         (bad / "mr.nii.gz").write_bytes(data[: len(data) // 2])
         culprit, words = bad / "mr.nii.gz", "truncated"
+    elif case == "2d":
+        nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), bad / "ct.nii.gz")
+        culprit, words = bad / "ct.nii.gz", "2-D"
+    elif case == "dicom_gap":  # pydicom's test series with a missing slice, as a ct/ folder
+        (bad / "ct.nii.gz").unlink()
+        src = Path(pydicom.data.get_testdata_file("DICOMDIR")).parent / "77654033" / "CT2"
+        shutil.copytree(src, bad / "ct")
+        culprit, words = bad / "ct", "gap"
     elif case == "4d":
         nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), bad / "ct.nii.gz")
         culprit, words = bad / "ct.nii.gz", "4-D"
