@@ -111,7 +111,7 @@ def main(argv) -> None:
     print(f"{os.cpu_count()} CPU(s); 1-min load average {load[0]:.1f} before, {load[1]:.1f} after "
           f"(other processes share the CPUs when it is above 0); CPU per kept slice: "
           f"{1e3 * sum(cpu.values()) / sum(best['slices'].values()):.2f} ms")
-    result = {"volumes": n_volumes, "shape": SHAPE, "slices": sum(best["slices"].values()),
+    result = {"volumes": n_volumes, "shape": SHAPE, "total_slices": sum(best["slices"].values()),
               "load_average": load, **best}
     if _JSON.value:
         Path(_JSON.value).write_text(json.dumps(result, indent=1) + "\n")

@@ -45,6 +45,9 @@ SET_OF = {("paired", "train"): "paired_train", ("paired", "test"): "paired_test"
           ("ct", "train"): "unpaired_ct", ("mr", "train"): "unpaired_mr"}
 SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
               "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask")}
+# zlib level 1 instead of the default 6: the main process writes twice as fast, shards are
+# ~6% larger, reading is as fast (docs/BENCHMARKS.md, make_records section).
+COMPRESSION_LEVEL = 1
 # Errors that mean "this patient's input is bad" (skippable with on_error="skip").
 _PATIENT_ERRORS = (VolumeError, ValueError, OSError)
 
@@ -391,7 +394,8 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                  workers: int = 2, examples_per_shard: int = 512, progress: bool = True) -> dict[str, Any]:
     """Convert ``root`` into the records directory ``out``; returns the summary dict.
 
-    ``workers=0`` converts in this process (debugging, tests). Raises MakeRecordsError
+    ``workers=0`` converts in this process (debugging, tests); with workers, the caller's
+    script needs the ``if __name__ == "__main__":`` guard (spawned processes). Raises MakeRecordsError
     (or VolumeError) naming the file on bad input; nothing is left in ``out`` then.
     """
     start = time.perf_counter()
@@ -422,7 +426,8 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
 
             writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name, set_fields(name, cfg.bits),
-                                                                  examples_per_shard=examples_per_shard))
+                                                                  examples_per_shard=examples_per_shard,
+                                                                  compression_level=COMPRESSION_LEVEL))
                        for name in SET_NAMES}
             bar = stack.enter_context(_progress(len(tasks), progress))
             for result in results:
