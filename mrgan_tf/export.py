@@ -170,7 +170,9 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
 
     s, mode, bits = cfg.image_size, cfg.fit, cfg.bits
     module = tf.Module()
-    module.generator = generator
+    # Track the tf.Variables under the Keras variables, not the Keras model: only then does
+    # the TF1-style loader (TF Serving, saved_model_cli run) restore them.
+    module.generator_variables = [v.value for v in generator.variables]
     module.preprocess_asset = tf.saved_model.Asset(asset_path)
     params = {
         "direction": tf.constant(SERVING_NAMES[direction]),
