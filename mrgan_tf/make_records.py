@@ -609,7 +609,10 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console entry point."""
+    before = set(flags.FLAGS)
     define_flags()
+    for name in sorted(set(flags.FLAGS) - before):  # so that --help lists them for the program
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main)
 
 
