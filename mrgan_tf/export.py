@@ -389,8 +389,14 @@ def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | No
     from mrgan_tf.checkpoints import restore_generators
     from mrgan_tf.spec import DatasetSpec
 
-    model, run_cfg = restore_generators(run_dir, checkpoint)
-    spec = DatasetSpec.load(run_cfg["records"])
+    import tensorflow as tf
+
+    from mrgan_tf.checkpoints import load_run_config
+
+    spec = DatasetSpec.load(load_run_config(run_dir)["records"])   # fail fast, before building the model
+    if checkpoint is None and tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    model, _ = restore_generators(run_dir, checkpoint)
     return export_model(model, spec, export_dir or os.path.join(run_dir, "export"), version)
 
 

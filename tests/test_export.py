@@ -1,0 +1,234 @@
+"""SavedModel export: signatures, in-graph preprocessing, TF Serving layout and versions.
+
+``tiny_model``, ``tiny_export`` and ``tiny_run`` are cached per session and
+reused by test_synthesize.py and test_evaluate.py (saving a SavedModel traces
+the generator, which costs seconds even for a tiny network). The model is
+this file's own, so no other test changes its weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from mrgan_tf import export
+from mrgan_tf.preprocess import (PreprocessConfig, dequantise, fit_to_size, from_model_range, mr_range,
+                                 normalise_mr, quantise, to_model_range, unfit, unwindow_ct, window_ct)
+
+VENV_BIN = os.path.dirname(sys.executable)
+_CACHE: dict = {}
+
+
+def tiny_model():
+    """One tiny MR-GAN with random weights, for every export/synthesize/evaluate test."""
+    if "model" not in _CACHE:
+        from mrgan_tf.model import MRGAN, MRGANConfig
+        _CACHE["model"] = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=1))
+    return _CACHE["model"]
+
+
+def tiny_export(tmp_path_factory, spec) -> str:
+    """An export dir holding ct2mr/1 and mr2ct/1 of ``tiny_model`` for ``spec``'s preprocessing."""
+    if "export" not in _CACHE:
+        out = str(tmp_path_factory.mktemp("export"))
+        export.export_model(tiny_model(), spec, out)
+        _CACHE["export"] = out
+    return _CACHE["export"]
+
+
+def tiny_run(tmp_path_factory, records_dir: str) -> str:
+    """A run dir (run.json + checkpoint) of ``tiny_model``, as train.py writes it."""
+    if "run" not in _CACHE:
+        from mrgan_tf import checkpoints
+        run_dir = str(tmp_path_factory.mktemp("run"))
+        model = tiny_model()
+        checkpoints.save_run_config(run_dir, model.config, records_dir)
+        checkpoints.manager_for(model, run_dir).save()
+        _CACHE["run"] = run_dir
+    return _CACHE["run"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_records, tmp_path_factory):
+    return tiny_export(tmp_path_factory, tiny_records)
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return {name: export.load_exported(exported, name) for name in ("ct2mr", "mr2ct")}
+
+
+def _manual_ct2mr(hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The numpy pipeline of make_records + model + unfit, for (N, H, W) HU -> (N, H, W) 0..1."""
+    q01, placement = fit_to_size(window_ct(hu, cfg.ct_window_center, cfg.ct_window_width), cfg.image_size,
+                                 cfg.fit, pad_value=0)
+    x = to_model_range(dequantise(quantise(q01, cfg.bits), cfg.bits))[..., None]
+    y = from_model_range(tiny_model().syn_mr(x, training=False).numpy()[..., 0])
+    return unfit(y, placement, fill=0.0)
+
+
+def test_layout_and_stored_preprocessing(exported, tiny_records):
+    for name in ("ct2mr", "mr2ct"):
+        version_dir = os.path.join(exported, name, "1")
+        assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+        with open(os.path.join(version_dir, "assets", export.PREPROCESS_ASSET)) as f:
+            info = json.load(f)
+        assert info["name"] == name
+        assert PreprocessConfig.from_dict(info["preprocess"]) == tiny_records.preprocess
+    assert not [n for n in os.listdir(os.path.join(exported, "ct2mr")) if n.startswith(".")]
+
+
+def test_normalised_signature_equals_generator(loaded):
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)
+    got = loaded["ct2mr"].normalised(ct=x)["mr"].numpy()
+    np.testing.assert_allclose(got, tiny_model().syn_mr(x).numpy(), atol=1e-5)
+    got = loaded["mr2ct"].normalised(mr=x)["ct"].numpy()
+    np.testing.assert_allclose(got, tiny_model().syn_ct(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(40, 36), (24, 20), (40, 20)])
+def test_serving_default_matches_numpy_pipeline_both_ranks(loaded, tiny_records, hw):
+    cfg = tiny_records.preprocess
+    hu = np.random.default_rng(1).uniform(-200, 300, (2, *hw)).astype(np.float32)
+    want = _manual_ct2mr(hu, cfg)
+    sig = loaded["ct2mr"].loaded.signatures["serving_default"]
+    out3 = sig(ct=hu)
+    out4 = sig(ct=hu[..., None])
+    assert out3["mr"].shape == hu.shape and out4["mr"].shape == hu.shape + (1,)
+    np.testing.assert_allclose(out3["mr"].numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(out4["mr"].numpy()[..., 0], want, atol=1e-5)
+    np.testing.assert_allclose(out3["mr_255"].numpy(), want * 255.0, atol=1e-3)
+
+
+def test_mr2ct_signatures(loaded, tiny_records):
+    cfg = tiny_records.preprocess
+    rng = np.random.default_rng(2)
+    mr = np.zeros((3, 36, 28), np.float32)
+    mr[:, 4:-4, 4:-4] = rng.uniform(50, 900, (3, 28, 20))
+    sigs = loaded["mr2ct"].loaded.signatures
+    out = sigs["serving_default"](mr=mr)
+    assert out["ct_hu"].shape == mr.shape
+    lo, hi = mr_range(mr, mr > mr.min(), cfg.mr_percentiles)   # the documented per-request range
+    np.testing.assert_allclose(out["mr_range"].numpy(), [lo, hi], rtol=1e-4)
+    np.testing.assert_allclose(out["ct_hu"].numpy(), unwindow_ct(out["ct"].numpy()), atol=1e-3)
+    # with_mr_range: (lo, hi) from the caller; compare with the numpy pipeline
+    fixed = sigs["with_mr_range"](mr=mr[..., None], mr_range=np.array([0.0, 1000.0], np.float32))
+    q01, placement = fit_to_size(normalise_mr(mr, 0.0, 1000.0), cfg.image_size, cfg.fit, pad_value=0)
+    x = to_model_range(dequantise(quantise(q01, cfg.bits), cfg.bits))[..., None]
+    want = unfit(from_model_range(tiny_model().syn_ct(x).numpy()[..., 0]), placement, fill=0.0)
+    np.testing.assert_allclose(fixed["ct"].numpy()[..., 0], want, atol=1e-5)
+
+
+def test_bad_rank_is_a_clear_error(loaded):
+    import tensorflow as tf
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be \[N, H, W\] or \[N, H, W, 1\]"):
+        loaded["ct2mr"].loaded.signatures["serving_default"](ct=np.zeros((1, 2, 8, 8), np.float32))
+
+
+def test_preprocessing_parameters_signature(loaded, tiny_records):
+    cfg = tiny_records.preprocess
+    p = loaded["ct2mr"].loaded.signatures["preprocessing_parameters"]()
+    assert p["direction"].numpy() == b"ct2mr"
+    assert int(p["image_size"]) == cfg.image_size and p["fit"].numpy().decode() == cfg.fit
+    assert float(p["ct_window_width"]) == cfg.ct_window_width
+    assert json.loads(p["preprocess_json"].numpy()) == cfg.to_dict()
+
+
+def test_fit_tf_twins_numpy():
+    img = np.random.default_rng(3).uniform(0, 1, (2, 40, 20)).astype(np.float32)
+    got = export.fit_tf(img[..., None], 32, "pad").numpy()[..., 0]
+    want, placement = fit_to_size(img, 32, "pad", pad_value=0)
+    np.testing.assert_array_equal(got, want)
+    back = export.unfit_tf(got[..., None], 40, 20, 32, "pad").numpy()[..., 0]
+    np.testing.assert_array_equal(back, unfit(want, placement, fill=0.0))
+    smooth = np.broadcast_to(np.linspace(0, 1, 20, dtype=np.float32), (2, 40, 20))
+    got = export.fit_tf(smooth[..., None], 32, "resize").numpy()[..., 0]
+    want, placement = fit_to_size(smooth, 32, "resize", pad_value=0)
+    assert placement.scaled_shape() == (32, 16)
+    assert np.abs(got - want).mean() < 0.01     # same placement, interpolation details differ
+    assert np.array_equal(got == 0, want == 0)
+
+
+def test_saved_model_cli_shows_and_runs(exported):
+    version_dir = os.path.join(exported, "ct2mr", "1")
+    cli = os.path.join(VENV_BIN, "saved_model_cli")
+    # Both at once: each pays TensorFlow's start-up.
+    show = subprocess.Popen([cli, "show", "--all", "--dir", version_dir], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # The TF1-style loader (what TF Serving uses) must restore the variables.
+    run = subprocess.Popen([cli, "run", "--dir", version_dir, "--tag_set", "serve", "--signature_def",
+                            "serving_default", "--input_exprs", "ct=[[[0.0,40.0,80.0],[40.0,40.0,40.0],[0.0,20.0,60.0]]]"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    text, show_err = show.communicate(timeout=120)
+    run_out, run_err = run.communicate(timeout=120)
+    assert show.returncode == 0, show_err[-2000:]
+    for sig in ("serving_default", "normalised", "preprocessing_parameters"):
+        assert f"signature_def['{sig}']" in text
+    for key in ("inputs['ct']", "outputs['mr']", "outputs['mr_255']", "outputs['ct_window_center']"):
+        assert key in text
+    assert text.count("Method name is: tensorflow/serving/predict") >= 3
+    assert run.returncode == 0, run_err[-2000:]
+    assert "Result for output key mr_255" in run_out
+
+
+def test_versions_count_up_and_never_overwrite(tmp_path, tiny_records):
+    # A stand-in for the paired baseline: only SynMR is trained, so only ct2mr is exported.
+    model = tiny_model()
+    paired = types.SimpleNamespace(config=model.config, trained_directions=("mr",), syn_mr=model.syn_mr,
+                                   syn_ct=model.syn_ct)
+    first = export.export_model(paired, tiny_records, str(tmp_path))
+    second = export.export_model(paired, tiny_records, str(tmp_path))
+    assert first == {"ct2mr": str(tmp_path / "ct2mr" / "1")}
+    assert second == {"ct2mr": str(tmp_path / "ct2mr" / "2")}
+    assert not (tmp_path / "mr2ct").exists()
+    pb = tmp_path / "ct2mr" / "1" / "saved_model.pb"
+    before = pb.stat().st_mtime_ns
+    with pytest.raises(export.ExportError, match="already exists"):
+        export.export_model(paired, tiny_records, str(tmp_path), version=1)
+    (tmp_path / "ct2mr" / "3").mkdir()   # a collision with a pre-existing (even empty) version dir
+    with pytest.raises(export.ExportError, match="3: version 3 already exists"):
+        export.export_model(paired, tiny_records, str(tmp_path), version=3)
+    assert pb.stat().st_mtime_ns == before
+    assert sorted(os.listdir(tmp_path / "ct2mr")) == ["1", "2", "3"]   # no temporary leftovers
+    assert export.resolve_version_dir(str(tmp_path)) == str(tmp_path / "ct2mr" / "2")   # "3" holds no model
+    assert export.existing_versions(str(tmp_path / "ct2mr")) == [1, 2, 3]
+
+
+def test_resolve_and_load_errors(tmp_path, exported):
+    assert export.resolve_version_dir(exported, "mr2ct") == os.path.join(exported, "mr2ct", "1")
+    assert export.resolve_version_dir(os.path.join(exported, "ct2mr")) == os.path.join(exported, "ct2mr", "1")
+    with pytest.raises(export.ExportError, match="no SavedModel found"):
+        export.resolve_version_dir(str(tmp_path))
+    with pytest.raises(export.ExportError, match="holds a ct2mr model, not mr2ct"):
+        export.load_exported(os.path.join(exported, "ct2mr", "1"), "mr2ct")
+
+
+def test_image_size_mismatch(tmp_path):
+    with pytest.raises(export.ExportError, match="image_size 64 != model image_size 32"):
+        export.export_model(tiny_model(), PreprocessConfig(image_size=64), str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_run_without_checkpoint(tmp_path, tiny_records):
+    from mrgan_tf import checkpoints
+    run_dir = tmp_path / "run"
+    checkpoints.save_run_config(str(run_dir), tiny_model().config, tiny_records.root)
+    r = subprocess.run([sys.executable, "-m", "mrgan_tf.export", f"--run={run_dir}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"{run_dir}: no checkpoint" in r.stderr
+    assert not (run_dir / "export").exists()
+
+
+def test_export_run_from_checkpoint(tmp_path_factory, tiny_records, tmp_path):
+    run_dir = tiny_run(tmp_path_factory, tiny_records.root)
+    out = export.export_run(run_dir, str(tmp_path))
+    assert set(out) == {"ct2mr", "mr2ct"}
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 32, 32, 1)).astype(np.float32)
+    got = export.load_exported(str(tmp_path), "ct2mr").normalised(ct=x)["mr"].numpy()
+    np.testing.assert_allclose(got, tiny_model().syn_mr(x).numpy(), atol=1e-5)
