@@ -191,19 +191,24 @@ def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16,
                  "total_s": t3 - t0}
 
 
-def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
+def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
                     progress: bool = False) -> dict:
-    """Read ``src``, synthesize, write ``out`` (NIfTI, atomically). Raises VolumeError on bad input."""
+    """Synthesize ``vol`` and write ``out`` (NIfTI, atomically: no partial file on failure)."""
     if not str(out).endswith((".nii", ".nii.gz")):
         raise SynthesisError(f"{out}: output name must end in .nii or .nii.gz")
-    vol = read_volume(src)
     if predictor.name == "ct2mr":
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
     result, timing = synthesize_volume(predictor, vol, batch_size, progress)
     write_nifti(result, out)
-    return {"input": str(src), "output": str(out), "shape": list(vol.shape), **timing}
+    return {"input": vol.source, "output": str(out), "shape": list(vol.shape), **timing}
+
+
+def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
+                    progress: bool = False) -> dict:
+    """Read ``src`` (any format read_volume knows), synthesize, write ``out``. VolumeError on bad input."""
+    return write_synthesis(predictor, read_volume(src), out, batch_size, progress)
 
 
 def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: int = 16,
@@ -274,6 +279,8 @@ def main(argv):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:
         raise app.UsageError("--out is required with --ct/--mr")
+    if single and not fv.out.endswith((".nii", ".nii.gz")):
+        raise app.UsageError(f"--out={fv.out}: output name must end in .nii or .nii.gz")
     if fv.root and not fv.out_dir:
         raise app.UsageError("--out_dir is required with --root")
     direction = _direction(fv)
@@ -281,13 +288,14 @@ def main(argv):
 
     from mrgan_tf.spec import SpecError
     try:
-        predictor = load_predictor(fv.model, direction)
         if single:
-            info = synthesize_file(predictor, fv.ct or fv.mr, fv.out, fv.batch_size, fv.progress)
+            vol = read_volume(fv.ct or fv.mr)   # bad input fails before the model loads
+            info = write_synthesis(load_predictor(fv.model, direction), vol, fv.out, fv.batch_size, fv.progress)
             print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s "
                   f"(model {info['model_s']:.1f} s)")
             return 0
-        done, errors = synthesize_root(predictor, fv.root, fv.out_dir, fv.batch_size, fv.progress)
+        done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
+                                       fv.progress)
     except (SynthesisError, ExportError, VolumeError, SpecError, FileNotFoundError, tf.errors.OpError) as e:
         print(f"synthesize: error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,151 @@
+"""Whole-volume synthesis: geometry round trip, every slice through the model, folder mode, errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrgan_tf import synthesize
+from mrgan_tf.export import ExportError
+from mrgan_tf.io.readers import read_volume, write_nifti
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.preprocess import axial_stack, dequantise, quantise, volume_from_axial_stack, window_ct
+from test_export import tiny_export, tiny_run
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_records, tmp_path_factory):
+    return tiny_export(tmp_path_factory, tiny_records)
+
+
+@pytest.fixture(scope="module")
+def to_mr(exported):
+    return synthesize.load_predictor(exported, "ct2mr")
+
+
+def _head_ct(shape, seed=0) -> np.ndarray:
+    """Air around an ellipsoid of soft tissue with a brighter rim."""
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(sum(g ** 2 for g in grid))
+    ct = np.where(r < 0.8, 30.0, -1000.0) + np.where((r > 0.65) & (r < 0.8), 900.0, 0.0)
+    return (ct + np.random.default_rng(seed).normal(0, 5, shape)).astype(np.float32)
+
+
+def _oblique_lps_affine() -> np.ndarray:
+    """A rotated grid with flipped first two axes (as DICOM/ITK LPS data read into RAS+)."""
+    t = np.deg2rad(20)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    a = np.eye(4)
+    a[:3, :3] = rot @ np.diag([-0.9, -1.1, 1.5])
+    a[:3, 3] = [12.0, -30.0, 7.5]
+    return a
+
+
+def test_geometry_is_preserved_on_oblique_flipped_grid(to_mr, tmp_path):
+    src = tmp_path / "ct.nii.gz"
+    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    info = synthesize.synthesize_file(to_mr, str(src), str(tmp_path / "syn.nii.gz"))
+    ref, out = read_volume(src), read_volume(tmp_path / "syn.nii.gz")
+    assert out.shape == ref.shape == (24, 28, 20)
+    np.testing.assert_array_equal(out.affine, ref.affine)
+    np.testing.assert_array_equal(out.spacing, ref.spacing)
+    assert nib.load(str(tmp_path / "syn.nii.gz")).get_data_dtype() == np.float32
+    assert 0.0 <= out.data.min() and out.data.max() <= 255.0 and out.data.max() > 0
+    assert info["slices"] > 0 and not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_geometry_is_preserved_for_mha_input(to_mr, tmp_path):
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(_head_ct((20, 28, 24)))   # (z, y, x)
+    img.SetSpacing((0.8, 1.2, 1.5))
+    img.SetOrigin((5.0, -3.0, 10.0))
+    img.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))   # swapped x/y, flipped z
+    sitk.WriteImage(img, str(tmp_path / "ct.mha"))
+    synthesize.synthesize_file(to_mr, str(tmp_path / "ct.mha"), str(tmp_path / "syn.nii.gz"))
+    ref, out = read_volume(tmp_path / "ct.mha"), read_volume(tmp_path / "syn.nii.gz")
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)   # NIfTI stores the affine as float32
+
+
+def test_every_slice_goes_through_the_model(to_mr, tiny_records):
+    """On a grid that needs no resampling, output slice k == model(windowed axial slice k), air slices too."""
+    cfg = tiny_records.preprocess
+    ct = _head_ct((32, 32, 6))
+    ct[:, :, :2] = -1000.0   # no body: make_records would drop these slices; synthesis must not
+    vol = Volume(ct, np.eye(4), "mem")
+    out, timing = synthesize.synthesize_volume(to_mr, vol)
+    assert timing["slices"] == 6
+    q01 = dequantise(quantise(window_ct(axial_stack(ct), cfg.ct_window_center, cfg.ct_window_width), cfg.bits),
+                     cfg.bits)
+    want = volume_from_axial_stack(to_mr.predict01(q01) * 255.0)
+    np.testing.assert_allclose(out.data, want, atol=1e-3)
+    assert out.data[:, :, 0].max() > 0   # the air slice was synthesized, not filled
+
+
+def test_run_dir_and_saved_model_agree(to_mr, tiny_records, tmp_path_factory):
+    from_run = synthesize.load_predictor(tiny_run(tmp_path_factory, tiny_records.root), "ct2mr")
+    assert from_run.preprocess == to_mr.preprocess
+    stack = np.random.default_rng(5).uniform(0, 1, (5, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(from_run.predict01(stack, batch_size=2), to_mr.predict01(stack), atol=1e-5)
+
+
+def test_mr2ct_volume_in_hu_with_air_outside_the_field_of_view(exported, tiny_records):
+    cfg = tiny_records.preprocess
+    to_ct = synthesize.load_predictor(exported, "mr2ct")
+    mr = np.clip(_head_ct((40, 24, 5)) + 1000.0, 0, None)   # 40 mm wide: pad fit crops 4 mm per side
+    out, _ = synthesize.synthesize_volume(to_ct, Volume(mr, np.eye(4), "mem"))
+    assert out.shape == mr.shape
+    low, high = cfg.ct_window_center - cfg.ct_window_width / 2, cfg.ct_window_center + cfg.ct_window_width / 2
+    inside = out.data[4:-4]
+    assert inside.min() >= low - 1e-3 and inside.max() <= high + 1e-3
+    np.testing.assert_array_equal(out.data[:4], synthesize.AIR_HU)
+    np.testing.assert_array_equal(out.data[-4:], synthesize.AIR_HU)
+
+
+def test_folder_mode(to_mr, tmp_path):
+    root, out_dir = tmp_path / "root", tmp_path / "out"
+    for pid in ("p1", "p2", "p3"):
+        (root / pid).mkdir(parents=True)
+    write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p1" / "ct.nii.gz")
+    write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p2" / "mr.nii.gz")   # no CT: nothing to do
+    nib.save(nib.Nifti1Image(np.zeros((10, 10), np.float32), np.eye(4)), str(root / "p3" / "ct.nii.gz"))
+    done, errors = synthesize.synthesize_root(to_mr, str(root), str(out_dir))
+    assert [d["output"] for d in done] == [str(out_dir / "p1" / "syn_mr.nii.gz")]
+    assert read_volume(out_dir / "p1" / "syn_mr.nii.gz").shape == (24, 28, 20)
+    assert set(errors) == {"p3"} and "2-D" in errors["p3"]
+    assert not (out_dir / "p3").exists() and not (out_dir / "p2").exists()
+
+
+def test_bad_inputs(to_mr, tmp_path):
+    with pytest.raises(ExportError, match="no SavedModel found"):
+        synthesize.load_predictor(str(tmp_path), "ct2mr")
+    with pytest.raises(synthesize.SynthesisError, match="does not exist"):
+        synthesize.load_predictor(str(tmp_path / "nope"), "ct2mr")
+    with pytest.raises(VolumeError, match="no such file"):
+        synthesize.synthesize_file(to_mr, str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz"))
+    assert not (tmp_path / "o.nii.gz").exists()
+    assert synthesize.ct_like_warning(Volume(_head_ct((16, 16, 16)), np.eye(4), "ct")) is None
+    assert "do not look like a CT" in synthesize.ct_like_warning(Volume(np.full((4, 4, 4), 50.0), np.eye(4), "x"))
+    assert "do not look like a CT" in synthesize.ct_like_warning(Volume(np.full((4, 4, 4), 9000.0), np.eye(4)))
+
+
+def test_cli(exported, tmp_path):
+    src, bad = tmp_path / "ct.nii.gz", tmp_path / "flat.nii.gz"
+    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    nib.save(nib.Nifti1Image(np.zeros((10, 10), np.float32), np.eye(4)), str(bad))
+    cmd = [sys.executable, "-m", "mrgan_tf.synthesize", f"--model={exported}", "--noprogress"]
+    ok = subprocess.Popen(cmd + [f"--ct={src}", f"--out={tmp_path / 'syn.nii.gz'}"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    fail = subprocess.Popen(cmd + [f"--ct={bad}", f"--out={tmp_path / 'bad_out.nii.gz'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ok_out, ok_err = ok.communicate(timeout=180)
+    _, fail_err = fail.communicate(timeout=180)
+    assert ok.returncode == 0, ok_err[-2000:]
+    assert read_volume(tmp_path / "syn.nii.gz").shape == (24, 28, 20)
+    assert fail.returncode == 1
+    assert f"{bad}: image is 2-D" in fail_err
+    assert not (tmp_path / "bad_out.nii.gz").exists()
