@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEBS := mricron-data invesalius-examples
 
-.PHONY: demo test deps venv bench clean
+.PHONY: demo test deps venv bench clean bazel-test
+BAZEL ?= bazel
 
 deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
@@ -26,8 +27,8 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q tests
 
-bench: venv
-	$(BIN)/python bench/run_all.py
+bazel-test: venv
+	$(BAZEL) build //... && $(BAZEL) test //:fast_tests
 
 clean:
 	rm -rf runs build *.egg-info
