@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mrgan_tf.augment import AugmentConfig
 from mrgan_tf.model import MRGAN, MRGANConfig
-from tfrecords_tools.writer import atomic_write_text
+from tfrecords_tools.atomic import atomic_write_text
 
 RUN_CONFIG = "run.json"
 

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from mrgan_tf.io.invesalius import read_inv3
 from mrgan_tf.io.readers import write_nifti
 from mrgan_tf.io.volumes import Volume, VolumeError
+from tfrecords_tools.atomic import swap_in_directory
 
 log = logging.getLogger(__name__)
 
@@ -455,17 +455,6 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise DemoDataError(f"{out}: directory is not empty (pass --overwrite to replace it)")
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished temp folder in for `out`; the old one is removed only afterwards."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def build_demo_dataset(out_dir, seed: int = 0, n_paired_train: int = 4, n_paired_test: int = 2,
                        n_unpaired_ct: int = 3, n_unpaired_mr: int = 3, size_scale: float = 1.0,
                        overwrite: bool = False, progress: bool = True) -> dict:
@@ -519,7 +508,7 @@ def build_demo_dataset(out_dir, seed: int = 0, n_paired_train: int = 4, n_paired
         summary["total_bytes"] = sum(f.stat().st_size for f in tmp.rglob("*.nii.gz"))
         (tmp / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "README.txt").write_text(_readme(summary))
-        _publish(tmp, out)
+        swap_in_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from mrgan_tf import figures, metrics
 from mrgan_tf.preprocess import PreprocessConfig, denormalise_mr, dequantise, unwindow_ct
 from mrgan_tf.synthesize import Predictor, load_predictors
-from tfrecords_tools.writer import atomic_write_text
+from tfrecords_tools.atomic import atomic_write_text
 
 DDOF = 0  # the paper's Table I sd
 TABLES = {

@@ -9,11 +9,12 @@ are 2-D arrays on the paper's 0-255 scale (docs/DESIGN.md "Intensities").
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from tfrecords_tools.atomic import atomic_output
 
 FIG5_COLUMNS = ("Input CT", "Synthesized MR", "Reference MR", "Absolute error")
 FIG6_COLUMNS = ("Input CT", "Paired", "Unpaired", "MR-GAN", "Reference MR")
@@ -24,18 +25,8 @@ _PANEL_IN = 2.2  # inches per image panel
 def _save(fig: Figure, path, dpi: int) -> str:
     """Render ``fig`` to ``path`` as PNG atomically (temp file in the same folder + rename)."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return path
 
 

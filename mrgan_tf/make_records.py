@@ -33,6 +33,7 @@ from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
 from mrgan_tf.spec import SET_NAMES, SPEC_NAME, DatasetSpec
+from tfrecords_tools.atomic import swap_in_directory
 
 SUMMARY_NAME = "summary.json"
 ROLES = ("paired", "ct", "mr")
@@ -369,22 +370,6 @@ def check_output(out: Path, overwrite: bool) -> None:
                                "refusing to replace it (choose an empty or new folder)")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished temp dir to ``out``; an old ``out`` is moved aside first and
-    deleted last, so at every moment one complete version exists."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old)
-
-
 # --------------------------------------------------------------------------- main entry
 
 
@@ -462,7 +447,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
         tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
         check_output(out, overwrite)  # still true? (another run may have written meanwhile)
-        _swap_in(tmp, out)
+        swap_in_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -501,7 +486,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
              "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
              "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
-             + f" (below min_foreground)"]
+             + " (below min_foreground)"]
     if summary["failed_patients"]:
         lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
         lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]

@@ -1,5 +1,4 @@
 """Tests for mrgan_tf.make_records: round trip, split, manifest, bad input, atomic output, CLI."""
-import csv
 import gzip
 import json
 import os

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from tfrecords_tools import reader, schema
-from tfrecords_tools.writer import atomic_write_bytes
+from tfrecords_tools.atomic import atomic_write_bytes
 
 _PNG = flags.DEFINE_string("png", None, "Write a contact sheet of --n examples to this PNG file.")
 _N = flags.DEFINE_integer("n", 16, "Number of examples on the contact sheet (spread over all sets).", lower_bound=1)

@@ -18,41 +18,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from typing import Any, Mapping
 
 import tensorflow as tf
 
 from tfrecords_tools import schema
+from tfrecords_tools.atomic import atomic_write_text  # also importable from here
 
 INDEX_SUFFIX = ".shards.json"
 _EXTENSIONS = {"GZIP": ".tfrecord.gz", "ZLIB": ".tfrecord.zz", "": ".tfrecord"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _ANY_EXT = "(" + "|".join(re.escape(e) for e in _EXTENSIONS.values()) + r")\Z"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``.
-
-    The temp file is created with mode 0666 & ~umask, like a plain ``open``.
-    """
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.path.basename(path)}-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically replace ``path`` with ``text`` (UTF-8): readers see old or new, never half."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _remove(path: str) -> None:

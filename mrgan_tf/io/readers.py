@@ -5,9 +5,7 @@ images, so every format is checked the same way (see ``checked_volume``).
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume, lps_to_ras
+from tfrecords_tools.atomic import atomic_output
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -130,19 +129,8 @@ def write_nifti(vol: Volume, path, dtype=np.float32) -> Path:
     img.set_qform(vol.affine, code="scanner")
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=suffix) as tmp:   # the suffix tells nibabel to compress
         nib.save(img, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
