@@ -319,8 +319,10 @@ class Demo:
         return int(path.rsplit("-", 1)[1]) if path else 0
 
     def stage_train(self):
-        key = {"config": Path(self.o.config).read_text(), "train_flags": list(self.o.train_flags),
-               "seed": self.o.seed}
+        # Comments and --steps are left out: a longer run resumes the same run dir.
+        config = [line.strip() for line in Path(self.o.config).read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith(("#", "--steps"))]
+        key = {"config": config, "train_flags": list(self.o.train_flags), "seed": self.o.seed}
         todo, commands = [], []
         for mode in MODES:
             commands.append(_cmd_text(self.train_command(mode)))
@@ -651,6 +653,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, below
     opts = DemoOptions(out=FLAGS.out, rebuild=FLAGS.rebuild, steps=FLAGS.steps, size_scale=FLAGS.size_scale,
                        seed=FLAGS.seed, config=FLAGS.config, image_size=FLAGS.image_size,
                        spacing_mm=FLAGS.spacing_mm, register=FLAGS.register, train_flags=tuple(FLAGS.train_flag),
