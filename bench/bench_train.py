@@ -1,0 +1,325 @@
+"""Training-iteration benchmarks: time, memory, FLOP/s, precision and input pipeline.
+
+    .venv/bin/python bench/bench_train.py all --out /tmp/bench_train     # everything, ~15 min idle
+
+Subcommands (``all`` runs each in its own process, after waiting for a quiet machine):
+
+* ``iteration --size full|demo --precision float32|mixed_bfloat16 [--xla]``: builds
+  MRGAN (mode mrgan, batch 1), compiles it as train.py does and runs Keras' own
+  train function on a fixed batch: the first call (tracing), ``--warmup`` more, then
+  ``--iters`` timed ones (wall and process CPU time each). Then, in the same
+  process, the best of ``--reps`` 4096^2 matmuls in float32 and bfloat16 (the
+  machine's practical peak), peak RSS (``getrusage``), and FLOP/s from bench/flops.py.
+* ``census``: traces ``train_step`` and counts generator forward passes (Tanh ops
+  under the generators' name scopes), against what Algorithm 1 needs.
+* ``pipeline --size N``: batches/s of ``data.training_dataset`` alone (tiny records).
+* ``curves``: trains the demo config 200 steps in float32 and mixed_bfloat16 on the
+  same records and seed, compares the smoothed L1 / cycle terms, writes a PNG overlay.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # flops
+sys.path.insert(0, os.path.join(ROOT, "tests"))                          # records_factory
+
+SIZES = {   # the paper's model, and configs/demo.cfg's at 128 px
+    "full": dict(image_size=256, ngf=64, n_blocks=9, ndf_scale=1.0),
+    "demo": dict(image_size=128, ngf=16, n_blocks=3, ndf_scale=0.25),
+}
+
+
+# ---------------------------------------------------------------- machine load
+def _cpu_times() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        v = [float(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def busy_cores(seconds: float = 5.0) -> float:
+    """Cores kept busy by everything on the machine over ``seconds`` (call while idle yourself)."""
+    b0, t0 = _cpu_times()
+    time.sleep(seconds)
+    b1, t1 = _cpu_times()
+    return (os.cpu_count() or 1) * (b1 - b0) / max(t1 - t0, 1e-9)
+
+
+def wait_for_quiet(max_busy: float, poll_s: float, timeout_s: float) -> dict:
+    """Waits until other processes use < ``max_busy`` cores (or gives up); returns what it saw."""
+    t0 = time.time()
+    while True:
+        busy = busy_cores()
+        waited = time.time() - t0
+        if busy < max_busy or waited >= timeout_s:
+            return {"others_busy_cores": round(busy, 2), "loadavg_1m": os.getloadavg()[0],
+                    "waited_s": round(waited), "quiet": busy < max_busy}
+        print(f"  others use {busy:.2f} cores (load {os.getloadavg()[0]:.2f}); waiting", flush=True)
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------- peak FLOP/s
+def matmul_peak(n: int = 4096, reps: int = 5) -> dict:
+    """Best-of-``reps`` GFLOP/s of an n x n matmul in float32 and bfloat16."""
+    import tensorflow as tf
+    out = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.random.normal([n, n], dtype=tf.float32)
+        a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+        mm = tf.function(lambda x, y: tf.linalg.matmul(x, y)[0, 0])
+        mm(a, b).numpy()
+        best = min(_timed(lambda: mm(a, b).numpy())[0] for _ in range(reps))
+        out[dtype.name] = 2.0 * n ** 3 / best / 1e9
+    return out
+
+
+def _timed(fn) -> tuple[float, float]:
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+# ---------------------------------------------------------------- model
+def build_model(size: str, precision: str, xla: bool, norm: str = "fused"):
+    """MRGAN as train.py builds it; ``norm="groupnorm"`` rebuilds the old instance norm (baseline)."""
+    import keras
+
+    from mrgan_tf import networks
+    from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+    if norm == "groupnorm":
+        networks.instance_norm = lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
+                                                                                   name=name)
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision)
+    config = MRGANConfig(mode="mrgan", **SIZES[size])
+    model = MRGAN(config)
+    model.compile(make_optimizers(config), jit_compile=xla)
+    return model
+
+
+def _batch(size: int):
+    import numpy as np
+    import tensorflow as tf
+    return tf.constant(np.random.default_rng(0).integers(0, 256, (1, size, size, 4)).astype("float32"))
+
+
+def run_iteration(a) -> dict:
+    import tensorflow as tf
+
+    from flops import iteration_flops
+    model = build_model(a.size, a.precision, a.xla, a.norm)
+    it = iter(tf.data.Dataset.from_tensors(_batch(model.config.image_size)).repeat())
+    model.make_train_function()
+
+    def step():
+        out = model.train_function(it)
+        logs = out.get_value() if hasattr(out, "get_value") else out
+        return float(logs["paired/syn_mr_l1"].numpy())
+
+    first_s, _ = _timed(step)
+    for _ in range(a.warmup):
+        step()
+    load0 = os.getloadavg()[0]
+    times = [_timed(step) for _ in range(a.iters)]
+    loss = step()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall = [t[0] for t in times]
+    cpu = [t[1] for t in times]
+    peak = matmul_peak(reps=a.reps)
+    flops = iteration_flops(model)["total"]
+    key = "bfloat16" if a.precision == "mixed_bfloat16" else "float32"
+    return {"size": a.size, "precision": a.precision, "xla": a.xla, "norm": a.norm, "jit_compile": model.jit_compile,
+            "first_step_s": first_s, "iters": a.iters, "s_per_iter_median": statistics.median(wall),
+            "s_per_iter_min": min(wall), "cpu_s_per_iter_median": statistics.median(cpu),
+            "peak_rss_mb": rss_mb, "gflop_per_iter": flops / 1e9,
+            "gflops_achieved": flops / min(wall) / 1e9, "matmul_peak_gflops": peak,
+            "fraction_of_peak": flops / min(wall) / 1e9 / peak[key],
+            "loadavg_during": [load0, os.getloadavg()[0]], "final_l1": loss}
+
+
+# ---------------------------------------------------------------- generator census
+def run_census(a) -> dict:
+    """Counts generator forward passes in the traced train_step (Tanh = a generator's output)."""
+    import tensorflow as tf
+    model = build_model("demo", "float32", False)
+    s = model.config.image_size
+    graph = tf.function(model.train_step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
+    ops = [op for op in graph.get_operations() if op.type == "Tanh"]
+    counts = {g: sum(g in op.name for op in ops) for g in ("syn_mr", "syn_ct")}
+    from flops import iteration_flops
+    return {"tanh_ops": len(ops), "per_generator": counts,
+            "needed_by_algorithm_1": iteration_flops(model)["generator_forwards"],
+            "op_names": sorted(op.name for op in ops)}
+
+
+# ---------------------------------------------------------------- input pipeline
+def run_pipeline(a) -> dict:
+    from records_factory import write_tiny_records
+
+    from mrgan_tf import data
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = write_tiny_records(tmp, size=a.image_size, per_set=40)
+        ds = data.training_dataset(spec, "mrgan", 1, seed=0)
+        it = iter(ds)
+        for _ in range(50):
+            next(it)
+        w, c = _timed(lambda: [next(it) for _ in range(a.batches)])
+    return {"image_size": a.image_size, "batches": a.batches, "batches_per_s": a.batches / w,
+            "cpu_ms_per_batch": 1e3 * c / a.batches}
+
+
+# ---------------------------------------------------------------- precision curves
+CURVE_TERMS = ("paired/syn_mr_l1", "paired/syn_ct_l1", "paired/syn_mr_cycle", "paired/syn_ct_cycle",
+               "unpaired/syn_mr_cycle", "unpaired/syn_ct_cycle")
+
+
+def _history(path: str) -> dict:
+    import numpy as np
+    with open(path) as f:
+        head = f.readline().strip().split(",")
+        rows = [[float(v) for v in line.split(",")] for line in f if line.strip()]
+    arr = np.array(rows)
+    return {k: arr[:, i] for i, k in enumerate(head)}
+
+
+def run_curves(a) -> dict:
+    import numpy as np
+    from records_factory import write_tiny_records
+
+    from mrgan_tf import figures
+    os.makedirs(a.out, exist_ok=True)
+    records = os.path.join(a.out, "records")
+    if not os.path.exists(os.path.join(records, "dataset.json")):
+        write_tiny_records(records, size=128, per_set=40)
+    hist, secs = {}, {}
+    for prec in ("float32", "mixed_bfloat16"):
+        run = os.path.join(a.out, prec)
+        if not os.path.exists(os.path.join(run, "history.csv")):
+            cmd = [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={ROOT}/configs/demo.cfg",
+                   f"--records={records}", f"--out={run}", f"--steps={a.steps}", f"--precision={prec}",
+                   "--log_every=1", "--image_every=100000", "--checkpoint_every=100000", "--noexport",
+                   "--verbose=0"]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            secs[prec] = time.perf_counter() - t0
+        hist[prec] = _history(os.path.join(run, "history.csv"))
+    n = min(len(h["iteration"]) for h in hist.values())
+    result, curves = {"steps": n, "train_wall_s": secs, "terms": {}}, {}
+    for term in CURVE_TERMS:
+        fp, bf = (figures.ema(hist[p][term][:n], 0.9) for p in ("float32", "mixed_bfloat16"))
+        rel = np.abs(bf - fp) / np.maximum(np.abs(fp), 1e-8)
+        result["terms"][term] = {"mean_rel_diff": float(np.mean(rel)), "max_rel_diff": float(np.max(rel)),
+                                 "fp32_first_last": [float(fp[0]), float(fp[-1])],
+                                 "bf16_first_last": [float(bf[0]), float(bf[-1])]}
+        for p, tag in (("float32", "fp32"), ("mixed_bfloat16", "bf16")):
+            curves[f"{term} {tag}"] = (hist[p]["iteration"][:n], hist[p][term][:n])
+    result["png"] = figures.loss_curves(os.path.join(a.out, "precision_curves.png"), curves,
+                                        title=f"demo model, {n} steps: float32 vs mixed_bfloat16",
+                                        smooth=0.9, max_per_axes=4)
+    return result
+
+
+# ---------------------------------------------------------------- driver
+def run_all(a) -> dict:
+    """Each measurement in its own process, each after waiting for a quiet machine."""
+    os.makedirs(a.out, exist_ok=True)
+    jobs = [(f"{size}_{prec}{'_xla' if xla else ''}",
+             ["iteration", "--size", size, "--precision", prec, *(["--xla"] if xla else []),
+              "--iters", str(5 if size == "full" else 30), "--warmup", "3"])
+            for size in ("demo", "full") for prec, xla in (("float32", False), ("mixed_bfloat16", False),
+                                                          ("float32", True))]
+    jobs += [("full_float32_groupnorm", ["iteration", "--size", "full", "--norm", "groupnorm",
+                                         "--iters", "5", "--warmup", "3"]),
+             ("census", ["census"]), ("pipeline_128", ["pipeline", "--image_size", "128"]),
+             ("pipeline_256", ["pipeline", "--image_size", "256"]),
+             ("curves", ["curves", "--out", os.path.join(a.out, "curves")])]
+    results = {}
+    for name, args in jobs:
+        if a.only and name not in a.only.split(","):
+            continue
+        load = wait_for_quiet(a.max_busy, 30, a.max_wait_s)
+        print(f"{name}: {load}", flush=True)
+        out = os.path.join(a.out, f"{name}.json")
+        proc = subprocess.run([sys.executable, __file__, *args, "--json", out], cwd=ROOT)
+        if proc.returncode:
+            results[name] = {"error": f"exit {proc.returncode}", "load_before": load}
+            continue
+        with open(out) as f:
+            results[name] = {**json.load(f), "load_before": load}
+        print(json.dumps(results[name])[:400], flush=True)
+    with open(os.path.join(a.out, "all.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(markdown_table(results))
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    rows = ["| setting | s/iteration (median, min) | CPU s/iteration | first step | peak RSS | "
+            "GFLOP/iter | GFLOP/s | of matmul peak (fp32 / bf16 GFLOP/s) | others' load before |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "s_per_iter_median" not in r:
+            continue
+        pk = r["matmul_peak_gflops"]
+        rows.append(f"| {name} | {r['s_per_iter_median']:.3f}, {r['s_per_iter_min']:.3f} | "
+                    f"{r['cpu_s_per_iter_median']:.3f} | {r['first_step_s']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
+                    f"{r['gflop_per_iter']:.1f} | {r['gflops_achieved']:.0f} | {100 * r['fraction_of_peak']:.0f}% "
+                    f"({pk['float32']:.0f} / {pk['bfloat16']:.0f}) | "
+                    f"{r['load_before']['others_busy_cores']} cores |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    it = sub.add_parser("iteration")
+    it.add_argument("--size", choices=sorted(SIZES), default="demo")
+    it.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
+    it.add_argument("--xla", action="store_true")
+    it.add_argument("--norm", choices=["fused", "groupnorm"], default="fused",
+                    help="groupnorm: the former keras GroupNormalization(groups=-1), for comparison")
+    it.add_argument("--warmup", type=int, default=3)
+    it.add_argument("--iters", type=int, default=5)
+    it.add_argument("--reps", type=int, default=5, help="matmul repetitions (best-of)")
+    sub.add_parser("census")
+    pl = sub.add_parser("pipeline")
+    pl.add_argument("--image_size", type=int, default=128)
+    pl.add_argument("--batches", type=int, default=2000)
+    cu = sub.add_parser("curves")
+    cu.add_argument("--out", required=True)
+    cu.add_argument("--steps", type=int, default=200)
+    al = sub.add_parser("all")
+    al.add_argument("--out", required=True)
+    al.add_argument("--only", default="", help="comma-separated job names")
+    al.add_argument("--max_busy", type=float, default=1.5, help="wait while others use this many cores")
+    al.add_argument("--max_wait_s", type=float, default=600)
+    for sp in (it, sub.choices["census"], pl, cu):
+        sp.add_argument("--json", help="write the result here")
+    a = p.parse_args(argv)
+    if a.cmd == "all":
+        run_all(a)
+        return 0
+    result = {"iteration": run_iteration, "census": run_census, "pipeline": run_pipeline,
+              "curves": run_curves}[a.cmd](a)
+    text = json.dumps(result, indent=1)
+    if a.json:
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, a.json)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
