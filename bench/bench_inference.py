@@ -14,9 +14,10 @@ and 32 through three paths:
 Paths are interleaved call by call, so load from other processes hits them
 alike; one warm-up call per path (tracing) is discarded; the median of the timed
 calls is reported with the process CPU time per call. ``keras_eager`` is timed at
-the smallest batch only (it runs the same kernels plus per-op Python overhead). Then one 150-slice CT volume (230 x 230 x 150
-at 1 mm, a synthetic head) goes through ``synthesize.synthesize_volume`` with the
-SavedModel (read excluded; preprocessing, model and restacking included).
+the smallest batch only (it runs the same kernels plus per-op Python overhead).
+Then one 150-slice CT volume (230 x 230 x 150 at 1 mm, a synthetic head) goes
+through ``synthesize.synthesize_volume`` with the SavedModel (read excluded;
+preprocessing, model and restacking included).
 """
 from __future__ import annotations
 
@@ -120,15 +121,19 @@ def bench_precision(precision: str, batch_sizes, reps: int, args, tmp: str) -> d
         keras.mixed_precision.set_global_policy("float32")
 
 
+def _cell(r: dict | None) -> str:
+    return "—" if r is None else f"{r['ms_per_slice']:.0f} ms (CPU {r['cpu_ms_per_slice']:.0f})"
+
+
 def markdown(results: dict) -> str:
-    lines = ["| precision | batch | SavedModel `normalised` | Keras tf.function | Keras eager | SavedModel / Keras fn |",
+    lines = ["| precision | batch | SavedModel `normalised` | Keras tf.function | Keras eager "
+             "| SavedModel / Keras fn |",
              "|---|---:|---:|---:|---:|---:|"]
     for precision, res in results["precisions"].items():
         by = {(r["path"], r["batch"]): r for r in res["rows"]}
         for b in results["batch_sizes"]:
             sm, kf, ke = (by.get((p, b)) for p in ("saved_model", "keras_function", "keras_eager"))
-            cell = lambda r: "—" if r is None else f"{r['ms_per_slice']:.0f} ms (CPU {r['cpu_ms_per_slice']:.0f})"  # noqa: E731
-            lines.append(f"| {precision} | {b} | {cell(sm)} | {cell(kf)} | {cell(ke)} | "
+            lines.append(f"| {precision} | {b} | {_cell(sm)} | {_cell(kf)} | {_cell(ke)} | "
                          f"{sm['ms_per_slice'] / kf['ms_per_slice']:.2f} |")
     return "\n".join(lines)
 

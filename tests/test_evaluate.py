@@ -76,7 +76,8 @@ def test_report_files(single, tiny_records):
     assert f"| {pids[0]} |" in md and "| Avg±sd |" in md
     doc = json.load(open(os.path.join(out, "metrics.json")))
     assert doc["ddof"] == 0 and doc["dataset_kind"] == "records"
-    assert doc["per_patient"]["mrgan"][pids[0]]["psnr"] == pytest.approx(result["per_patient"]["mrgan"][pids[0]]["psnr"])
+    want = result["per_patient"]["mrgan"][pids[0]]["psnr"]
+    assert doc["per_patient"]["mrgan"][pids[0]]["psnr"] == pytest.approx(want)
     assert doc["latency"]["mrgan"]["slices"] == tiny_records.count("paired_test")
     assert doc["latency"]["mrgan"]["ms_per_slice"] > 0
     csv_lines = open(os.path.join(out, "metrics.csv")).read().splitlines()

@@ -162,7 +162,8 @@ def test_saved_model_cli_shows_and_runs(exported):
                             stderr=subprocess.PIPE, text=True)
     # The TF1-style loader (what TF Serving uses) must restore the variables.
     run = subprocess.Popen([cli, "run", "--dir", version_dir, "--tag_set", "serve", "--signature_def",
-                            "serving_default", "--input_exprs", "ct=[[[0.0,40.0,80.0],[40.0,40.0,40.0],[0.0,20.0,60.0]]]"],
+                            "serving_default", "--input_exprs",
+                            "ct=[[[0.0,40.0,80.0],[40.0,40.0,40.0],[0.0,20.0,60.0]]]"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     text, show_err = show.communicate(timeout=120)
     run_out, run_err = run.communicate(timeout=120)
