@@ -42,6 +42,7 @@ REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.cfg"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
 STATE_NAME = "demo_state.json"
 SYN_NAME = "cranium_syn_mr.nii.gz"
+REUSED = ("reused", "present")  # stage statuses that did no work
 PROGRESS_EVERY_S = 15.0        # how often a training's history.csv is polled for a progress line
 # Our own modules' absl log lines are shown; TF's INFO chatter goes only to the log files.
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\]")
@@ -120,9 +121,9 @@ def _flagfile_int(path: str, name: str) -> int | None:
 class Stages:
     """Stage headers with elapsed time, per-stage timings and the commands, for the report."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, state: "State"):
         self.t0 = time.perf_counter()
-        self.total = total
+        self.total, self.state = total, state
         self.rows: list[dict[str, Any]] = []
 
     def elapsed(self) -> str:
@@ -135,7 +136,10 @@ class Stages:
         t = time.perf_counter()
         status, commands = fn()
         seconds = time.perf_counter() - t
-        self.rows.append({"stage": name, "status": status, "seconds": seconds, "commands": commands})
+        if status not in REUSED:
+            self.state.set_seconds(name, seconds)
+        self.rows.append({"stage": name, "status": status, "seconds": seconds, "commands": commands,
+                          "built_seconds": self.state.seconds(name)})
         print(f"--- {name}: {status} in {seconds:.1f} s", flush=True)
 
 
@@ -226,6 +230,14 @@ class State:
         self.data[stage] = json.loads(json.dumps(key))
         self._save()
 
+    def seconds(self, name: str) -> float | None:
+        """How long ``name`` took when it was last built (kept across runs for the report)."""
+        return self.data.get("seconds", {}).get(name)
+
+    def set_seconds(self, name: str, seconds: float) -> None:
+        self.data.setdefault("seconds", {})[name] = round(seconds, 1)
+        self._save()
+
     def _save(self) -> None:
         from tfrecords_tools.writer import atomic_write_text
         atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
@@ -247,7 +259,6 @@ class Demo:
         self.logs = os.path.join(self.out, "logs")
         self.runs = {m: os.path.join(self.out, m) for m in MODES}
         self.exports: dict[str, dict[str, str]] = {}
-        self.train_seconds: dict[str, float] = {}
         self.iterations: dict[str, int] = {}
         self.dirty = opts.rebuild      # an earlier stage was redone: later ones must be too
         os.makedirs(self.logs, exist_ok=True)
@@ -328,7 +339,7 @@ class Demo:
             commands.append(_cmd_text(self.train_command(mode)))
             if not self._reuse_run(mode, key):
                 if os.path.isdir(self.runs[mode]):
-                    _say(f"[{mode}] settings or inputs changed: removing the old run {self.runs[mode]}")
+                    _say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.runs[mode]}")
                     shutil.rmtree(self.runs[mode])
                 todo.append(mode)
                 continue
@@ -370,7 +381,7 @@ class Demo:
                     other.proc.kill()
                     other.finish()
                 raise DemoError(f"training {finished} failed (exit {rc}); full log: {child.log_path}\n{child.tail()}")
-            self.train_seconds[finished] = time.perf_counter() - t
+            self.state.set_seconds(f"train/{finished}", time.perf_counter() - t)
             self.iterations[finished] = self._trained_iterations(finished)
 
     def _wait_any(self, running: dict) -> str:
@@ -555,13 +566,16 @@ def report_markdown(demo: Demo, stages: Stages) -> str:
              f"registration {'on' if o.register else 'off (the demo MRs are misaligned by 1-3 mm / 1-3 deg on purpose; --register turns it on, at ~20 s CPU per paired patient)'}.",
              f"- Training: `{os.path.relpath(o.config)}` in "
              f"modes {', '.join(MODES)}, {o.steps} iterations each, seed {o.seed}.",
-             "", "| Stage | Status | Time (s) |", "|---|---|---:|"]
-    lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.1f} |" for r in stages.rows]
+             "", "| Stage | This run | Time this run (s) | Time when built (s) |", "|---|---|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.1f} | "
+              f"{'-' if r['built_seconds'] is None else format(r['built_seconds'], '.1f')} |" for r in stages.rows]
     total = sum(r["seconds"] for r in stages.rows)
-    lines += [f"| **total** | | **{total:.1f}** |", ""]
-    if demo.train_seconds:
+    built = sum(r["built_seconds"] or 0.0 for r in stages.rows)
+    lines += [f"| **total** | | **{total:.1f}** | **{built:.1f}** |", ""]
+    train = {m: demo.state.seconds(f"train/{m}") for m in MODES}
+    if all(v is not None for v in train.values()):
         lines += ["Training wall time per mode (includes graph tracing and the SavedModel export): "
-                  + ", ".join(f"{m} {s:.0f} s" for m, s in demo.train_seconds.items()) + ".", ""]
+                  + ", ".join(f"{m} {s:.0f} s" for m, s in train.items()) + ".", ""]
     lines += ["Equivalent commands:", "", "```sh"]
     lines += [c for r in stages.rows for c in r["commands"]]
     lines += ["```", "", "## Comparison on the paired test patients (Table I style)", "",
@@ -612,7 +626,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     opts = opts.resolved()
     os.makedirs(opts.out, exist_ok=True)
     demo = Demo(opts)
-    stages = Stages(total=7)
+    stages = Stages(7, demo.state)
     _say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
          f"{opts.image_size} px at {opts.spacing_mm:g} mm{', --rebuild' if opts.rebuild else ''})")
     stages.run("Demo data", demo.stage_data)
