@@ -62,9 +62,9 @@ def restore_generators(run_dir: str, checkpoint: str | None = None) -> tuple[MRG
     left unread (expect_partial).
     """
     cfg = load_run_config(run_dir)
-    model = MRGAN(config_from_dict(cfg["model"]))
     path = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    model = MRGAN(config_from_dict(cfg["model"]))
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return model, cfg

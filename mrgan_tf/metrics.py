@@ -38,6 +38,12 @@ _DISPLAY = {
     "mae_masked": ("MAE (mask)", 2),
     "psnr_masked": ("PSNR (mask)", 2),
     "ssim_masked": ("SSIM (mask)", 4),
+    "mr_mae_phys": ("MAE (MR units)", 2),
+    "mr_psnr_phys": ("PSNR (MR units)", 2),
+    "mr_ssim_phys": ("SSIM (MR units)", 4),
+    "ct_mae_hu": ("MAE (HU)", 1),
+    "ct_psnr_hu": ("PSNR (HU)", 2),
+    "ct_ssim_hu": ("SSIM (HU)", 4),
 }
 MISSING = "—"
 
