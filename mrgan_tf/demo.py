@@ -540,8 +540,8 @@ def write_synthesis_png(ct_path: str, syn_path: str, png: str, cfg, title: str, 
             ax.set_yticks([])
             ax.set_title(f"{name}, slice {k}", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    from mrgan_tf.figures import _save  # atomic PNG write
-    return _save(fig, png, 100)
+    from mrgan_tf.figures import save_png
+    return save_png(fig, png)
 
 
 def _rel(path: str, out: str) -> str:

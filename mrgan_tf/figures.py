@@ -22,7 +22,7 @@ FIG7_COLUMNS = ("Input CT", "Synthesized MR", "Reconstructed CT", "Relative diff
 _PANEL_IN = 2.2  # inches per image panel
 
 
-def _save(fig: Figure, path, dpi: int) -> str:
+def save_png(fig: Figure, path, dpi: int = 100) -> str:
     """Render ``fig`` to ``path`` as PNG atomically (temp file in the same folder + rename)."""
     path = os.fspath(path)
     with atomic_output(path) as tmp:
@@ -94,7 +94,7 @@ def _with_error_map(path, rows, columns, titles, error_fn, cbar_label, vmax, cma
         im = ax_row[3].imshow(err, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     _label(axes, columns, titles)
     fig.colorbar(im, ax=axes[:, 3].tolist(), shrink=0.9, label=cbar_label)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def montage_fig5(path, rows: Sequence[tuple], titles: Sequence[str] | None = None,
@@ -148,7 +148,7 @@ def comparison_fig6(path, rows: Sequence[Mapping[str, np.ndarray]],
                 continue
             _grey(ax, _image(row[name], f"row {i} {name}"))
     _label(axes, columns, titles)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def ema(values: Sequence[float], smooth: float) -> np.ndarray:
@@ -213,7 +213,7 @@ def loss_curves(path, curves: Mapping[str, tuple], title: str | None = None,
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    return _save(fig, path, dpi)
+    return save_png(fig, path, dpi)
 
 
 def slice_panel(ct, syn_mr, ref_mr, rec_ct, value_range: tuple[float, float] = (-1.0, 1.0)

@@ -121,16 +121,17 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     t0 = time.perf_counter()
     if start < total:
         model.fit(ds, epochs=1, steps_per_epoch=total - start, callbacks=[guard, ckpt_cb, monitor, *extra_callbacks],
-                  verbose=FLAGS.verbose if chief else 0)
+                  verbose=FLAGS.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
     seconds = time.perf_counter() - t0
     if guard.error:
         raise callbacks.NonFiniteLoss(guard.error)
     summary = {"run_dir": out, "start_iteration": start, "iterations": int(model.iteration.numpy()),
                "seconds": seconds, "replicas": replicas, "global_batch": FLAGS.batch_size * replicas,
                "checkpoint": manager.latest_checkpoint}
-    if FLAGS.export and chief:
-        from mrgan_tf import export
-        summary["export"] = export.export_model(model, spec, os.path.join(out, "export"))
+    export_dir = os.path.join(out, "export")
+    if FLAGS.export and chief and (start < total or not os.path.isdir(export_dir)):
+        from mrgan_tf import export   # a finished run that is re-run exports no duplicate version
+        summary["export"] = export.export_model(model, spec, export_dir)
     return summary
 
 
