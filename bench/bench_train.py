@@ -99,9 +99,12 @@ def build_model(size: str, precision: str, xla: bool, norm: str = "fused"):
     if norm == "groupnorm":
         networks.instance_norm = lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
                                                                                    name=name)
+    from mrgan_tf.augment import AugmentConfig
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
-    config = MRGANConfig(mode="mrgan", **SIZES[size])
+    # XLA has no kernel for ImageProjectiveTransformV3 (the augmentation): off under XLA.
+    aug = AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0.0) if xla else AugmentConfig()
+    config = MRGANConfig(mode="mrgan", augment=aug, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     return model
@@ -138,7 +141,8 @@ def run_iteration(a) -> dict:
     peak = matmul_peak(reps=a.reps)
     flops = iteration_flops(model)["total"]
     key = "bfloat16" if a.precision == "mixed_bfloat16" else "float32"
-    return {"size": a.size, "precision": a.precision, "xla": a.xla, "norm": a.norm, "jit_compile": model.jit_compile,
+    return {"size": a.size, "precision": a.precision, "xla": a.xla, "norm": a.norm,
+            "augment": not model.config.augment.is_identity, "jit_compile": model.jit_compile,
             "first_step_s": first_s, "iters": a.iters, "s_per_iter_median": statistics.median(wall),
             "s_per_iter_min": min(wall), "cpu_s_per_iter_median": statistics.median(cpu),
             "peak_rss_mb": rss_mb, "gflop_per_iter": flops / 1e9,
