@@ -6,7 +6,8 @@ sample and applied with a single bilinear resampling, so the accelerator does
 one pass and the image is interpolated once. Every channel of a sample gets the
 same map: stack a CT/MR pair as two channels to transform them together.
 Randomness is stateless, keyed on (seed, iteration, replica), so a resumed run
-draws exactly what an uninterrupted one would.
+draws exactly what an uninterrupted one would (XLA's stateless generators differ
+from TF's, so a run with --xla draws other, equally deterministic, transforms).
 """
 from __future__ import annotations
 
@@ -58,13 +59,42 @@ def random_affine_params(batch: int, size: int, seed, cfg: AugmentConfig):
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
+def affine_resample(images, transforms, fill_value: float = 0.0):
+    """Bilinear resampling of [B, H, W, C] by per-sample maps (output pixel -> input pixel).
+
+    ``transforms`` are ImageProjectiveTransformV3's 8-vectors with c0 = c1 = 0.
+    Written with gathers so that XLA (``--xla``, TPUs) compiles it, which
+    ImageProjectiveTransformV3 cannot; neighbours outside the image read
+    ``fill_value``, as that op's CONSTANT fill mode does.
+    """
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    t = [transforms[:, i, None, None] for i in range(6)]
+    x_in = t[0] * xs + t[1] * ys + t[2]                      # [B, H, W]
+    y_in = t[3] * xs + t[4] * ys + t[5]
+    x0, y0 = tf.floor(x_in), tf.floor(y_in)
+    flat = tf.reshape(images, [b, h * w, -1])
+    out = 0.0
+    for dy in (0.0, 1.0):
+        for dx in (0.0, 1.0):
+            xi, yi = x0 + dx, y0 + dy
+            weight = (1.0 - tf.abs(x_in - xi)) * (1.0 - tf.abs(y_in - yi))
+            inside = (xi >= 0) & (xi <= tf.cast(w - 1, tf.float32)) & (yi >= 0) & (yi <= tf.cast(h - 1, tf.float32))
+            index = tf.cast(tf.clip_by_value(yi, 0.0, tf.cast(h - 1, tf.float32)) * tf.cast(w, tf.float32)
+                            + tf.clip_by_value(xi, 0.0, tf.cast(w - 1, tf.float32)), tf.int32)
+            values = tf.gather(flat, tf.reshape(index, [b, -1]), batch_dims=1)
+            values = tf.reshape(values, shape)
+            values = tf.where(inside[..., None], values, tf.cast(fill_value, images.dtype))
+            out += weight[..., None] * values
+    return out
+
+
 def augment(images, seed, cfg: AugmentConfig):
     """Applies one random flip/translate/rotate per sample to [B, H, W, C] float images."""
     if cfg.is_identity:
         return images
-    shape = tf.shape(images)
-    transforms = random_affine_params(shape[0], images.shape[1], seed, cfg)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=shape[1:3],
-        fill_value=tf.constant(cfg.fill_value, tf.float32), interpolation="BILINEAR", fill_mode="CONSTANT")
+    transforms = random_affine_params(tf.shape(images)[0], images.shape[1], seed, cfg)
+    out = affine_resample(tf.cast(images, tf.float32), transforms, cfg.fill_value)
     return tf.cast(out, images.dtype)
