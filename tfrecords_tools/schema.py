@@ -248,6 +248,37 @@ def feature_spec(fields: Fields) -> dict[str, tf.io.FixedLenFeature]:
     return spec
 
 
+def _tf_parser(fields: Fields, batched: bool) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """One parser for one example (scalar string) or a batch ([B] strings)."""
+    check_fields(fields)
+    spec = feature_spec(fields)
+    images = {name: f for name, f in fields.items() if isinstance(f, Image)}
+
+    def decode_image(parsed, name: str, field: Image) -> tf.Tensor:
+        shapes = parsed[name + SHAPE_SUFFIX]
+        checks = []
+        if batched:
+            checks.append(tf.debugging.assert_equal(
+                shapes, tf.broadcast_to(shapes[:1], tf.shape(shapes)),
+                message=f"field '{name}': images in one batch must share one shape"))
+        with tf.control_dependencies(checks):
+            flat = tf.io.decode_raw(parsed[name], _IMAGE_DTYPES[field.dtype][1], little_endian=True)
+        if batched:
+            img = tf.reshape(flat, tf.concat([[-1], shapes[0]], axis=0))
+            img.set_shape([None, None, None, field.channels])
+        else:
+            img = tf.reshape(flat, shapes)
+            img.set_shape([None, None, field.channels])
+        return img
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = (tf.io.parse_example if batched else tf.io.parse_single_example)(serialized, spec)
+        return {name: decode_image(parsed, name, images[name]) if name in images else parsed[name]
+                for name in fields}
+
+    return parse
+
+
 def make_tf_parser(fields: Fields) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """Return ``fn(serialized scalar tf.string) -> dict of tensors`` for ``Dataset.map``.
 
@@ -255,25 +286,7 @@ def make_tf_parser(fields: Fields) -> Callable[[tf.Tensor], dict[str, tf.Tensor]
     little-endian), with the channel dimension static when the schema fixes it.
     Strings stay ``tf.string``; length-1 Int/Float are scalars.
     """
-    check_fields(fields)
-    spec = feature_spec(fields)
-    images = {name: f for name, f in fields.items() if isinstance(f, Image)}
-
-    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_single_example(serialized, spec)
-        out = {}
-        for name in fields:
-            if name in images:
-                field = images[name]
-                flat = tf.io.decode_raw(parsed[name], _IMAGE_DTYPES[field.dtype][1], little_endian=True)
-                img = tf.reshape(flat, parsed[name + SHAPE_SUFFIX])
-                img.set_shape([None, None, field.channels])
-                out[name] = img
-            else:
-                out[name] = parsed[name]
-        return out
-
-    return parse
+    return _tf_parser(fields, batched=False)
 
 
 def make_tf_batch_parser(fields: Fields) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
@@ -284,31 +297,7 @@ def make_tf_batch_parser(fields: Fields) -> Callable[[tf.Tensor], dict[str, tf.T
     field all share one shape within a batch (asserted). Images become
     [B, H, W, C]. Use as ``ds.batch(B).map(fn, num_parallel_calls=AUTOTUNE)``.
     """
-    check_fields(fields)
-    spec = feature_spec(fields)
-    images = {name: f for name, f in fields.items() if isinstance(f, Image)}
-
-    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(serialized, spec)
-        out = {}
-        for name in fields:
-            if name in images:
-                field = images[name]
-                shapes = parsed[name + SHAPE_SUFFIX]
-                check = tf.debugging.assert_equal(
-                    shapes, tf.broadcast_to(shapes[:1], tf.shape(shapes)),
-                    message=f"field '{name}': images in one batch must share one shape",
-                )
-                with tf.control_dependencies([check]):
-                    flat = tf.io.decode_raw(parsed[name], _IMAGE_DTYPES[field.dtype][1], little_endian=True)
-                img = tf.reshape(flat, tf.concat([[-1], shapes[0]], axis=0))
-                img.set_shape([None, None, None, field.channels])
-                out[name] = img
-            else:
-                out[name] = parsed[name]
-        return out
-
-    return parse
+    return _tf_parser(fields, batched=True)
 
 
 # ---------------------------------------------------------------- JSON
