@@ -71,7 +71,7 @@ def affine_resample(images, transforms, fill_value: float = 0.0):
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    t = [transforms[:, i, None, None] for i in range(6)]
+    t = [tf.reshape(transforms[:, i], [-1, 1, 1]) for i in range(6)]       # [B, 1, 1] each
     x_in = t[0] * xs + t[1] * ys + t[2]                      # [B, H, W]
     y_in = t[3] * xs + t[4] * ys + t[5]
     x0, y0 = tf.floor(x_in), tf.floor(y_in)
