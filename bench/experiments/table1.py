@@ -158,6 +158,7 @@ class Grid:
         _write_json(os.path.join(run, "experiment.json"), state)
         log = os.path.join(self.logs, f"{mode}_seed{seed}.log")
         _say(f"[{mode} seed {seed}] {state['command']}  (log {log})")
+        version = code_version()
         t0 = time.perf_counter()
         child = demo._Child(f"{mode}/{seed}", self.command(mode, seed), log)
         next_report = t0 + 60.0
@@ -174,7 +175,8 @@ class Grid:
                          f"{time.perf_counter() - t0:.0f} s)")
         rc = child.finish()
         seconds = time.perf_counter() - t0
-        state["sessions"].append({"seconds": seconds, "exit": rc, "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        state["sessions"].append({"seconds": seconds, "exit": rc, "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                  "code": version})
         if rc != 0:
             _write_json(os.path.join(run, "experiment.json"), state)
             raise ExperimentError(f"training {mode} seed {seed} failed (exit {rc}); log {log}\n{child.tail()}")
@@ -182,6 +184,17 @@ class Grid:
                              "iterations_per_second": _steady_rate(run)}
         _write_json(os.path.join(run, "experiment.json"), state)
         _say(f"[{mode} seed {seed}] done in {seconds:.0f} s")
+
+
+def code_version() -> dict:
+    """The checkout a run used (the code may change between runs of a long grid)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("status", "--porcelain", "--", "mrgan_tf").split("\n")
+            if git("status", "--porcelain", "--", "mrgan_tf") else []}
 
 
 def _steady_rate(run: str) -> float | None:
