@@ -1,14 +1,15 @@
 """The paper's networks (Sec. II.D, Table II): ResNet generators and dual-head PatchGANs.
 
-Instance normalisation is a small layer over TensorFlow's fused batch-norm
-kernel (same weights and numbers as ``GroupNormalization(groups=-1)``, 2-5x
-faster forward + backward on CPU); reflection padding is a tiny layer over
-``keras.ops.pad`` (no tensorflow-addons under Keras 3).
+Instance normalisation is ``GroupNormalization(groups=-1)`` (one group per
+channel), which equals per-channel instance norm; reflection padding is a tiny
+layer over ``keras.ops.pad`` (no tensorflow-addons under Keras 3). A faster
+instance norm over the fused batch-norm kernel was tried and dropped: it gained
+~2% of an iteration and broke MirroredStrategy's equality with one device
+(docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 # Table II: extra head, shared network (stride-2 convs) and extra tail, in filters.
@@ -41,49 +42,8 @@ class ReflectionPad2D(layers.Layer):
         return {**super().get_config(), "pad": self.pad}
 
 
-@keras.saving.register_keras_serializable(package="mrgan_tf")
-class InstanceNormalization(layers.Layer):
-    """Per-sample, per-channel normalisation over H and W with a learned scale and offset.
-
-    With batch statistics, batch norm of one image *is* instance norm, so the
-    [B, H, W, C] input is viewed as one image of B*C channels and fed to
-    ``FusedBatchNormV3`` (one pass forward, one fused gradient kernel; oneDNN on
-    CPU). Statistics are in float32 whatever the compute dtype; the kernel runs
-    in training mode (batch statistics), which op determinism allows. Weights
-    are named gamma/beta, as GroupNormalization's, so checkpoints of either load
-    into the other.
-    """
-
-    def __init__(self, epsilon: float = 1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
-
-    def build(self, shape):
-        self.gamma = self.add_weight(shape=(shape[-1],), initializer="ones", name="gamma", autocast=False)
-        self.beta = self.add_weight(shape=(shape[-1],), initializer="zeros", name="beta", autocast=False)
-
-    def call(self, x):
-        gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
-        single = x.shape[0] == 1
-        if not single:      # [B, H, W, C] -> [1, H, W, B*C]: every (sample, channel) is a channel
-            shape = tf.shape(x)
-            b, h, w, c = shape[0], shape[1], shape[2], shape[3]
-            x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, b * c])
-            gamma, beta = tf.tile(gamma, [b]), tf.tile(beta, [b])
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon, is_training=True)
-        if not single:
-            y = tf.transpose(tf.reshape(y, [h, w, b, c]), [2, 0, 1, 3])
-        return tf.cast(y, self.compute_dtype)
-
-    def compute_output_shape(self, shape):
-        return shape
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
 def instance_norm(name=None):
-    return InstanceNormalization(epsilon=1e-5, name=name)
+    return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
 
 
 def _residual_block(x, filters: int, name: str):

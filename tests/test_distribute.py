@@ -27,8 +27,8 @@ def saved_tensors(checkpoint_dir):
     return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if n not in skip}
 
 
-def test_mirrored_two_cpus_equals_one_device(tiny_records):
-    out = run([os.path.join(HERE, "mirrored_step.py"), tiny_records.root])
+def test_mirrored_two_cpus_equals_one_device(tmp_path):
+    out = run([os.path.join(HERE, "mirrored_step.py"), str(tmp_path / "records")])
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
