@@ -8,6 +8,8 @@ so an element's unpaired CT and MR come from unrelated slices (Alg. 1 lines 3-4)
 """
 from __future__ import annotations
 
+import itertools
+
 import tensorflow as tf
 
 from mrgan_tf.model import MODES
@@ -72,8 +74,7 @@ def fixed_slices(spec: DatasetSpec, n: int, set_name: str | None = None) -> dict
     """
     name = set_name or ("paired_test" if spec.count("paired_test") else "paired_train")
     spec.require(name)
-    total = spec.count(name)
-    step = max(1, total // max(n, 1))
-    picked = [ex for i, ex in enumerate(reader.iterate(spec.root, name)) if i % step == 0][:n]
+    step = max(1, spec.count(name) // max(n, 1))
+    picked = list(itertools.islice(reader.iterate(spec.root, name), 0, n * step, step))   # stop after the n-th
     scale = 2.0 / spec.input_max
     return {k: tf.constant([ex[k] for ex in picked], tf.float32) * scale - 1.0 for k in ("ct", "mr")}

@@ -1,7 +1,6 @@
 """Picks the tf.distribute strategy: one device, several local devices, or several workers."""
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow as tf
@@ -36,10 +35,9 @@ def make_strategy(kind: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Only the chief writes checkpoints, logs and exports that others would overwrite."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and task.get("index", 0) == 0
-                                                   and "chief" not in json.loads(os.environ["TF_CONFIG"])
-                                                   .get("cluster", {}))
+    """Only the chief writes checkpoints, logs and exports that others would overwrite.
+
+    The strategy knows: true on one device and under Mirrored; under multi-worker,
+    for the "chief" task, or worker 0 when the cluster names no chief.
+    """
+    return strategy.extended.should_checkpoint

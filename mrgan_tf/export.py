@@ -386,17 +386,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | None = None,
                version: int | None = None) -> dict[str, str]:
     """Restore a run's generators and export them (importable twin of the CLI)."""
-    from mrgan_tf.checkpoints import restore_generators
+    from mrgan_tf.checkpoints import load_run_config, restore_generators
     from mrgan_tf.spec import DatasetSpec
 
-    import tensorflow as tf
-
-    from mrgan_tf.checkpoints import load_run_config
-
     spec = DatasetSpec.load(load_run_config(run_dir)["records"])   # fail fast, before building the model
-    if checkpoint is None and tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    model, _ = restore_generators(run_dir, checkpoint)
+    model, _ = restore_generators(run_dir, checkpoint)             # checks for a checkpoint before building
     return export_model(model, spec, export_dir or os.path.join(run_dir, "export"), version)
 
 
