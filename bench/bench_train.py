@@ -90,21 +90,29 @@ def _timed(fn) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- model
-def build_model(size: str, precision: str, xla: bool, norm: str = "fused"):
-    """MRGAN as train.py builds it; ``norm="groupnorm"`` rebuilds the old instance norm (baseline)."""
+BASELINES = {
+    "none": "the shipped networks",
+    "groupnorm": "instance norm as keras GroupNormalization(groups=-1)",
+    "plain_convs": "one- and two-channel convs as plain keras Conv2D",
+    "plain": "both of the above: the networks before the speed-ups",
+}
+
+
+def build_model(size: str, precision: str, xla: bool, baseline: str = "none"):
+    """MRGAN as train.py builds it; ``baseline`` swaps speed-ups back out for comparison (BASELINES)."""
     import keras
 
     from mrgan_tf import networks
     from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
-    if norm == "groupnorm":
+    if baseline in ("groupnorm", "plain"):
         networks.instance_norm = lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
                                                                                    name=name)
+    if baseline in ("plain_convs", "plain"):
+        networks.NarrowConv2D = keras.layers.Conv2D
     from mrgan_tf.augment import AugmentConfig
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
-    # XLA has no kernel for ImageProjectiveTransformV3 (the augmentation): off under XLA.
-    aug = AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0.0) if xla else AugmentConfig()
-    config = MRGANConfig(mode="mrgan", augment=aug, **SIZES[size])
+    config = MRGANConfig(mode="mrgan", augment=AugmentConfig(), **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     return model
@@ -120,7 +128,7 @@ def run_iteration(a) -> dict:
     import tensorflow as tf
 
     from flops import iteration_flops
-    model = build_model(a.size, a.precision, a.xla, a.norm)
+    model = build_model(a.size, a.precision, a.xla, a.baseline)
     it = iter(tf.data.Dataset.from_tensors(_batch(model.config.image_size)).repeat())
     model.make_train_function()
 
@@ -141,13 +149,14 @@ def run_iteration(a) -> dict:
     peak = matmul_peak(reps=a.reps)
     flops = iteration_flops(model)["total"]
     key = "bfloat16" if a.precision == "mixed_bfloat16" else "float32"
-    return {"size": a.size, "precision": a.precision, "xla": a.xla, "norm": a.norm,
+    return {"size": a.size, "precision": a.precision, "xla": a.xla, "baseline": a.baseline,
             "augment": not model.config.augment.is_identity, "jit_compile": model.jit_compile,
             "first_step_s": first_s, "iters": a.iters, "s_per_iter_median": statistics.median(wall),
             "s_per_iter_min": min(wall), "cpu_s_per_iter_median": statistics.median(cpu),
             "peak_rss_mb": rss_mb, "gflop_per_iter": flops / 1e9,
-            "gflops_achieved": flops / min(wall) / 1e9, "matmul_peak_gflops": peak,
+            "s_per_iter_all": wall, "gflops_achieved": flops / min(wall) / 1e9, "matmul_peak_gflops": peak,
             "fraction_of_peak": flops / min(wall) / 1e9 / peak[key],
+            "fraction_of_peak_median": flops / statistics.median(wall) / 1e9 / peak[key],
             "loadavg_during": [load0, os.getloadavg()[0]], "final_l1": loss}
 
 
@@ -242,8 +251,9 @@ def run_all(a) -> dict:
               "--iters", str(5 if size == "full" else 30), "--warmup", "3"])
             for size in ("demo", "full") for prec, xla in (("float32", False), ("mixed_bfloat16", False),
                                                           ("float32", True))]
-    jobs += [("full_float32_groupnorm", ["iteration", "--size", "full", "--norm", "groupnorm",
-                                         "--iters", "5", "--warmup", "3"]),
+    jobs += [(f"full_float32_{b}", ["iteration", "--size", "full", "--baseline", b, "--iters", "5", "--warmup", "3"])
+             for b in BASELINES if b != "none"]
+    jobs += [
              ("census", ["census"]), ("pipeline_128", ["pipeline", "--image_size", "128"]),
              ("pipeline_256", ["pipeline", "--image_size", "256"]),
              ("curves", ["curves", "--out", os.path.join(a.out, "curves")])]
@@ -290,8 +300,8 @@ def main(argv=None) -> int:
     it.add_argument("--size", choices=sorted(SIZES), default="demo")
     it.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
     it.add_argument("--xla", action="store_true")
-    it.add_argument("--norm", choices=["fused", "groupnorm"], default="fused",
-                    help="groupnorm: the former keras GroupNormalization(groups=-1), for comparison")
+    it.add_argument("--baseline", choices=sorted(BASELINES), default="none",
+                    help="; ".join(f"{k}: {v}" for k, v in BASELINES.items()))
     it.add_argument("--warmup", type=int, default=3)
     it.add_argument("--iters", type=int, default=5)
     it.add_argument("--reps", type=int, default=5, help="matmul repetitions (best-of)")

@@ -50,3 +50,18 @@ def test_d1_full_size_counts():
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="D9"):
         networks.DualHeadDiscriminator("D9")
+
+
+def test_instance_norm_equals_per_channel_group_norm():
+    import keras
+    x = np.random.default_rng(1).normal(2.0, 3.0, (3, 8, 10, 5)).astype("float32")
+    ours = networks.InstanceNormalization(epsilon=1e-5)
+    ref = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    gamma = np.linspace(0.5, 2.0, 5).astype("float32")
+    beta = np.linspace(-1.0, 1.0, 5).astype("float32")
+    for layer in (ours, ref):
+        layer.set_weights([gamma, beta])
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours(x[:1]).numpy(), ref(x[:1]).numpy(), atol=1e-5)   # batch-1 path
