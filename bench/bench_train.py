@@ -279,7 +279,8 @@ def run_all(a) -> dict:
 
 def markdown_table(results: dict) -> str:
     rows = ["| setting | s/iteration (median, min) | CPU s/iteration | first step | peak RSS | "
-            "GFLOP/iter | GFLOP/s | of matmul peak (fp32 / bf16 GFLOP/s) | others' load before |",
+            "GFLOP/iter | GFLOP/s (median, best) | of matmul peak, median (best) (fp32 / bf16 GFLOP/s) | "
+            "others' load before |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "s_per_iter_median" not in r:
@@ -287,8 +288,9 @@ def markdown_table(results: dict) -> str:
         pk = r["matmul_peak_gflops"]
         rows.append(f"| {name} | {r['s_per_iter_median']:.3f}, {r['s_per_iter_min']:.3f} | "
                     f"{r['cpu_s_per_iter_median']:.3f} | {r['first_step_s']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
-                    f"{r['gflop_per_iter']:.1f} | {r['gflops_achieved']:.0f} | {100 * r['fraction_of_peak']:.0f}% "
-                    f"({pk['float32']:.0f} / {pk['bfloat16']:.0f}) | "
+                    f"{r['gflop_per_iter']:.1f} | {r['gflop_per_iter'] / r['s_per_iter_median']:.0f}, "
+                    f"{r['gflops_achieved']:.0f} | {100 * r['fraction_of_peak_median']:.0f}% "
+                    f"({100 * r['fraction_of_peak']:.0f}%) ({pk['float32']:.0f} / {pk['bfloat16']:.0f}) | "
                     f"{r['load_before']['others_busy_cores']} cores |")
     return "\n".join(rows)
 
