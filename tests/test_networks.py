@@ -65,3 +65,22 @@ def test_instance_norm_equals_per_channel_group_norm():
         layer.set_weights([gamma, beta])
     np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), atol=1e-5)
     np.testing.assert_allclose(ours(x[:1]).numpy(), ref(x[:1]).numpy(), atol=1e-5)   # batch-1 path
+
+
+def test_checkpoint_of_plain_keras_layers_restores_into_the_fast_ones(tmp_path, monkeypatch):
+    """Runs trained with GroupNormalization and plain Conv2D (before the speed-ups) still load."""
+    import keras
+    import tensorflow as tf
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 24, 24, 1)).astype("float32")
+    with monkeypatch.context() as m:
+        m.setattr(networks, "instance_norm",
+                  lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name))
+        m.setattr(networks, "NarrowConv2D", keras.layers.Conv2D)
+        old = networks.build_generator(ngf=4, n_blocks=1, image_size=24)
+    assert not any(isinstance(layer, networks.InstanceNormalization) for layer in old.layers)
+    for w in old.weights:     # non-trivial norm weights, so a mix-up would show
+        w.assign(np.random.default_rng(3).normal(1.0, 0.3, w.shape).astype("float32") * 0.3)
+    path = tf.train.Checkpoint(generator=old).write(str(tmp_path / "ckpt"))
+    new = networks.build_generator(ngf=4, n_blocks=1, image_size=24)
+    tf.train.Checkpoint(generator=new).read(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(new(x).numpy(), old(x).numpy(), atol=1e-5)
