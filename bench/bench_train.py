@@ -253,8 +253,7 @@ def run_all(a) -> dict:
                                                           ("float32", True))]
     jobs += [(f"full_float32_{b}", ["iteration", "--size", "full", "--baseline", b, "--iters", "5", "--warmup", "3"])
              for b in BASELINES if b != "none"]
-    jobs += [
-             ("census", ["census"]), ("pipeline_128", ["pipeline", "--image_size", "128"]),
+    jobs += [("census", ["census"]), ("pipeline_128", ["pipeline", "--image_size", "128"]),
              ("pipeline_256", ["pipeline", "--image_size", "256"]),
              ("curves", ["curves", "--out", os.path.join(a.out, "curves")])]
     results = {}

@@ -6,7 +6,7 @@ gradient of a generator's or a discriminator head's first conv) at ~14
 GFLOP/s, against ~210 for the wide layers (bench/bench_convs.py): about half a
 second of a full-size Algorithm-1 iteration. Here such a correlation is a
 stride-``BLOCK`` convolution with ``BLOCK**2 * n`` outputs, one per output
-pixel phase, followed by ``depth_to_space``: twice the FLOPs at ~6x the speed.
+pixel phase, followed by ``depth_to_space``: twice the FLOPs, 2-6x faster.
 The layer keeps Conv2D's weights and checkpoints; the results match
 ``tf.nn.conv2d`` to float round-off.
 """

@@ -6,7 +6,7 @@ faster forward + backward on CPU); reflection padding is a tiny layer over
 ``keras.ops.pad`` (no tensorflow-addons under Keras 3). Convs with a one- or
 two-channel side (the generators' first and last, the discriminator heads'
 first) are ``NarrowConv2D``: Conv2D's weights, computed in a way oneDNN runs
-~3x faster (mrgan_tf/narrow_conv.py).
+2-6x faster (mrgan_tf/narrow_conv.py).
 """
 from __future__ import annotations
 
