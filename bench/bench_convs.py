@@ -20,7 +20,9 @@ import time
 
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import matmul_peak  # noqa: E402  (also puts the repository on sys.path)
+
 from mrgan_tf import narrow_conv  # noqa: E402
 
 # name, input size (after any reflection padding), Cin, Cout, kernel, stride, padding
@@ -85,9 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--json")
     a = p.parse_args(argv)
-    a_mm = tf.random.normal([4096, 4096])
-    mm = tf.function(lambda: a_mm @ a_mm)
-    peak = 2 * 4096 ** 3 / best_ms(mm, 5) / 1e6
+    peak = matmul_peak()["float32"]
     print(f"float32 4096^2 matmul: {peak:.0f} GFLOP/s")
     rows = []
     for name, h, cin, cout, k, s, pad in LAYERS:
