@@ -14,8 +14,9 @@ Signatures (method ``tensorflow/serving/predict``; docs/SERVING.md has examples)
   input's shape. Inside: window / normalise, quantise to the records' bits, fit
   to S x S (the dataset's pad/crop or resize), generator, back to H x W.
   ct2mr outputs ``mr`` (0..1 training scale) and ``mr_255`` (the paper's 0-255);
-  mr2ct outputs ``ct_hu`` (HU, meaningful inside the CT window the model was
-  trained on), ``ct`` (0..1) and the ``mr_range`` used. MR has no absolute
+  mr2ct outputs ``ct_hu`` (HU over the CT interval the records stored: the
+  paper's window, or a full range such as [-1024, 3000] when the dataset was
+  made with ``--ct_range``), ``ct`` (0..1) and the ``mr_range`` used. MR has no absolute
   scale, so mr2ct normalises each request by percentiles of the request's
   non-background pixels (values above the request's minimum); send a whole
   volume per request, or use ``with_mr_range`` to pass (lo, hi) yourself.
@@ -25,7 +26,7 @@ Signatures (method ``tensorflow/serving/predict``; docs/SERVING.md has examples)
   documents them.
 
 Pixels the model never saw (cropped away by a "pad" fit) come back as 0 on the
-0..1 scale (``mr`` 0; ``ct_hu`` = the window's lower edge).
+0..1 scale (``mr`` 0; ``ct_hu`` = the lower edge of the stored CT interval).
 
 CLI: ``python -m mrgan_tf.export --run=RUN_DIR [--checkpoint=PATH] [--export_dir=DIR]``.
 """
@@ -126,13 +127,6 @@ def _as_nhw1(x, name: str):
     return x, shape
 
 
-def _quantised(q01, bits: int):
-    """Round to the records' integer grid, as make_records stored the training slices."""
-    import tensorflow as tf
-
-    qmax = float((1 << bits) - 1)
-    return tf.round(tf.clip_by_value(q01, 0.0, 1.0) * qmax) / qmax
-
 
 def _percentile_tf(values, p: float):
     """numpy.percentile (linear interpolation) of a 1-D tensor."""
@@ -166,7 +160,7 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
     """A tf.Module holding the generator, the preprocessing asset and the signature functions."""
     import tensorflow as tf
 
-    from mrgan_tf.preprocess import from_model_range, to_model_range, unwindow_ct_tf, window_ct_tf
+    from mrgan_tf.intensity import ct_from_unit_tf, ct_to_unit_tf, from_model_range, quantised_tf, to_model_range
 
     s, mode, bits = cfg.image_size, cfg.fit, cfg.bits
     module = tf.Module()
@@ -182,6 +176,7 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
         "spacing_mm": tf.constant(cfg.spacing_mm, tf.float32),
         "ct_window_center": tf.constant(cfg.ct_window_center, tf.float32),
         "ct_window_width": tf.constant(cfg.ct_window_width, tf.float32),
+        "ct_hu_range": tf.constant(cfg.ct_hu_range, tf.float32),
         "mr_percentiles": tf.constant(cfg.mr_percentiles, tf.float32),
         "preprocess_json": tf.constant(json.dumps(cfg.to_dict(), sort_keys=True)),
     }
@@ -189,7 +184,7 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
     def generate01(q01_nhw1):
         """0..1 input at any H, W -> 0..1 output at the same H, W."""
         h, w = tf.shape(q01_nhw1)[1], tf.shape(q01_nhw1)[2]
-        x = to_model_range(fit_tf(_quantised(q01_nhw1, bits), s, mode))
+        x = to_model_range(fit_tf(quantised_tf(q01_nhw1, bits), s, mode))
         y = from_model_range(tf.cast(generator(x, training=False), tf.float32))
         return unfit_tf(y, h, w, s, mode, fill=0.0)
 
@@ -201,7 +196,7 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
         @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="ct")])
         def serving_default(ct):
             x, shape = _as_nhw1(ct, "ct")
-            q01 = generate01(window_ct_tf(x, cfg.ct_window_center, cfg.ct_window_width))
+            q01 = generate01(ct_to_unit_tf(x, cfg))
             mr = tf.reshape(q01, shape)
             return {"mr": mr, "mr_255": mr * 255.0}
 
@@ -215,7 +210,7 @@ def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path
             x, shape = _as_nhw1(mr, "mr")
             q01 = tf.clip_by_value((x - lo_hi[0]) / (lo_hi[1] - lo_hi[0]), 0.0, 1.0)
             ct = tf.reshape(generate01(q01), shape)
-            return {"ct": ct, "ct_hu": unwindow_ct_tf(ct, cfg.ct_window_center, cfg.ct_window_width),
+            return {"ct": ct, "ct_hu": ct_from_unit_tf(ct, cfg),
                     "mr_range": lo_hi}
 
         @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="mr")])

@@ -238,6 +238,8 @@ class PatientResult:
     affine: np.ndarray | None = None
     volume_shape: tuple[int, int, int] | None = None
     registration: dict | None = None
+    body_voxels: int = 0
+    body_voxels_outside: int = 0
     cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU time: robust to a busy machine
 
     @property
@@ -256,6 +258,9 @@ def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
     except _PATIENT_ERRORS as e:
         return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"patient {task.patient_id}: {e}")
     t2 = time.process_time()
+    problem = prep.body_loss_problem(cfg, f"patient {task.patient_id} ({task.ct or task.mr})")
+    if problem:
+        return PatientResult(task, error=problem)
     keep = np.flatnonzero(prep.keep)
     images = {"mask": prep.mask[keep]}
     for name in ("ct", "mr"):
@@ -264,6 +269,7 @@ def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
     return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
                          placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
                          volume_shape=prep.shape, registration=prep.registration,
+                         body_voxels=prep.body_voxels, body_voxels_outside=prep.body_voxels_outside,
                          cpu_seconds={"read": t1 - t0, "prepare": t2 - t1})
 
 
@@ -340,7 +346,10 @@ def _patient_entry(task: PatientTask, result: PatientResult | None, error: str |
         entry.update(n_slices_kept=0, n_slices_skipped=0, error=error)
         return entry
     entry.update(n_slices_kept=result.n_kept, n_slices_skipped=result.num_slices - result.n_kept,
-                 mr_range=list(result.mr_range) if result.mr_range else None)
+                 mr_range=list(result.mr_range) if result.mr_range else None,
+                 body_voxels=result.body_voxels, body_voxels_outside_canvas=result.body_voxels_outside,
+                 body_lost_fraction=round(result.body_voxels_outside / result.body_voxels, 6)
+                 if result.body_voxels else 0.0)
     if result.registration is not None:
         entry["registration_metric"] = result.registration["metric"]
         entry["registration"] = result.registration
@@ -472,6 +481,9 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
         "slices": {name: sets[name]["count"] for name in SET_NAMES},
         "skipped_slices": {name: skipped[name] for name in SET_NAMES},
         "failed_patients": dict(sorted(failed.items())),
+        "body_outside_canvas": {pid: {"voxels": e["body_voxels_outside_canvas"],
+                                      "fraction": e["body_lost_fraction"]}
+                                for pid, e in sorted(patients.items()) if e.get("body_voxels_outside_canvas")},
         "not_in_manifest": unlisted,
         "workers": workers,
         "seconds": round(seconds, 3),
@@ -487,6 +499,8 @@ def format_summary(summary: dict[str, Any]) -> str:
              "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
              "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
              + " (below min_foreground)"]
+    for pid, lost in summary.get("body_outside_canvas", {}).items():
+        lines.append(f"body outside the canvas: patient {pid}: {lost['fraction']:.3%} ({lost['voxels']} voxels)")
     if summary["failed_patients"]:
         lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
         lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
@@ -528,11 +542,16 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "resize: scale the longer side to S, then pad.", flag_values=fv)
     flags.DEFINE_float("ct_window_center", d.ct_window_center, "CT window centre (HU).", flag_values=fv)
     flags.DEFINE_float("ct_window_width", d.ct_window_width, "CT window width (HU).", flag_values=fv)
+    flags.DEFINE_string("ct_range", None, "lo,hi: store CT over this HU interval instead of the window, e.g. "
+                        "-1024,3000 (SynthRAD's clip) for a synthetic CT in real HU; needs --bits=16.",
+                        flag_values=fv)
     flags.DEFINE_list("mr_percentiles", [str(p) for p in d.mr_percentiles],
                       "MR normalisation percentiles lo,hi inside the body.", flag_values=fv)
     flags.DEFINE_enum("bits", str(d.bits), ["8", "16"], "Stored image depth.", flag_values=fv)
-    flags.DEFINE_float("min_foreground", d.min_foreground, "Keep slices whose body mask covers at least this "
-                       "fraction of the S x S image.", flag_values=fv)
+    flags.DEFINE_float("min_foreground", d.min_foreground, "Keep slices whose body area is at least this "
+                       "fraction of the patient's largest body slice.", flag_values=fv)
+    flags.DEFINE_float("max_body_loss", d.max_body_loss, "Fail when more than this fraction of a patient's body "
+                       "falls outside the S x S canvas (pad fit).", flag_values=fv)
     flags.DEFINE_float("body_threshold_hu", d.body_threshold_hu, "CT body mask threshold (HU).", flag_values=fv)
     flags.DEFINE_bool("register", d.register, "Affine MI registration of MR to CT (else world coordinates).",
                       flag_values=fv)
@@ -554,11 +573,27 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:
                 raise MakeRecordsError(f"--mr_percentiles must be two numbers lo,hi, got {value}") from None
         elif field.name == "bits":
             value = int(value)
+        elif field.name == "ct_range":
+            value = parse_ct_range(value)
         values[field.name] = value
     try:
         return PreprocessConfig(**values)
     except ValueError as e:
         raise MakeRecordsError(str(e)) from None
+
+
+def parse_ct_range(text: str | None) -> tuple[float, float] | None:
+    """``"-1024,3000"`` -> (-1024.0, 3000.0); None/empty -> None (the window)."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise MakeRecordsError(f"--ct_range must be two numbers lo,hi in HU (e.g. -1024,3000), got {text!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise MakeRecordsError(f"--ct_range: need finite lo < hi, got {text!r}")
+    return lo, hi
 
 
 def parse_test_patients(text: str) -> int | list[str]:

@@ -13,6 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from mrgan_tf.intensity import (  # noqa: F401  (re-exported: the intensity steps of this pipeline)
+    ct_from_unit, ct_to_unit, denormalise_mr, dequantise, from_model_range, mr_range, normalise_mr, quantise,
+    to_model_range, unwindow_ct, unwindow_ct_tf, window_ct, window_ct_tf)
 from mrgan_tf.io.volumes import Volume, VolumeError
 
 FIT_MODES = ("pad", "resize")
@@ -30,9 +33,16 @@ class PreprocessConfig:
     fit: str = "pad"
     ct_window_center: float = 40.0
     ct_window_width: float = 80.0
+    # HU interval stored as [0, 1] instead of the window, e.g. (-1024, 3000) for a synthetic CT in
+    # real HU (SynthRAD's clip); None keeps the paper's window. Needs bits=16.
+    ct_range: tuple[float, float] | None = None
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     bits: int = 8
-    min_foreground: float = 0.05
+    # Keep a slice when its body area is at least this fraction of the patient's largest body
+    # slice (independent of the canvas size, so a larger image_size keeps the same slices).
+    min_foreground: float = 0.15
+    # Largest fraction of a patient's body voxels that may fall outside the canvas (pad fit).
+    max_body_loss: float = 0.005
     body_threshold_hu: float = -500.0
     register: bool = False
     register_skull_hu: float = 300.0
@@ -41,6 +51,15 @@ class PreprocessConfig:
     def __post_init__(self):
         self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)
         problems = []
+        if self.ct_range is not None:
+            self.ct_range = tuple(float(v) for v in self.ct_range)
+            if len(self.ct_range) != 2 or not np.all(np.isfinite(self.ct_range)) \
+                    or not self.ct_range[0] < self.ct_range[1]:
+                problems.append(f"ct_range must be two finite HU values lo,hi with lo < hi, got {self.ct_range}")
+            elif self.bits != 16:
+                step = (self.ct_range[1] - self.ct_range[0]) / 255
+                problems.append(f"ct_range {self.ct_range[0]:g},{self.ct_range[1]:g} at bits=8 would store CT in "
+                                f"{step:.1f} HU steps; use bits=16 (--bits=16)")
         if not self.spacing_mm > 0:
             problems.append(f"spacing_mm must be > 0, got {self.spacing_mm}")
         if int(self.image_size) != self.image_size or self.image_size < 8:
@@ -58,13 +77,28 @@ class PreprocessConfig:
             problems.append(f"register_model must be 'rigid' or 'affine', got {self.register_model!r}")
         if not 0 <= self.min_foreground <= 1:
             problems.append(f"min_foreground must be in [0, 1], got {self.min_foreground}")
+        if not 0 <= self.max_body_loss <= 1:
+            problems.append(f"max_body_loss must be in [0, 1], got {self.max_body_loss}")
         if problems:
             raise ValueError("invalid PreprocessConfig: " + "; ".join(problems))
         self.image_size = int(self.image_size)
 
+    @property
+    def ct_hu_range(self) -> tuple[float, float]:
+        """The HU interval that the stored CT's [0, 1] spans (``ct_range`` or the window)."""
+        if self.ct_range is not None:
+            return self.ct_range
+        return (self.ct_window_center - self.ct_window_width / 2, self.ct_window_center + self.ct_window_width / 2)
+
+    @property
+    def ct_full_range(self) -> bool:
+        """True when CT is stored over a full HU range rather than the paper's display window."""
+        return self.ct_range is not None
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mr_percentiles"] = list(self.mr_percentiles)
+        d["ct_range"] = None if self.ct_range is None else list(self.ct_range)
         return d
 
     @classmethod
@@ -130,15 +164,17 @@ def _apply_voxel_map(data, m: np.ndarray, out_shape, order: int, fill: float | N
 def resample_to_spacing(vol: Volume, spacing_mm: float | Sequence[float], order: int = 1) -> Volume:
     """Resample to the given voxel size, keeping axis directions and the field of view.
 
-    New shape = round(extent / spacing); the new grid is centred on the old field of
-    view (voxel-centre convention as nibabel), so world positions are preserved.
+    New shape = ceil(extent / spacing): the new grid is centred on the old field of view
+    (voxel-centre convention as nibabel), so world positions are preserved, and it covers
+    every old voxel (rounding down would lose the outer ring of voxels finer than half the
+    new spacing; the few new voxels past the old edge repeat the edge values).
     """
     new_sp = np.broadcast_to(np.asarray(spacing_mm, np.float64), (3,))
     old_sp = vol.spacing
     if np.allclose(new_sp, old_sp, rtol=0, atol=1e-6):
         return vol
     shape = np.array(vol.shape, np.float64)
-    new_shape = np.maximum(1, np.round(shape * old_sp / new_sp)).astype(int)
+    new_shape = np.maximum(1, np.ceil(shape * old_sp / new_sp - 1e-6)).astype(int)
     step = new_sp / old_sp  # old voxels per new voxel
     start = (shape - new_shape * step) / 2 - 0.5 + step / 2  # old index of new voxel 0's centre
     vox = np.eye(4)
@@ -180,77 +216,7 @@ def overlap_fraction(a: Volume, b: Volume) -> float:
 
 
 # --------------------------------------------------------------------------- intensities
-
-
-def window_ct(hu, center: float = 40.0, width: float = 80.0) -> np.ndarray:
-    """HU -> [0, 1] through the display window (paper: center 40, width 80)."""
-    hu = np.asarray(hu, np.float32)
-    return np.clip((hu - (center - width / 2)) / width, 0.0, 1.0).astype(np.float32)
-
-
-def unwindow_ct(q01, center: float = 40.0, width: float = 80.0) -> np.ndarray:
-    """[0, 1] -> HU (inverse of ``window_ct`` inside the window)."""
-    return (np.asarray(q01, np.float32) * width + (center - width / 2)).astype(np.float32)
-
-
-def window_ct_tf(hu, center: float = 40.0, width: float = 80.0):
-    """TensorFlow twin of ``window_ct`` for serving graphs."""
-    import tensorflow as tf
-
-    hu = tf.cast(hu, tf.float32)
-    return tf.clip_by_value((hu - (center - width / 2)) / width, 0.0, 1.0)
-
-
-def unwindow_ct_tf(q01, center: float = 40.0, width: float = 80.0):
-    """TensorFlow twin of ``unwindow_ct``."""
-    import tensorflow as tf
-
-    return tf.cast(q01, tf.float32) * width + (center - width / 2)
-
-
-def mr_range(mr, mask=None, percentiles: Sequence[float] = (0.5, 99.5)) -> tuple[float, float]:
-    """Robust (lo, hi) of the MR intensities inside ``mask`` (all voxels if empty/None)."""
-    mr = np.asarray(mr)
-    values = mr[np.asarray(mask, bool)] if mask is not None and np.any(mask) else mr.ravel()
-    lo, hi = (float(v) for v in np.percentile(values, percentiles))
-    if not hi > lo:  # constant image: keep a unit range so normalisation stays finite
-        hi = lo + 1.0
-    return lo, hi
-
-
-def normalise_mr(mr, lo: float, hi: float) -> np.ndarray:
-    """MR intensity -> [0, 1] with the per-volume robust range."""
-    return np.clip((np.asarray(mr, np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def denormalise_mr(q01, lo: float, hi: float) -> np.ndarray:
-    return (np.asarray(q01, np.float32) * (hi - lo) + lo).astype(np.float32)
-
-
-def _qmax(bits: int) -> int:
-    if bits not in (8, 16):
-        raise ValueError(f"bits must be 8 or 16, got {bits}")
-    return (1 << bits) - 1
-
-
-def quantise(q01, bits: int = 8) -> np.ndarray:
-    """[0, 1] -> uint8 (x255) or uint16 (x65535), rounded to nearest."""
-    dtype = np.uint8 if bits == 8 else np.uint16
-    qmax = _qmax(bits)
-    return np.round(np.clip(np.asarray(q01, np.float32), 0.0, 1.0) * qmax).astype(dtype)
-
-
-def dequantise(q, bits: int = 8) -> np.ndarray:
-    return (np.asarray(q, np.float32) / _qmax(bits)).astype(np.float32)
-
-
-def to_model_range(q01):
-    """[0, 1] -> [-1, 1] (the generator's tanh range). Works on numpy and TF tensors."""
-    return 2.0 * q01 - 1.0
-
-
-def from_model_range(x):
-    return (x + 1.0) / 2.0
+# The intensity steps and their TensorFlow twins live in mrgan_tf.intensity (imported above).
 
 
 # --------------------------------------------------------------------------- masks
@@ -375,13 +341,24 @@ def _paste(src: np.ndarray, out: np.ndarray, row: int, col: int) -> None:
         out[..., r0:r1, c0:c1] = src[..., r0 - row:r1 - row, c0 - col:c1 - col]
 
 
+def _crop_offset(length: int, size: int, keep: tuple[int, int] | None) -> int:
+    """Offset of a ``length`` axis on a ``size`` canvas: centred, or, when it must be cropped
+    and ``keep`` = (first, last + 1) is given, centred on that span and kept inside the image."""
+    if length <= size or keep is None:
+        return (size - length) // 2
+    centre = (keep[0] + keep[1]) / 2
+    return int(np.clip(np.floor(size / 2 - centre), size - length, 0))
+
+
 def fit_to_size(img, size: int, mode: str = "pad", pad_value: float | None = None,
-                order: int = 1) -> tuple[np.ndarray, Placement]:
+                order: int = 1, keep_box: tuple[tuple[int, int], tuple[int, int]] | None = None
+                ) -> tuple[np.ndarray, Placement]:
     """Bring a (H, W) image or (Z, H, W) stack to (size, size).
 
-    "pad": centred pad/crop at the same pixel size. "resize": scale the longer side
-    to ``size`` (aspect preserved), then centre-pad. Padding uses ``pad_value``
-    (default: the image minimum).
+    "pad": pad/crop at the same pixel size, centred; an axis longer than ``size`` is
+    cropped about ``keep_box`` ((row0, row1), (col0, col1), e.g. the body's bounding box)
+    when given, else about its centre. "resize": scale the longer side to ``size``
+    (aspect preserved), then centre-pad. Padding uses ``pad_value`` (default: the image minimum).
     """
     img = np.asarray(img)
     if img.dtype == bool:
@@ -394,7 +371,8 @@ def fit_to_size(img, size: int, mode: str = "pad", pad_value: float | None = Non
     scale = 1.0 if mode == "pad" else size / max(h, w)
     placement = Placement(h, w, 0, 0, scale)
     sh, sw = placement.scaled_shape()
-    placement.row_offset, placement.col_offset = (size - sh) // 2, (size - sw) // 2
+    rows, cols = keep_box if (keep_box is not None and mode == "pad") else (None, None)
+    placement.row_offset, placement.col_offset = _crop_offset(sh, size, rows), _crop_offset(sw, size, cols)
     src = img if (sh, sw) == (h, w) else _resize_2d(img, (sh, sw), order)
     if pad_value is None:
         pad_value = img.min() if img.size else 0
@@ -445,10 +423,43 @@ class PreparedPatient:
     shape: tuple[int, int, int]
     mr_range: tuple[float, float] | None
     registration: dict | None = None
+    body_voxels: int = 0            # body voxels of the resampled reference volume
+    body_voxels_outside: int = 0    # of those, how many fell outside the canvas (pad fit)
 
     @property
     def geometry(self) -> SliceGeometry:
         return SliceGeometry(self.affine, self.shape, self.placement)
+
+    @property
+    def body_lost_fraction(self) -> float:
+        return self.body_voxels_outside / self.body_voxels if self.body_voxels else 0.0
+
+    def body_loss_problem(self, cfg: PreprocessConfig, who: str) -> str | None:
+        """The error text when more of the body than ``cfg.max_body_loss`` missed the canvas."""
+        if self.body_lost_fraction <= cfg.max_body_loss:
+            return None
+        return (f"{who}: {self.body_lost_fraction:.2%} of the body ({self.body_voxels_outside} of "
+                f"{self.body_voxels} voxels) lies outside the {cfg.image_size} x {cfg.image_size} canvas at "
+                f"{cfg.spacing_mm:g} mm (limit --max_body_loss={cfg.max_body_loss:g}); use a larger "
+                "--image_size or --fit=resize")
+
+
+def body_box(mask_stack: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """In-plane bounding box ((row0, row1), (col0, col1)) of a (Z, H, W) body stack; None if empty."""
+    rows = np.flatnonzero(mask_stack.any(axis=(0, 2)))
+    cols = np.flatnonzero(mask_stack.any(axis=(0, 1)))
+    if rows.size == 0:
+        return None
+    return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+
+
+def keep_slices(mask_stack: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Slices whose body area is at least ``min_fraction`` of the largest body slice's area."""
+    area = mask_stack.reshape(mask_stack.shape[0], -1).sum(axis=1, dtype=np.int64)
+    largest = area.max() if area.size else 0
+    if largest == 0:
+        return np.zeros(area.shape, bool)
+    return area >= min_fraction * largest
 
 
 def _register_mr_to_ct(ct_c: Volume, mr: Volume, body: np.ndarray, cfg: PreprocessConfig) -> dict:
@@ -500,21 +511,24 @@ def prepare_patient(ct: Volume | None, mr: Volume | None, mask: Volume | None,
         body = body_mask_from_mr(mr_on.data)
 
     size, mode = cfg.image_size, cfg.fit
+    box = body_box(axial_stack(body))
 
     def fitted(q01_volume: np.ndarray, order: int) -> tuple[np.ndarray, Placement]:
-        return fit_to_size(axial_stack(q01_volume), size, mode, pad_value=0, order=order)
+        return fit_to_size(axial_stack(q01_volume), size, mode, pad_value=0, order=order, keep_box=box)
 
     mask_stack, placement = fitted(body.astype(np.uint8), order=0)
-    keep = mask_stack.reshape(mask_stack.shape[0], -1).mean(axis=1) >= cfg.min_foreground
+    body_voxels = int(np.count_nonzero(body))
+    outside = max(0, body_voxels - int(np.count_nonzero(mask_stack))) if mode == "pad" else 0
+    keep = keep_slices(mask_stack, cfg.min_foreground)
     ct_q = mr_q = rng = None
     if ct is not None:
-        ct_q = quantise(fitted(window_ct(ref.data, cfg.ct_window_center, cfg.ct_window_width), 1)[0], cfg.bits)
+        ct_q = quantise(fitted(ct_to_unit(ref.data, cfg), 1)[0], cfg.bits)
     if mr_on is not None:
         rng = mr_range(mr_on.data, body, cfg.mr_percentiles)
         mr_q = quantise(fitted(normalise_mr(mr_on.data, *rng), 1)[0], cfg.bits)
     return PreparedPatient(ct=ct_q, mr=mr_q, mask=mask_stack.astype(np.uint8), keep=keep, placement=placement,
                            affine=ref.affine.copy(), shape=tuple(int(s) for s in ref.shape), mr_range=rng,
-                           registration=reg)
+                           registration=reg, body_voxels=body_voxels, body_voxels_outside=outside)
 
 
 def restack_to_grid(stack01, geometry, target: Volume, order: int = 1, fill: float = 0.0,

@@ -9,11 +9,14 @@ as make_records (``prepare_patient`` with the model's stored PreprocessConfig),
 every axial slice goes through the generator, and the slices are put back on
 the input's exact grid (shape and affine) with ``restack_to_grid``.
 
-Output scales: synthetic MR on the paper's 0-255 scale (float32, 255 = the
-upper MR normalisation percentile); synthetic CT in HU, meaningful inside the
-CT window the model was trained on. Voxels outside the model's field of view
-(cropped away by a "pad" fit, or outside the resampled grid) are 0 for MR and
--1024 HU (air) for CT.
+Output scales: synthetic CT in HU as int16, over the CT interval the model's
+records stored (the paper's 40/80 window, or a full range such as -1024..3000 HU
+with ``make_records --ct_range``); synthetic MR on the paper's 0-255 scale
+(255 = the upper MR normalisation percentile), or in a reference MR's units with
+``--mr_reference`` (its robust percentile range). Voxels outside the model's
+field of view (outside the canvas, or outside the resampled grid) are 0 for MR
+(the reference's lower percentile in reference units) and -1024 HU (air) for CT;
+how much of the body that was is reported.
 
 ``--model`` is an export dir (``<dir>/ct2mr/<version>``), a model or version dir
 of one SavedModel (uses its ``normalised`` signature; preprocessing runs here in
@@ -35,8 +38,8 @@ from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_export
                              resolve_version_dir)
 from mrgan_tf.io.readers import read_volume, write_nifti
 from mrgan_tf.io.volumes import Volume, VolumeError
-from mrgan_tf.preprocess import (PreprocessConfig, dequantise, from_model_range, prepare_patient,
-                                 restack_to_grid, to_model_range, unwindow_ct)
+from mrgan_tf.intensity import ct_from_unit, denormalise_mr, dequantise, from_model_range, to_model_range
+from mrgan_tf.preprocess import PreprocessConfig, prepare_patient, restack_to_grid
 
 AIR_HU = -1024.0
 CT_LIKE_HU = (-1100.0, 4000.0)   # plausible HU range of a CT
@@ -168,27 +171,56 @@ def prepare_input(predictor: Predictor, vol: Volume):
     return prep, dequantise(prep.mr, cfg.bits)
 
 
-def to_output_units(predictor: Predictor, out01: np.ndarray) -> tuple[np.ndarray, float]:
-    """0..1 model output -> (values in output units, fill value outside the field of view)."""
-    cfg = predictor.preprocess
+def output_units(predictor: Predictor, mr_range: tuple[float, float] | None = None) -> str:
+    """What the synthetic volume's values mean (written into the output's metadata)."""
+    if predictor.name == "mr2ct":
+        lo, hi = predictor.preprocess.ct_hu_range
+        return f"HU (int16; model range {lo:g}..{hi:g} HU, -1024 outside the field of view)"
+    if mr_range is not None:
+        return (f"reference MR units (0..1 of the model mapped onto the reference's robust range "
+                f"{mr_range[0]:g}..{mr_range[1]:g})")
+    return "0-255 (the paper's scale: 255 = the upper MR normalisation percentile)"
+
+
+def to_output_units(predictor: Predictor, out01: np.ndarray,
+                    mr_range: tuple[float, float] | None = None) -> tuple[np.ndarray, float]:
+    """0..1 model output -> (values in output units, fill value outside the field of view).
+
+    Synthetic CT: HU through the dataset's CT mapping. Synthetic MR: the paper's 0-255, or the
+    reference's units when its robust range ``mr_range`` (lo, hi percentiles) is known.
+    """
     if predictor.name == "ct2mr":
+        if mr_range is not None:
+            return denormalise_mr(out01, *mr_range), float(mr_range[0])
         return out01 * 255.0, 0.0
-    return unwindow_ct(out01, cfg.ct_window_center, cfg.ct_window_width), AIR_HU
+    return ct_from_unit(out01, predictor.preprocess), AIR_HU
 
 
-def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16,
-                      progress: bool = False) -> tuple[Volume, dict]:
-    """Synthesize every axial slice of ``vol``; returns the volume on ``vol``'s grid and timings."""
+def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16, progress: bool = False,
+                      mr_range: tuple[float, float] | None = None) -> tuple[Volume, dict]:
+    """Synthesize every axial slice of ``vol``; returns the volume on ``vol``'s grid and an info dict.
+
+    A synthetic CT comes back as int16 HU; a synthetic MR as float32 on 0-255 or, with
+    ``mr_range``, in the reference's units. The info dict holds timings, the units and how
+    much of the body fell outside the model's canvas.
+    """
     t0 = time.perf_counter()
     prep, stack01 = prepare_input(predictor, vol)
     t1 = time.perf_counter()
     out01 = predictor.predict01(stack01, batch_size, progress)
     t2 = time.perf_counter()
-    values, fill = to_output_units(predictor, out01)
+    values, fill = to_output_units(predictor, out01, mr_range)
     out = restack_to_grid(values, prep.geometry, vol, order=1, fill=fill)
+    if predictor.name == "mr2ct":
+        out = Volume(np.rint(out.data).astype(np.int16), out.affine, out.source)
     t3 = time.perf_counter()
+    problem = prep.body_loss_problem(predictor.preprocess, vol.source)
+    if problem:
+        logging.warning("%s; those voxels get the fill value", problem)
     return out, {"slices": int(len(stack01)), "prepare_s": t1 - t0, "model_s": t2 - t1, "restack_s": t3 - t2,
-                 "total_s": t3 - t0}
+                 "total_s": t3 - t0, "units": output_units(predictor, mr_range),
+                 "body_voxels_outside": prep.body_voxels_outside,
+                 "body_lost_fraction": round(prep.body_lost_fraction, 6)}
 
 
 def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
@@ -201,7 +233,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         if warning:
             logging.warning(warning)
     result, timing = synthesize_volume(predictor, vol, batch_size, progress)
-    write_nifti(result, out)
+    write_nifti(result, out, dtype=result.data.dtype)
     return {"input": vol.source, "output": str(out), "shape": list(vol.shape), **timing}
 
 
