@@ -32,20 +32,21 @@ from absl import app, flags, logging
 from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
-from mrgan_tf.spec import SET_NAMES, SPEC_NAME, DatasetSpec
+from mrgan_tf.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
 from tfrecords_tools.atomic import swap_in_directory
 
 SUMMARY_NAME = "summary.json"
 ROLES = ("paired", "ct", "mr")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")
 MANIFEST_COLUMNS = ("patient_id", "role", "split")
 ON_ERROR = ("fail", "skip")
 # Which modalities each role reads and which shard set a (role, split) goes to.
 ROLE_MODALITIES = {"paired": ("ct", "mr"), "ct": ("ct",), "mr": ("mr",)}
-SET_OF = {("paired", "train"): "paired_train", ("paired", "test"): "paired_test",
+SET_OF = {("paired", "train"): "paired_train", ("paired", "test"): "paired_test", ("paired", "val"): "paired_val",
           ("ct", "train"): "unpaired_ct", ("mr", "train"): "unpaired_mr"}
 SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
-              "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask")}
+              "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask"),
+              "paired_val": ("ct", "mr", "mask")}
 # zlib level 1 instead of the default 6: the main process writes twice as fast, shards are
 # ~6% larger, reading is as fast (docs/BENCHMARKS.md, make_records section).
 COMPRESSION_LEVEL = 1
@@ -166,8 +167,24 @@ def choose_test_patients(paired: Sequence[str], test_patients: int | Sequence[st
     return sorted(ids)
 
 
+def choose_val_patients(candidates: Sequence[str], val_patients: int | Sequence[str], seed: int = 0,
+                        test: Iterable[str] = ()) -> list[str]:
+    """Paired patients held out for validation (model selection), disjoint from the test patients."""
+    test = set(test)
+    if not isinstance(val_patients, (int, np.integer)):
+        overlap = sorted(set(val_patients) & test)
+        if overlap:
+            raise MakeRecordsError(f"--val_patients: {overlap} are test patients; selecting a model on test "
+                                   "patients is leakage (choose other patients)")
+    try:
+        return choose_test_patients(candidates, val_patients, seed + 1)
+    except MakeRecordsError as e:
+        raise MakeRecordsError(str(e).replace("--test_patients", "--val_patients")
+                               .replace("test patients need both", "validation patients need both")) from None
+
+
 def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
-                  manifest: str | os.PathLike | None = None) -> tuple[list[PatientTask], dict[str, str], list[str]]:
+                  manifest: str | os.PathLike | None = None, val_patients: int | Sequence[str] = 0) -> tuple[list[PatientTask], dict[str, str], list[str]]:
     """Decide role and split of every patient folder.
 
     Returns (tasks, failed {id: error} for folders unusable as found, unlisted ids
@@ -195,9 +212,10 @@ def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str]
             if lacking:
                 raise MakeRecordsError(f"{manifest}: patient {pid!r} has role {role!r} but "
                                        f"{usable[pid].folder} has no {' or '.join(lacking).upper()}")
-            if split == "test" and role != "paired":
-                raise MakeRecordsError(f"{manifest}: patient {pid!r} is a test patient with role {role!r}; "
-                                       "test patients must be paired")
+            if split in ("test", "val") and role != "paired":
+                what = "test" if split == "test" else "validation"
+                raise MakeRecordsError(f"{manifest}: patient {pid!r} is a {what} patient with role {role!r}; "
+                                       f"{what} patients must be paired")
             roles[pid] = (role, split)
         for pid in unlisted:
             failed.pop(pid, None)
@@ -206,7 +224,9 @@ def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str]
                 for pid in usable}
         paired = sorted(pid for pid, r in auto.items() if r == "paired")
         test = set(choose_test_patients(paired, test_patients, split_seed))
-        roles = {pid: (role, "test" if pid in test else "train") for pid, role in auto.items()}
+        val = set(choose_val_patients([p for p in paired if p not in test], val_patients, split_seed, test))
+        roles = {pid: (role, "test" if pid in test else "val" if pid in val else "train")
+                 for pid, role in auto.items()}
     tasks = []
     for pid in sorted(roles):
         role, split = roles[pid]
@@ -384,6 +404,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
                  test_patients: int | Sequence[str] = 2, split_seed: int = 0,
+                 val_patients: int | Sequence[str] = 0,
                  manifest: str | os.PathLike | None = None, on_error: str = "fail", overwrite: bool = False,
                  workers: int = 2, examples_per_shard: int = 512, progress: bool = True) -> dict[str, Any]:
     """Convert ``root`` into the records directory ``out``; returns the summary dict.
@@ -401,7 +422,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     out = Path(out).absolute()
     check_output(out, overwrite)
     tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
-                                            manifest=manifest)
+                                            manifest=manifest, val_patients=val_patients)
     if failed and on_error == "fail":
         raise MakeRecordsError(next(iter(failed.values())))
     if not tasks:
@@ -419,10 +440,11 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             results = stack.enter_context(contextlib.closing(_Results(tasks, cfg, workers)))
             from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
 
+            names = SET_NAMES + ((VAL_SET,) if any(t.set_name == VAL_SET for t in tasks) else ())
             writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name, set_fields(name, cfg.bits),
                                                                   examples_per_shard=examples_per_shard,
                                                                   compression_level=COMPRESSION_LEVEL))
-                       for name in SET_NAMES}
+                       for name in names}
             bar = stack.enter_context(_progress(len(tasks), progress))
             for result in results:
                 task = result.task
@@ -449,7 +471,8 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             patients.setdefault(pid, {"error": error})
         ok = [t for t in tasks if t.patient_id not in failed]
         spec = DatasetSpec(root=str(out), preprocess=cfg, sets=sets,
-                           split={s: [t.patient_id for t in ok if t.split == s] for s in SPLITS},
+                           split={s: [t.patient_id for t in ok if t.split == s] for s in SPLITS
+                                  if s != "val" or any(t.split == s for t in ok)},
                            patients=patients, extra={"source_root": str(Path(root).absolute())})
         seconds = time.perf_counter() - start
         summary = _summary(out, tasks, failed, unlisted, patients, sets, stage, seconds, workers)
@@ -478,8 +501,8 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
     return {
         "out": str(out),
         "patients": dict(sorted(by_role.items())),
-        "slices": {name: sets[name]["count"] for name in SET_NAMES},
-        "skipped_slices": {name: skipped[name] for name in SET_NAMES},
+        "slices": {name: sets[name]["count"] for name in sets},
+        "skipped_slices": {name: skipped[name] for name in sets},
         "failed_patients": dict(sorted(failed.items())),
         "body_outside_canvas": {pid: {"voxels": e["body_voxels_outside_canvas"],
                                       "fraction": e["body_lost_fraction"]}
@@ -524,9 +547,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("out", None, "Output records directory.", flag_values=fv)
     flags.DEFINE_string("manifest", None, "CSV with columns patient_id,role,split (role paired|ct|mr, "
-                        "split train|test) overriding roles and the split.", flag_values=fv)
+                        "split train|test|val) overriding roles and the split.", flag_values=fv)
     flags.DEFINE_string("test_patients", "2", "Number of paired test patients (chosen by a seeded hash of the ids) "
                         "or a comma-separated list of patient ids.", flag_values=fv)
+    flags.DEFINE_string("val_patients", "0", "Number of paired validation patients (disjoint from train and "
+                        "test; used by train --val_every to pick the best checkpoint) or a list of ids.",
+                        flag_values=fv)
     flags.DEFINE_integer("split_seed", 0, "Seed of the test-patient choice.", flag_values=fv)
     flags.DEFINE_enum("on_error", "fail", list(ON_ERROR), "fail: stop at the first bad patient; "
                       "skip: leave bad patients out and list them in the summary.", flag_values=fv)
@@ -596,14 +622,14 @@ def parse_ct_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def parse_test_patients(text: str) -> int | list[str]:
+def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[str]:
     """``"3"`` -> 3; ``"p01,p07"`` -> ["p01", "p07"]."""
     text = text.strip()
     if text.isdigit():
         return int(text)
     ids = [t.strip() for t in text.split(",") if t.strip()]
     if not ids:
-        raise MakeRecordsError(f"--test_patients must be a count or a list of patient ids, got {text!r}")
+        raise MakeRecordsError(f"{flag} must be a count or a list of patient ids, got {text!r}")
     return ids
 
 
@@ -619,6 +645,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         summary = make_records(fv.root, fv.out, config_from_flags(fv),
                                test_patients=parse_test_patients(fv.test_patients), split_seed=fv.split_seed,
+                               val_patients=parse_test_patients(fv.val_patients, "--val_patients"),
                                manifest=fv.manifest, on_error=fv.on_error, overwrite=fv.overwrite,
                                workers=fv.workers, examples_per_shard=fv.examples_per_shard)
     except (MakeRecordsError, VolumeError) as e:

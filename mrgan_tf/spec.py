@@ -15,6 +15,8 @@ from mrgan_tf.preprocess import PreprocessConfig
 SPEC_NAME = "dataset.json"
 FORMAT = 1
 SET_NAMES = ("paired_train", "unpaired_ct", "unpaired_mr", "paired_test")
+# Written only when make_records holds out validation patients (--val_patients).
+VAL_SET = "paired_val"
 
 
 class SpecError(ValueError):

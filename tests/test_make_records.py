@@ -240,7 +240,8 @@ def test_configuration_errors(tmp_path, dataset):
     manifest = tmp_path / "m.csv"
     for text, words in [("patient_id,role,split\nzz,paired,train\n", "unknown patient"),
                         ("patient_id,role,split\np0,both,train\n", "role 'both'"),
-                        ("patient_id,role,split\np0,paired,val\n", "split 'val'"),
+                        ("patient_id,role,split\np0,paired,dev\n", "split 'dev'"),
+                        ("patient_id,role,split\nc0,ct,val\n", "validation patients must be paired"),
                         ("patient_id,role,split\nc0,paired,train\n", "no MR"),
                         ("patient_id,role,split\nc0,ct,test\n", "must be paired"),
                         ("patient_id,role\np0,ct\n", "lacks column")]:
@@ -326,3 +327,56 @@ def test_config_from_flags_covers_every_field():
     fv2(["prog"])
     assert mr_mod.config_from_flags(fv2) == pp.PreprocessConfig()
     assert mr_mod.parse_test_patients("3") == 3 and mr_mod.parse_test_patients("a, b") == ["a", "b"]
+
+
+# ------------------------------------------------------------------ HU range, validation split, body loss
+
+def test_full_hu_range_and_validation_patients(dataset, tmp_path):
+    cfg = pp.PreprocessConfig(spacing_mm=SPACING, image_size=64, ct_range=(-1024, 3000), bits=16)
+    out = tmp_path / "full"
+    summary = make_records(dataset, out, cfg, test_patients=1, val_patients=1, workers=0, progress=False)
+    spec = DatasetSpec.load(out)
+    assert spec.preprocess.ct_hu_range == (-1024.0, 3000.0)
+    train, test, val = (set(spec.split[s]) for s in ("train", "test", "val"))
+    assert len(test) == len(val) == 1 and not (train & test) and not (train & val) and not (test & val)
+    assert spec.count("paired_val") > 0 and {ex["patient_id"] for ex in reader.iterate(out, "paired_val")} == val
+    assert summary["slices"]["paired_val"] == spec.count("paired_val")
+    # Air, soft tissue and bone survive: stored HU = q / 65535 * 4024 - 1024.
+    ex = next(reader.iterate(out, "paired_val"))
+    hu = ex["ct"].astype(np.float64) / 65535 * 4024 - 1024
+    assert hu.min() < -900 and hu.max() > 900
+
+
+def test_validation_patients_must_not_be_test_patients(dataset, tmp_path):
+    msg = run_fail(dataset, tmp_path / "o", CFG, test_patients=["p0"], val_patients=["p0"])
+    assert "leakage" in msg and "p0" in msg
+    assert "--val_patients" in run_fail(dataset, tmp_path / "o", CFG, test_patients=1, val_patients=4)
+    assert "not paired" in run_fail(dataset, tmp_path / "o", CFG, test_patients=1, val_patients=["c0"])
+
+
+def test_body_outside_the_canvas_fails_naming_the_flags(dataset, tmp_path):
+    small = pp.PreprocessConfig(spacing_mm=SPACING, image_size=24)   # 48 mm canvas, 64 x 80 mm head
+    msg = run_fail(dataset, tmp_path / "o", small, test_patients=1)
+    assert "outside the 24 x 24 canvas" in msg and "--image_size" in msg and "--fit=resize" in msg
+    assert no_leftovers(tmp_path / "o")
+    tolerant = pp.PreprocessConfig(spacing_mm=SPACING, image_size=24, max_body_loss=1.0)
+    summary = make_records(dataset, tmp_path / "t", tolerant, test_patients=1, workers=0, progress=False)
+    lost = summary["body_outside_canvas"]
+    assert set(lost) == set(DatasetSpec.load(tmp_path / "t").patients) and all(v["fraction"] > 0 for v in lost.values())
+    assert "body outside the canvas: patient p0" in mr_mod.format_summary(summary)
+
+
+@pytest.mark.parametrize("text, words", [("a,b", "two numbers"), ("3000,-1024", "lo < hi"), ("1", "two numbers")])
+def test_malformed_ct_range_flag(text, words):
+    with pytest.raises(MakeRecordsError, match=words):
+        mr_mod.parse_ct_range(text)
+    assert mr_mod.parse_ct_range("-1024, 3000") == (-1024.0, 3000.0) and mr_mod.parse_ct_range(None) is None
+
+
+def test_cli_refuses_full_range_at_8_bits(dataset, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "mrgan_tf.make_records", "--root", str(dataset),
+                           "--out", str(tmp_path / "o"), "--ct_range=-1024,3000"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "--bits=16" in done.stderr and "HU steps" in done.stderr
+    assert no_leftovers(tmp_path / "o")

@@ -339,3 +339,55 @@ def test_restack_to_grid_reproduces_volume(phantom_pair):
     assert np.all(part.data[:, :, :10] == -1.0) and np.all(part.data[:, :, 20:] == -1.0)
     with pytest.raises(ValueError, match="slices"):
         pp.restack_to_grid(stack01[:5], geo, mr)
+
+
+# ---------------------------------------------------------------- geometry: nothing lost silently
+
+def test_resampling_keeps_every_voxel_of_a_fine_grid():
+    """0.3 mm voxels -> 1 mm: the new grid covers every source voxel centre (no lost border ring)."""
+    shape, sp = (168, 168, 10), (0.3, 0.3, 3.0)
+    vol = Volume(np.ones(shape, np.float32), centred_affine(shape, sp), "fine.nii.gz")
+    out = pp.resample_to_spacing(vol, 1.0)
+    assert out.shape[:2] == (51, 51)  # ceil(50.4); rounding down gave 50 and lost the ring
+    src = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+    world = vol.affine[:3, :3] @ src + vol.affine[:3, 3:4]
+    idx = np.linalg.solve(out.affine[:3, :3], world - out.affine[:3, 3:4])
+    assert np.all(idx >= -0.5) and np.all(idx <= np.array(out.shape)[:, None] - 0.5)
+    back = pp.resample_like(out, vol, order=1, fill=-7.0)
+    assert not np.any(back.data == -7.0)  # every voxel of the field of view comes back
+
+
+def test_fit_crops_about_the_body_not_the_image_centre():
+    img = np.zeros((100, 100), np.uint8)
+    img[5:35, 60:90] = 1  # body off-centre, smaller than the canvas
+    out, placement = pp.fit_to_size(img, 40, keep_box=((5, 35), (60, 90)))
+    assert out.sum() == img.sum()  # nothing of the body lost
+    centred, _ = pp.fit_to_size(img, 40)
+    assert centred.sum() == 50  # the old centre crop kept only a 5 x 10 corner of it
+    np.testing.assert_array_equal(pp.unfit(out, placement, order=0), img)
+
+
+def test_body_outside_the_canvas_is_counted_and_limited(phantom_pair):
+    ct, _ = phantom_pair  # head 80 x 100 mm in-plane
+    cfg = pp.PreprocessConfig(spacing_mm=2.0, image_size=32, min_foreground=0.01)
+    prep = pp.prepare_patient(ct, None, None, cfg)
+    assert prep.body_voxels > 0 and 0 < prep.body_lost_fraction < 1
+    body = pp.body_mask_from_ct(pp.resample_to_spacing(pp.to_canonical(ct), 2.0).data)
+    assert prep.body_voxels == body.sum()
+    assert prep.body_voxels - prep.mask.sum() == prep.body_voxels_outside
+    problem = prep.body_loss_problem(cfg, "patient p1")
+    assert problem.startswith("patient p1: ") and "--image_size" in problem and "--fit=resize" in problem
+    assert pp.prepare_patient(ct, None, None, pp.PreprocessConfig(spacing_mm=2.0, image_size=64)
+                              ).body_voxels_outside == 0
+    resized = pp.prepare_patient(ct, None, None, pp.PreprocessConfig(spacing_mm=2.0, image_size=32, fit="resize"))
+    assert resized.body_voxels_outside == 0 and resized.body_loss_problem(cfg, "p") is None
+
+
+def test_slice_rule_does_not_depend_on_the_canvas(phantom_pair):
+    ct, _ = phantom_pair
+    kept = [pp.prepare_patient(ct, None, None, pp.PreprocessConfig(spacing_mm=2.0, image_size=s)).keep
+            for s in (64, 128, 256)]
+    assert kept[0].any() and not kept[0].all()
+    np.testing.assert_array_equal(kept[0], kept[1])
+    np.testing.assert_array_equal(kept[0], kept[2])
+    np.testing.assert_array_equal(pp.keep_slices(np.zeros((3, 4, 4), np.uint8), 0.1), [False] * 3)
