@@ -74,10 +74,12 @@ class TrainingMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: str, every: int = 50, image_every: int = 500, fixed: dict | None = None,
-                 write: bool = True):
+                 write: bool = True, extra_columns=()):
         super().__init__()
         self.every, self.image_every, self.fixed = max(1, every), max(1, image_every), fixed
         self.write = write
+        # Columns filled by other callbacks (validation scores) through ``pending``; NaN in other rows.
+        self.extra_columns, self.pending = tuple(extra_columns), {}
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train")) if write else None
         self.history_path = os.path.join(run_dir, "history.csv")
         self._t0, self._it0 = None, None
@@ -106,7 +108,9 @@ class TrainingMonitor(keras.callbacks.Callback):
             self.write_images(it)
 
     def _append_history(self, it, values, rate):
-        keys = sorted(values)
+        keys = sorted(values) + [k for k in self.extra_columns if k not in values]
+        values = {**values, **self.pending}
+        self.pending = {}
         new = not os.path.exists(self.history_path)
         if not new and self._keys is None:
             with open(self.history_path) as f:
@@ -132,3 +136,32 @@ class TrainingMonitor(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.flush()
+
+
+class Validation(keras.callbacks.Callback):
+    """Scores the generators on the validation patients every ``every`` iterations (TensorBoard
+    ``logs/validation``, history.csv through ``monitor``) and keeps the best checkpoint by ``key``
+    (lower is better) in its own manager, next to the latest ones."""
+
+    def __init__(self, val_set, every: int, key: str, best, run_dir: str, monitor: TrainingMonitor | None = None,
+                 write: bool = True):
+        super().__init__()
+        self.val_set, self.every, self.key, self.best, self.monitor = val_set, max(1, every), key, best, monitor
+        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "validation")) if write else None
+        self.last: dict[str, float] = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        it = _iteration(self.model)
+        if it % self.every:
+            return
+        self.last = scores = self.val_set.scores(self.model)
+        if self.writer is not None:
+            with self.writer.as_default(step=it):
+                for k, v in scores.items():
+                    tf.summary.scalar(f"validation/{k}", v)
+            self.writer.flush()
+        if self.monitor is not None:
+            self.monitor.pending.update({f"val_{k}": v for k, v in scores.items()})
+        if self.key not in scores:
+            raise KeyError(f"validation score {self.key!r} not computed (have {sorted(scores)})")
+        self.best.offer(it, scores[self.key], scores)

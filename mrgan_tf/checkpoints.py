@@ -68,3 +68,60 @@ def restore_generators(run_dir: str, checkpoint: str | None = None) -> tuple[MRG
     model = MRGAN(config_from_dict(cfg["model"]))
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return model, cfg
+
+
+BEST_DIR = "checkpoints_best"
+BEST_INFO = "best.json"
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+class BestCheckpoint:
+    """The checkpoint with the lowest validation score so far (weights only), with ``best.json``
+    saying which iteration it is and its scores. Survives resumes: the record is read back."""
+
+    def __init__(self, model: MRGAN, run_dir: str, key: str, write: bool = True):
+        self.dir, self.key, self.write = os.path.join(run_dir, BEST_DIR), key, write
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.dir, max_to_keep=1)
+        self.record = read_best(run_dir) or {}
+        if self.record and self.record.get("key") != key:
+            raise ValueError(f"{self.dir}: the best checkpoint was chosen by {self.record.get('key')!r}, "
+                             f"this run selects by {key!r}; use another --out or the same --val_select")
+
+    @property
+    def value(self) -> float:
+        return float(self.record.get("value", float("inf")))
+
+    def offer(self, iteration: int, value: float, scores: dict) -> bool:
+        """Save when ``value`` beats the best so far; returns whether it did."""
+        if not value < self.value:
+            return False
+        if self.write:
+            path = self.manager.save(checkpoint_number=iteration)
+            self.record = {"key": self.key, "value": float(value), "iteration": int(iteration),
+                           "checkpoint": os.path.basename(path), "scores": scores}
+            atomic_write_text(os.path.join(self.dir, BEST_INFO), json.dumps(self.record, indent=2))
+        return True
+
+
+def read_best(run_dir: str) -> dict | None:
+    """The best-checkpoint record of a run (None when the run never validated)."""
+    path = os.path.join(run_dir, BEST_DIR, BEST_INFO)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable best-checkpoint record ({e})") from None
+
+
+def resolve_checkpoint(run_dir: str, which: str = "last") -> str:
+    """The checkpoint prefix of ``which`` (last | best) in a run directory."""
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint choice must be one of {CHECKPOINT_CHOICES}, got {which!r}")
+    folder = os.path.join(run_dir, "checkpoints" if which == "last" else BEST_DIR)
+    path = tf.train.latest_checkpoint(folder)
+    if path is None:
+        hint = "" if which == "last" else " (train with --val_every and records made with --val_patients)"
+        raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {folder}{hint}")
+    return path

@@ -371,8 +371,10 @@ def load_exported(path: str, name: str = "ct2mr") -> Exported:
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """CLI flags, defined only when run as a program (importers' flags never collide)."""
     flags.DEFINE_string("run", None, "Training run directory (run.json + checkpoints/).", flag_values=fv)
-    flags.DEFINE_string("checkpoint", None, "A checkpoint prefix inside the run (default: the latest).",
+    flags.DEFINE_string("checkpoint", None, "A checkpoint prefix inside the run (default: --export_checkpoint).",
                         flag_values=fv)
+    flags.DEFINE_enum("export_checkpoint", "last", ["last", "best"], "Without --checkpoint: the last checkpoint, "
+                      "or the best by validation MAE (runs trained with --val_every).", flag_values=fv)
     flags.DEFINE_string("export_dir", None, "Where <name>/<version>/ go (default: <run>/export).", flag_values=fv)
     flags.DEFINE_integer("version", None, "Version number to write (default: highest existing + 1).",
                          flag_values=fv)
@@ -399,7 +401,9 @@ def main(argv):
 
     from mrgan_tf.spec import SpecError
     try:
-        out = export_run(fv.run, fv.export_dir, fv.checkpoint, fv.version)
+        from mrgan_tf.checkpoints import resolve_checkpoint
+        checkpoint = fv.checkpoint or resolve_checkpoint(fv.run, fv.export_checkpoint)
+        out = export_run(fv.run, fv.export_dir, checkpoint, fv.version)
     except (ExportError, SpecError, FileNotFoundError, ValueError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

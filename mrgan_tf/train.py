@@ -56,6 +56,12 @@ flags.DEFINE_integer("image_every", 1000, "Iterations between TensorBoard image 
 flags.DEFINE_integer("image_slices", 4, "Fixed validation slices in the image panel.")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_bool("export", True, "Export SavedModels for serving when training ends.")
+flags.DEFINE_integer("val_every", 0, "Iterations between validation scores on the records' validation "
+                     "patients (make_records --val_patients); 0: no validation. A multiple of --log_every.")
+flags.DEFINE_enum("val_select", "auto", ["auto", "ct2mr", "mr2ct"], "Whose validation MAE picks the best "
+                  "checkpoint; auto: mr2ct (HU) for full-range CT records, else ct2mr.")
+flags.DEFINE_enum("export_checkpoint", "last", ["last", "best"], "Checkpoint exported when training ends: "
+                  "the last one, or the best by validation MAE (needs --val_every).")
 
 
 def model_config_from_flags(spec):
@@ -87,6 +93,15 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     keras.mixed_precision.set_global_policy(FLAGS.precision)
 
     spec = DatasetSpec.load(records)
+    val_set = None
+    if FLAGS.val_every:
+        from mrgan_tf.validation import ValidationSet
+        if FLAGS.val_every % FLAGS.log_every:
+            raise ValueError(f"--val_every={FLAGS.val_every} must be a multiple of --log_every={FLAGS.log_every} "
+                             "(validation scores go into history.csv rows)")
+        val_set = ValidationSet(spec)   # before anything is written: no validation patients is an error
+    elif FLAGS.export_checkpoint == "best":
+        raise ValueError("--export_checkpoint=best needs --val_every (the best checkpoint is chosen on validation)")
     config = model_config_from_flags(spec)
     total = FLAGS.steps if FLAGS.steps is not None else FLAGS.decay_start + FLAGS.decay_steps
     run_dir = out if chief else os.path.join(out, "workers", f"{os.getpid()}")   # non-chief: scratch
@@ -117,10 +132,21 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     fixed = None
     if chief and (spec.count("paired_test") or spec.count("paired_train")):
         fixed = data.fixed_slices(spec, FLAGS.image_slices)
-    monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief)
+    val_cbs = []
+    if val_set is not None:
+        from mrgan_tf.validation import PREFIX, selection_key
+        key = selection_key(spec, FLAGS.val_select)
+        columns = [f"val_{PREFIX[d]}_{m}" for d in model.trained_directions for m in ("mae", "psnr", "ssim")]
+        monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief,
+                                            extra_columns=columns)
+        best = checkpoints.BestCheckpoint(model, run_dir, key, write=chief)
+        val_cbs = [callbacks.Validation(val_set, FLAGS.val_every, key, best, run_dir, monitor, write=chief)]
+    else:
+        monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief)
     t0 = time.perf_counter()
     if start < total:
-        model.fit(ds, epochs=1, steps_per_epoch=total - start, callbacks=[guard, ckpt_cb, monitor, *extra_callbacks],
+        model.fit(ds, epochs=1, steps_per_epoch=total - start,
+                  callbacks=[guard, ckpt_cb, *val_cbs, monitor, *extra_callbacks],
                   verbose=FLAGS.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
     seconds = time.perf_counter() - t0
     if guard.error:
@@ -131,7 +157,13 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     export_dir = os.path.join(out, "export")
     if FLAGS.export and chief and (start < total or not os.path.isdir(export_dir)):
         from mrgan_tf import export   # a finished run that is re-run exports no duplicate version
-        summary["export"] = export.export_model(model, spec, export_dir)
+        if FLAGS.export_checkpoint == "best":
+            summary["export"] = export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"))
+        else:
+            summary["export"] = export.export_model(model, spec, export_dir)
+    best_record = checkpoints.read_best(out) if val_set is not None else None
+    if best_record:
+        summary["best"] = best_record
     return summary
 
 

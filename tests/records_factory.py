@@ -36,18 +36,20 @@ def _slice(rng, size):
     return q(ct), q(mr), body.astype(np.uint8)[..., None]
 
 
-def write_tiny_records(out_dir: str, size: int = 32, per_set: int = 12, seed: int = 0) -> DatasetSpec:
+def write_tiny_records(out_dir: str, size: int = 32, per_set: int = 12, seed: int = 0,
+                       with_val: bool = False) -> DatasetSpec:
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir, exist_ok=True)
     sets, patients = {}, {}
-    for set_name, image_fields in SET_FIELDS.items():
+    set_fields = {**SET_FIELDS, **({"paired_val": ("ct", "mr", "mask")} if with_val else {})}
+    for set_name, image_fields in set_fields.items():
         fields = {**{f: schema.Image("uint8") for f in image_fields}, **META}
         with writer.ShardedWriter(out_dir, set_name, fields, examples_per_shard=5) as w:
             for i in range(per_set):
                 ct, mr, mask = _slice(rng, size)
                 pid = f"{set_name}_p{i // 4}"
                 patients[pid] = {"role": "paired" if "paired" in set_name else set_name[-2:],
-                                 "split": "test" if set_name == "paired_test" else "train"}
+                                 "split": {"paired_test": "test", "paired_val": "val"}.get(set_name, "train")}
                 rec = {"ct": ct, "mr": mr, "mask": mask, "patient_id": pid, "slice_index": i % 4,
                        "num_slices": 4, "placement": [size, size, 0, 0, 1], "mr_range": [0, 1],
                        "affine": np.eye(4).ravel(), "volume_shape": [size, size, 4]}
@@ -55,7 +57,9 @@ def write_tiny_records(out_dir: str, size: int = 32, per_set: int = 12, seed: in
         sets[set_name] = w.info
     spec = DatasetSpec(root=out_dir, preprocess=PreprocessConfig(image_size=size), sets=sets,
                        split={"train": sorted(p for p, v in patients.items() if v["split"] == "train"),
-                              "test": sorted(p for p, v in patients.items() if v["split"] == "test")},
+                              "test": sorted(p for p, v in patients.items() if v["split"] == "test"),
+                              **({"val": sorted(p for p, v in patients.items() if v["split"] == "val")}
+                                 if with_val else {})},
                        patients=patients)
     writer.atomic_write_text(os.path.join(out_dir, "dataset.json"), json.dumps(spec.to_dict(), indent=1))
     return DatasetSpec.load(out_dir)

@@ -85,3 +85,54 @@ def test_cli_bad_records_dir_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     assert str(missing) in out.stderr and "dataset.json" in out.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_validation_scores_history_and_best_checkpoint(tmp_path):
+    """--val_every scores the validation patients, logs them, keeps the best checkpoint; export can take it."""
+    import csv
+    import json
+
+    from records_factory import write_tiny_records
+
+    from mrgan_tf import checkpoints, export, train
+    records = write_tiny_records(str(tmp_path / "records"), size=32, with_val=True)
+    out = str(tmp_path / "run")
+    parse_flags([f"--records={records.root}", f"--out={out}", "--mode=paired", "--steps=4", "--log_every=1",
+                 "--val_every=2", "--export_checkpoint=best", "--checkpoint_every=100", "--verbose=0", *TINY_FLAGS])
+    try:
+        summary = train.train(records.root, out)
+    finally:
+        flags.FLAGS.unparse_flags()
+    rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert [r["iteration"] for r in rows] == ["1", "2", "3", "4"]
+    scored = [r for r in rows if r["val_ct2mr_mae"] != "nan"]
+    assert [r["iteration"] for r in scored] == ["2", "4"]
+    assert all(0 < float(r["val_ct2mr_mae"]) < 255 and float(r["val_ct2mr_ssim"]) <= 1 for r in scored)
+    best = json.load(open(os.path.join(out, "checkpoints_best", "best.json")))
+    assert best["key"] == "ct2mr_mae"
+    assert best["value"] == pytest.approx(min(float(r["val_ct2mr_mae"]) for r in scored), rel=1e-5)
+    assert best["iteration"] in (2, 4) and summary["best"]["iteration"] == best["iteration"]
+    assert checkpoints.resolve_checkpoint(out, "best").endswith(f"ckpt-{best['iteration']}")
+    assert checkpoints.resolve_checkpoint(out, "last").endswith("ckpt-4")
+    assert export.read_info(summary["export"]["ct2mr"])["preprocess"]["image_size"] == 32
+    tags = set()
+    for event_file in glob.glob(os.path.join(out, "logs", "validation", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags |= {v.tag for v in event.summary.value}
+    assert {"validation/ct2mr_mae", "validation/ct2mr_psnr", "validation/ct2mr_ssim"} <= tags
+
+
+def test_validation_needs_validation_patients(tiny_records, tmp_path):
+    from mrgan_tf import checkpoints, train
+    from mrgan_tf.spec import SpecError
+    out = str(tmp_path / "run")
+    parse_flags([f"--records={tiny_records.root}", f"--out={out}", "--steps=1", "--val_every=1",
+                 "--log_every=1", "--verbose=0", *TINY_FLAGS])
+    try:
+        with pytest.raises(SpecError, match="--val_patients"):
+            train.train(tiny_records.root, out)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert not os.path.exists(out)   # refused before anything was written
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        checkpoints.resolve_checkpoint(out, "best")
