@@ -37,6 +37,9 @@ MODES = {
     "unpaired": Mode(unpaired=True, paired=False, paired_directions=(), paired_cycle=False),
 }
 
+# The paired baseline's direction -> the generators its paired phase trains.
+PAIRED_BASELINE = {"ct2mr": ("mr",), "mr2ct": ("ct",)}
+
 
 @dataclasses.dataclass(frozen=True)
 class MRGANConfig:
@@ -56,19 +59,31 @@ class MRGANConfig:
     input_max: float = 255.0       # integer value of intensity 1.0 in the records (255 or 65535)
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
     seed: int = 0
+    paired_baseline_direction: str = "ct2mr"   # the paired baseline's generator: ct2mr (paper) | mr2ct (sCT)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose from {sorted(MODES)}")
         losses.adversarial_kinds(self.adversarial)
+        if self.paired_baseline_direction not in PAIRED_BASELINE:
+            raise ValueError(f"paired_baseline_direction must be one of {sorted(PAIRED_BASELINE)}, "
+                             f"got {self.paired_baseline_direction!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
+
+    @property
+    def mode_spec(self) -> Mode:
+        """The mode's table row; the paired baseline trains the generator ``paired_baseline_direction`` names."""
+        m = MODES[self.mode]
+        if self.mode == "paired":
+            m = dataclasses.replace(m, paired_directions=PAIRED_BASELINE[self.paired_baseline_direction])
+        return m
 
     def updates_per_iteration(self, net: str, phase: str | None = None) -> int:
         """How often Algorithm 1 applies ``net``'s optimizer per iteration (in one phase, or both)."""
         if phase is None:
             return sum(self.updates_per_iteration(net, p) for p in ("unpaired", "paired"))
-        m = MODES[self.mode]
+        m = self.mode_spec
         if phase == "unpaired":
             return self.n_iter * int(m.unpaired)
         return self.n_iter * self.paired_repeats * int(net[-2:] in m.paired_directions)
@@ -125,7 +140,7 @@ class MRGAN(keras.Model):
     def __init__(self, config: MRGANConfig = MRGANConfig(), **kwargs):
         super().__init__(name="mrgan", **kwargs)
         self.config = config
-        self.mode = MODES[config.mode]
+        self.mode = config.mode_spec
         s = config.image_size
         self.syn_mr = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_mr")
         self.syn_ct = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_ct")

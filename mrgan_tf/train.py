@@ -20,6 +20,9 @@ flags.DEFINE_string("records", None, "Records directory written by make_records 
 flags.DEFINE_string("out", None, "Run directory: checkpoints/, logs/, history.csv, export/.")
 flags.DEFINE_enum("mode", "mrgan", ["mrgan", "paired", "unpaired"],
                   "mrgan: paired + unpaired (Alg. 1); paired: pix2pix baseline; unpaired: CycleGAN baseline.")
+flags.DEFINE_enum("paired_baseline_direction", "ct2mr", ["ct2mr", "mr2ct"],
+                  "Which generator --mode=paired trains: ct2mr (the paper's baseline) or mr2ct (a synthetic-CT "
+                  "pix2pix baseline).")
 flags.DEFINE_integer("ngf", 64, "Generator base width (paper 64).")
 flags.DEFINE_integer("n_blocks", 9, "Generator residual blocks (paper 9).")
 flags.DEFINE_enum("discriminator", "D1", ["D1", "D2", "D3", "D4", "D5"], "Table II discriminator.")
@@ -73,7 +76,8 @@ def model_config_from_flags(spec):
                        n_blocks=FLAGS.n_blocks, discriminator=FLAGS.discriminator, ndf_scale=FLAGS.ndf_scale,
                        adversarial=FLAGS.adversarial, cycle_weight=FLAGS.cycle_weight, l1_weight=FLAGS.l1_weight,
                        n_iter=FLAGS.n_iter, paired_repeats=FLAGS.paired_repeats, real_label=FLAGS.real_label,
-                       pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed)
+                       pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed,
+                       paired_baseline_direction=FLAGS.paired_baseline_direction)
 
 
 def train(records: str, out: str, extra_callbacks=()) -> dict:

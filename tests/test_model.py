@@ -94,3 +94,16 @@ def test_config_validation():
     cfg = MRGANConfig(mode="mrgan", paired_repeats=2)
     assert cfg.updates_per_iteration("syn_mr") == 3
     assert MRGANConfig(mode="paired").updates_per_iteration("syn_ct") == 0
+
+
+def test_paired_baseline_for_synthetic_ct_trains_only_syn_ct(tiny_model_factory, tiny_records):
+    model = tiny_model_factory("paired", paired_baseline_direction="mr2ct")
+    assert model.trained_directions == ("ct",)
+    before = snapshot(model)
+    model.fit(data.training_dataset(tiny_records, "paired", 2, seed=0), steps_per_epoch=1, epochs=1, verbose=0)
+    moved = changed(before, model)
+    for net in ("syn_mr", "syn_ct", "dis_mr", "dis_ct"):
+        assert bool(paths(getattr(model, net).trainable_variables) & moved) == (net in ("syn_ct", "dis_ct")), net
+    assert MRGANConfig(mode="paired", paired_baseline_direction="mr2ct").updates_per_iteration("syn_mr") == 0
+    with pytest.raises(ValueError, match="paired_baseline_direction"):
+        MRGANConfig(mode="paired", paired_baseline_direction="both")
