@@ -71,6 +71,7 @@ class DemoOptions:
     image_size: int | None = None         # None: 128 * size_scale (a multiple of 4)
     spacing_mm: float | None = None       # None: the demo data's own voxel size
     register: bool = False                # MI registration of MR to CT in make_records
+    ct_range: tuple[float, float] | None = None   # records with CT over this HU range (16 bits), not the window
     train_flags: tuple[str, ...] = ()     # extra train flags, after the flagfile (e.g. --ngf=4)
     jobs: int = 1                         # trainings run at once
     workers: int = 2                      # make_records worker processes
@@ -278,12 +279,16 @@ class Demo:
 
     def preprocess_config(self):
         from mrgan_tf.preprocess import PreprocessConfig
-        return PreprocessConfig(spacing_mm=self.o.spacing_mm, image_size=self.o.image_size, register=self.o.register)
+        full = self.o.ct_range is not None
+        return PreprocessConfig(spacing_mm=self.o.spacing_mm, image_size=self.o.image_size, register=self.o.register,
+                                ct_range=self.o.ct_range, bits=16 if full else 8)
 
     def records_command(self) -> list[str]:
         cmd = ["python", "-m", "mrgan_tf.make_records", f"--root={self.data}", f"--out={self.records}",
                f"--manifest={os.path.join(self.data, 'demo_manifest.csv')}", f"--spacing_mm={self.o.spacing_mm:g}",
                f"--image_size={self.o.image_size}", f"--workers={self.o.workers}", "--overwrite"]
+        if self.o.ct_range is not None:
+            cmd += [f"--ct_range={self.o.ct_range[0]:g},{self.o.ct_range[1]:g}", "--bits=16"]
         return cmd + (["--register"] if self.o.register else [])
 
     def train_command(self, mode: str) -> list[str]:

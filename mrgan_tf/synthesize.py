@@ -224,7 +224,7 @@ def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16, p
 
 
 def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, mr_range: tuple[float, float] | None = None) -> dict:
     """Synthesize ``vol`` and write ``out`` (NIfTI, atomically: no partial file on failure)."""
     if not str(out).endswith((".nii", ".nii.gz")):
         raise SynthesisError(f"{out}: output name must end in .nii or .nii.gz")
@@ -232,7 +232,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
-    result, timing = synthesize_volume(predictor, vol, batch_size, progress)
+    result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
     write_nifti(result, out, dtype=result.data.dtype)
     return {"input": vol.source, "output": str(out), "shape": list(vol.shape), **timing}
 
@@ -288,7 +288,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("direction", None, ["ct2mr", "mr2ct"], "Default: mr2ct with --mr, else ct2mr.",
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("mr_reference", None, "ct2mr: write the synthetic MR in this MR volume's units (its "
+                        "robust percentile range inside the body), instead of the paper's 0-255.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+
+
+def reference_mr_range(path: str, predictor: Predictor) -> tuple[float, float]:
+    """The robust (lo, hi) of a reference MR, as make_records computes it: its body, the model's percentiles."""
+    from mrgan_tf.preprocess import body_mask_from_mr, mr_range
+    if predictor.name != "ct2mr":
+        raise SynthesisError(f"--mr_reference={path}: only a synthetic MR (ct2mr) has reference units")
+    ref = read_volume(path)
+    return mr_range(ref.data, body_mask_from_mr(ref.data), predictor.preprocess.mr_percentiles)
 
 
 def _direction(fv) -> str:
@@ -322,7 +333,9 @@ def main(argv):
     try:
         if single:
             vol = read_volume(fv.ct or fv.mr)   # bad input fails before the model loads
-            info = write_synthesis(load_predictor(fv.model, direction), vol, fv.out, fv.batch_size, fv.progress)
+            predictor = load_predictor(fv.model, direction)
+            rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
+            info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, mr_range=rng)
             print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s "
                   f"(model {info['model_s']:.1f} s)")
             return 0

@@ -149,3 +149,38 @@ def test_cli(exported, tmp_path):
     assert fail.returncode == 1
     assert f"{bad}: image is 2-D" in fail_err
     assert not (tmp_path / "bad_out.nii.gz").exists()
+
+
+def _identity_predictor(name, cfg):
+    """A test double of a generator: output = input, so the output units are exactly the mapping's."""
+    return synthesize.Predictor(name, cfg, "identity", lambda x: x)
+
+
+def test_synthetic_ct_is_int16_hu_over_the_full_range():
+    from mrgan_tf.preprocess import PreprocessConfig
+    cfg = PreprocessConfig(spacing_mm=1.0, image_size=32, ct_range=(-1024, 3000), bits=16)
+    mr = np.clip(_head_ct((40, 24, 6)) + 1000.0, 0, None)   # 40 mm wide on a 32 px canvas: 8 px outside
+    out, info = synthesize.synthesize_volume(_identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
+    assert out.data.dtype == np.int16 and out.shape == mr.shape
+    assert out.data.min() >= -1024 and out.data.max() <= 3000
+    inside = out.data[4:-4]
+    assert inside.max() > 2000 and inside.min() < -900   # bright MR -> bone HU, background -> air: full range
+    assert "HU" in info["units"] and "-1024..3000" in info["units"]
+    assert info["body_voxels_outside"] == 0  # the canvas crop is centred on the body, which fits
+
+
+def test_synthetic_mr_in_reference_units(tmp_path):
+    from mrgan_tf.preprocess import PreprocessConfig
+    cfg = PreprocessConfig(spacing_mm=1.0, image_size=32)
+    ct = Volume(_head_ct((24, 24, 6)), np.eye(4), "mem")
+    pred = _identity_predictor("ct2mr", cfg)
+    scale, info255 = synthesize.synthesize_volume(pred, ct)
+    ref_units, info = synthesize.synthesize_volume(pred, ct, mr_range=(100.0, 900.0))
+    np.testing.assert_allclose(ref_units.data, 100.0 + scale.data / 255.0 * 800.0, atol=1e-3)
+    assert "0-255" in info255["units"] and "100..900" in info["units"]
+    ref = tmp_path / "ref_mr.nii.gz"
+    write_nifti(Volume(np.clip(_head_ct((24, 24, 6)) + 1000, 0, None), np.eye(4)), ref)
+    lo, hi = synthesize.reference_mr_range(str(ref), pred)
+    assert 0 <= lo < hi
+    with pytest.raises(synthesize.SynthesisError, match="only a synthetic MR"):
+        synthesize.reference_mr_range(str(ref), _identity_predictor("mr2ct", cfg))
