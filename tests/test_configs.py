@@ -1,0 +1,45 @@
+"""The shipped flagfiles: baselines and ablations nest mrgan.cfg and differ from it only where they say."""
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def flag_values(monkeypatch, flagfile: str) -> dict:
+    from mrgan_tf import train  # noqa: F401  (defines the flags)
+    monkeypatch.chdir(REPO)     # nested --flagfile paths are relative to the checkout
+    fv = flags.FLAGS
+    fv.unparse_flags()
+    try:
+        fv(["train", f"--flagfile={flagfile}"])
+        return {name: fv[name].value for name in fv if fv[name].present or name in ("mode", "out")}
+    finally:
+        fv.unparse_flags()
+
+
+@pytest.mark.parametrize("name, differs", [
+    ("paired", {"mode": "paired", "out": "runs/paired"}),
+    ("unpaired", {"mode": "unpaired", "out": "runs/unpaired"}),
+    ("authors_code", {"out": "runs/mrgan_authors", "real_label": 0.9, "pool_size": 50,
+                      "separate_phase_optimizers": True, "paired_repeats": 2}),
+])
+def test_configs_nest_the_paper_settings(monkeypatch, name, differs):
+    base = flag_values(monkeypatch, "configs/mrgan.cfg")
+    cfg = flag_values(monkeypatch, f"configs/{name}.cfg")
+    assert {k: v for k, v in cfg.items() if base.get(k) != v} == differs
+    assert cfg["steps"] == 300000 and cfg["ngf"] == 64 and cfg["n_blocks"] == 9
+
+
+def test_synthetic_ct_config(monkeypatch):
+    cfg = flag_values(monkeypatch, "configs/synthrad_sct.cfg")
+    assert (cfg["val_select"], cfg["export_checkpoint"], cfg["mode"]) == ("mr2ct", "best", "mrgan")
+    assert cfg["val_every"] % cfg["log_every"] == 0
+    from mrgan_tf import make_records
+    fv = flags.FlagValues()
+    make_records.define_flags(fv)
+    monkeypatch.chdir(REPO)
+    fv(["make_records", "--flagfile=configs/synthrad_sct_records.cfg"])
+    pre = make_records.config_from_flags(fv)
+    assert pre.ct_hu_range == (-1024.0, 3000.0) and pre.bits == 16 and fv.val_patients == "2"
