@@ -243,7 +243,7 @@ def test_report_keeps_the_two_conventions_apart(grid_eval):
 
 
 def test_registration_transform_carries_the_mr_onto_the_ct(exported, grid_data):
-    """An MR whose world coordinates are 3 mm off, with the CT->MR transform that says so, scores as the aligned pair."""
+    """An MR 3 mm off in world space, with the CT->MR transform that says so, scores as the aligned pair."""
     root, _ = grid_data
     loaded = {"m": synthesize.load_predictors(exported)}
     cfg = loaded["m"]["ct2mr"].preprocess
