@@ -1,4 +1,5 @@
-"""Evaluation: report files, numbers equal to a hand computation, several models, dataset roots, errors."""
+"""Evaluation: report files, numbers equal to a hand computation, several models, dataset roots, errors;
+the SynthRAD metrics on the original grid, the mask fallback and a preprocessing mismatch."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 
 from mrgan_tf import evaluate, metrics, synthesize
-from mrgan_tf.io.readers import write_nifti
+from mrgan_tf.io.readers import read_volume, write_nifti
 from mrgan_tf.io.volumes import Volume
-from mrgan_tf.preprocess import dequantise, unwindow_ct
+from mrgan_tf.preprocess import PreprocessConfig, body_mask_from_ct, denormalise_mr, dequantise, resample_like
 from test_export import tiny_export, tiny_run
 from tfrecords_tools import reader
 
@@ -26,7 +27,7 @@ def exported(tiny_records, tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(exported, tiny_records, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval"))
-    return out, evaluate.evaluate({"mrgan": exported}, tiny_records.root, out, fig_slices=2)
+    return out, evaluate.evaluate({"mrgan": exported}, tiny_records.root, out, fig_slices=2, grid_metrics=False)
 
 
 def _patient_by_hand(records_dir: str, pid: str, bits: int):
@@ -42,7 +43,6 @@ def test_numbers_equal_a_hand_computation(single, exported, tiny_records):
     pid = "paired_test_p1"
     ct, mr, mask = _patient_by_hand(tiny_records.root, pid, cfg.bits)
     to_mr = synthesize.load_predictor(exported, "ct2mr")
-    to_ct = synthesize.load_predictor(exported, "mr2ct")
     syn = (to_mr.fn(ct[..., None] * 2 - 1)[..., 0] + 1) / 2 * 255.0
     ref = mr * 255.0
     mse = np.mean((syn - ref) ** 2)
@@ -52,11 +52,7 @@ def test_numbers_equal_a_hand_computation(single, exported, tiny_records):
     assert row["psnr_paper"] == pytest.approx(row["psnr"] + 20 * np.log10(255.0), rel=1e-6)
     assert row["ssim"] == pytest.approx(metrics.ssim(ref, syn), rel=1e-5)
     assert row["mae_masked"] == pytest.approx(np.mean(np.abs(syn - ref)[mask]), rel=1e-5)
-    syn_ct = (to_ct.fn(mr[..., None] * 2 - 1)[..., 0] + 1) / 2
-    hu = metrics.physical_ct_metrics(unwindow_ct(ct), unwindow_ct(syn_ct), mask)
-    assert row["ct_mae_hu"] == pytest.approx(hu["mae"], rel=1e-4)
-    # tiny records store mr_range (0, 1): scanner units are the 0..1 fractions
-    assert row["mr_mae_phys"] == pytest.approx(np.mean(np.abs(syn - ref)[mask]) / 255.0, rel=1e-4)
+    assert set(row) == set(evaluate.ALL_METRICS)   # the paper's table holds the paper's metrics only
     # Avg±sd over patients with the population sd (ddof=0), as the paper's Table I
     maes = [r["mae"] for r in result["per_patient"]["mrgan"].values()]
     assert result["summary"]["mrgan"]["mae"]["mean"] == pytest.approx(np.mean(maes))
@@ -75,7 +71,8 @@ def test_report_files(single, tiny_records):
     assert "ddof=0" in md and "## Inference latency" in md and "PSNR (paper conv.) mrgan" in md
     assert f"| {pids[0]} |" in md and "| Avg±sd |" in md
     doc = json.load(open(os.path.join(out, "metrics.json")))
-    assert doc["ddof"] == 0 and doc["dataset_kind"] == "records"
+    assert doc["ddof"] == 0 and doc["dataset_kind"] == "records" and "synthrad" not in doc
+    assert "SynthRAD's (not computed here: --nogrid_metrics)" in md
     want = result["per_patient"]["mrgan"][pids[0]]["psnr"]
     assert doc["per_patient"]["mrgan"][pids[0]]["psnr"] == pytest.approx(want)
     assert doc["latency"]["mrgan"]["slices"] == tiny_records.count("paired_test")
@@ -88,7 +85,8 @@ def test_report_files(single, tiny_records):
 
 def test_several_models_side_by_side(exported, tiny_records, tmp_path_factory, tmp_path):
     run_dir = tiny_run(tmp_path_factory, tiny_records.root)
-    result = evaluate.evaluate({"saved": exported, "run": run_dir}, tiny_records.root, str(tmp_path), fig_slices=1)
+    result = evaluate.evaluate({"saved": exported, "run": run_dir}, tiny_records.root, str(tmp_path), fig_slices=1,
+                               grid_metrics=False)
     assert os.path.getsize(tmp_path / "fig6.png") > 1000
     assert (tmp_path / "fig5_saved_paired_test_p0.png").exists() and (tmp_path / "fig5_run_paired_test_p0.png").exists()
     md = (tmp_path / "metrics.md").read_text()
@@ -112,6 +110,8 @@ def test_dataset_root_and_missing_reference(exported, tmp_path):
         evaluate.evaluate({"m": exported}, str(root), str(tmp_path / "out"))
     result = evaluate.evaluate({"m": exported}, str(root), str(tmp_path / "out"), skip_missing=True, fig_slices=1)
     assert list(result["per_patient"]["m"]) == ["a"]
+    assert result["synthrad"]["mask_source"] == {"a": "computed"}      # no mask file: the CT's body mask
+    assert np.isfinite(result["synthrad"]["per_patient"]["m"]["a"]["sct_mae"])
     assert json.load(open(tmp_path / "out" / "metrics.json"))["dataset_kind"] == "root"
     assert np.isfinite(result["per_patient"]["m"]["a"]["psnr"])
 
@@ -123,7 +123,7 @@ def test_empty_test_set(exported, tiny_records, tmp_path):
     spec["sets"]["paired_test"]["count"] = 0
     (records / "dataset.json").write_text(json.dumps(spec))
     with pytest.raises(evaluate.EvaluationError, match="empty test set"):
-        evaluate.evaluate({"m": exported}, str(records), str(tmp_path / "out"))
+        evaluate.evaluate({"m": exported}, str(records), str(tmp_path / "out"), grid_metrics=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -139,4 +139,156 @@ def test_cli_error_names_the_problem(tmp_path):
                        timeout=120)
     assert r.returncode == 1
     assert f"{tmp_path}: no SavedModel found" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- SynthRAD metrics on the original grid
+
+SHAPE = (24, 28, 12)
+
+
+def _textured_pair(seed: int, mr_shift_mm: float = 0.0):
+    """A head: CT in HU (soft tissue with bone-like blobs, air outside), MR a smooth function of it.
+
+    ``mr_shift_mm`` puts the MR on a grid two slices longer, starting that far below the CT's."""
+    from scipy import ndimage
+    rng = np.random.default_rng(seed)
+    body = _head(SHAPE, 1.0, 0.0) > 0
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, SHAPE), 1.5)
+    ct = np.where(body, 40.0 + 600.0 * np.clip(texture / texture.std(), 0, None), -1000.0).astype(np.float32)
+    mr = np.where(body, 600.0 - 0.3 * ct, 0.0).astype(np.float32)
+    ct_vol, mask = Volume(ct, np.eye(4)), Volume(body.astype(np.uint8), np.eye(4))
+    if not mr_shift_mm:
+        return ct_vol, Volume(mr, np.eye(4)), mask
+    affine = np.eye(4)
+    affine[2, 3] = -mr_shift_mm
+    longer = Volume(np.zeros(SHAPE[:2] + (SHAPE[2] + 2,), np.float32), affine)
+    return ct_vol, resample_like(Volume(mr, np.eye(4)), longer, order=1, fill=0.0), mask
+
+
+@pytest.fixture(scope="module")
+def grid_data(tmp_path_factory):
+    """A dataset root (a: MR on its own longer grid; b: no mask file; c: training) and its records."""
+    from mrgan_tf.make_records import make_records
+    base = tmp_path_factory.mktemp("grid")
+    root = base / "root"
+    for seed, pid in enumerate("abc"):
+        (root / pid).mkdir(parents=True)
+        ct, mr, mask = _textured_pair(seed, mr_shift_mm=1.0 if pid == "a" else 0.0)
+        write_nifti(ct, root / pid / "ct.nii.gz")
+        write_nifti(mr, root / pid / "mr.nii.gz")
+        if pid != "b":
+            write_nifti(mask, root / pid / "mask.nii.gz", dtype=np.uint8)
+    make_records(str(root), str(base / "records"), PreprocessConfig(image_size=32), test_patients=["a", "b"],
+                 workers=0, progress=False)
+    return root, str(base / "records")
+
+
+@pytest.fixture(scope="module")
+def grid_eval(exported, grid_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid_eval")
+    return out, evaluate.evaluate({"m": exported}, grid_data[1], str(out), fig_slices=1)
+
+
+def _by_hand(exported, root, pid, mr_range):
+    """SynCT and SynMR through synthesize_volume, scored with the metric functions called directly."""
+    ct, mr = read_volume(str(root / pid / "ct.nii.gz")), read_volume(str(root / pid / "mr.nii.gz"))
+    mask_file = root / pid / "mask.nii.gz"
+    mask = read_volume(str(mask_file)).data > 0 if mask_file.exists() else body_mask_from_ct(ct.data, -500.0)
+    syn_ct, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, "mr2ct"), mr)
+    syn_mr, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, "ct2mr"), ct)
+    sct = resample_like(syn_ct, ct, order=1, fill=-1024.0).data
+    smr = Volume(denormalise_mr(syn_mr.data / 255.0, *mr_range), ct.affine)
+    smr = resample_like(smr, mr, order=1, fill=mr_range[0]).data
+    mr_mask = resample_like(Volume(mask.astype(np.uint8), ct.affine), mr, order=0, fill=0).data > 0
+    return (metrics.synthrad_ct_metrics(ct.data, sct, mask), metrics.synthrad_mr_metrics(mr.data, smr, mr_mask),
+            mr_mask)
+
+
+def test_synthrad_metrics_equal_a_hand_computation(grid_eval, grid_data, exported):
+    root, records = grid_data
+    out, result = grid_eval
+    spec = json.load(open(os.path.join(records, "dataset.json")))
+    assert result["synthrad"]["root"] == spec["source_root"]       # found through dataset.json
+    mr_masks = {}
+    for pid in ("a", "b"):
+        ct_hand, mr_hand, mr_masks[pid] = _by_hand(exported, root, pid, spec["patients"][pid]["mr_range"])
+        row = result["synthrad"]["per_patient"]["m"][pid]
+        for key in ("mae", "psnr", "ssim", "ms_ssim"):
+            assert row[f"sct_{key}"] == pytest.approx(ct_hand[key], rel=1e-5, abs=1e-6), (pid, key)
+            assert row[f"smr_{key}"] == pytest.approx(mr_hand[key], rel=1e-5, abs=1e-6), (pid, key)
+        assert result["synthrad"]["smr_range"][pid] == pytest.approx([mr_hand["range_lo"], mr_hand["range_hi"]])
+    a_mask = mr_masks["a"]           # a's MR grid is two slices longer than its CT's
+    assert a_mask.shape == (24, 28, 14) and not a_mask[..., 0].any() and a_mask.any()
+    assert result["synthrad"]["mask_source"] == {"a": "file", "b": "computed"}
+
+
+def test_report_keeps_the_two_conventions_apart(grid_eval):
+    out, result = grid_eval
+    md = (out / "metrics.md").read_text()
+    paper = md.index("## Paper conventions")
+    synthrad = md.index("## SynthRAD conventions")
+    latency = md.index("## Inference latency")
+    assert paper < synthrad < latency
+    for label in ("MAE HU m", "SSIM 3-D m", "MS-SSIM 3-D m", "MAE (MR units) m"):
+        assert md.index(label) > synthrad and label not in md[paper:synthrad]
+    assert "PSNR (paper conv.) m" in md[paper:synthrad] and "(paper conv.)" not in md[synthrad:]
+    assert "No mask file for b: scored inside the body mask computed from the CT" in md
+    csv_lines = (out / "metrics_synthrad.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 2 * len(evaluate.GRID_METRICS)
+    assert not any(k in (out / "metrics.csv").read_text() for k in evaluate.GRID_METRICS)
+    doc = json.load(open(out / "metrics.json"))
+    assert doc["synthrad"]["mask_source"]["b"] == "computed"
+    assert doc["synthrad"]["summary"]["m"]["sct_mae"]["n"] == 2
+
+
+def test_registration_transform_carries_the_mr_onto_the_ct(exported, grid_data):
+    """An MR 3 mm off in world space, with the CT->MR transform that says so, scores as the aligned pair."""
+    root, _ = grid_data
+    loaded = {"m": synthesize.load_predictors(exported)}
+    cfg = loaded["m"]["ct2mr"].preprocess
+    files = evaluate.original_files(str(root), ["c"])["c"]
+    p = evaluate.TestPatient("c", None, None, None, np.array([[0.0, 600.0]]), None)
+    aligned, _, _ = evaluate.grid_rows(loaded, "c", files, p, cfg, [])
+    mr = read_volume(files["mr"])
+    moved = np.eye(4)
+    moved[0, 3] = 3.0
+    write_nifti(Volume(mr.data, moved @ mr.affine), grid_data[0].parent / "moved_mr.nii.gz")
+    p.ct_to_mr = moved
+    shifted, _, _ = evaluate.grid_rows(loaded, "c", {**files, "mr": str(grid_data[0].parent / "moved_mr.nii.gz")},
+                                       p, cfg, [])
+    for key, value in aligned["m"].items():
+        assert shifted["m"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_source_root_missing_moved_or_given(exported, grid_data, tiny_records, tmp_path):
+    root, records = grid_data
+    with pytest.raises(evaluate.EvaluationError, match="no source_root.*--root=DATASET_ROOT"):
+        evaluate.evaluate({"m": exported}, tiny_records.root, str(tmp_path / "out"))
+    moved = tmp_path / "records"
+    shutil.copytree(records, moved)
+    spec = json.load(open(moved / "dataset.json"))
+    spec["source_root"] = str(tmp_path / "gone")
+    (moved / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(evaluate.EvaluationError, match=f"{tmp_path / 'gone'}: .*source_root.*--root"):
+        evaluate.evaluate({"m": exported}, str(moved), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    assert evaluate.source_root(str(moved), True, str(root)) == str(root)
+    with pytest.raises(evaluate.EvaluationError, match="--root is not a directory"):
+        evaluate.source_root(str(moved), True, str(tmp_path / "nowhere"))
+
+
+def test_preprocessing_mismatch_names_both_values(exported, tiny_records, tmp_path):
+    records = tmp_path / "records"
+    shutil.copytree(tiny_records.root, records)
+    spec = json.load(open(records / "dataset.json"))
+    spec["preprocess"]["ct_window_width"] = 100.0
+    spec["preprocess"]["min_foreground"] = 0.2      # slice selection only: not a mismatch
+    (records / "dataset.json").write_text(json.dumps(spec))
+    r = subprocess.run([sys.executable, "-m", "mrgan_tf.evaluate", f"--model=m={exported}", f"--dataset={records}",
+                        f"--out={tmp_path / 'out'}", "--nogrid_metrics"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert f"{records / 'dataset.json'}" in r.stderr and "other preprocessing" in r.stderr
+    assert "ct_window_width 80.0 (model) vs 100.0 (test data)" in r.stderr
+    assert "min_foreground" not in r.stderr
     assert not (tmp_path / "out").exists()

@@ -224,3 +224,143 @@ def test_table_csv_and_json():
     assert doc["per_patient"]["paired"]["Patient10"]["psnr"] is None
     assert doc["summary"]["mrgan"]["mae"]["mean"] == pytest.approx(19.363)
     assert doc["summary"]["paired"]["psnr"]["n"] == 9
+
+
+# ----------------------------------------------------------------------------
+# SynthRAD conventions: 3-D volumes, HU, inside the mask
+
+C1_CT = (0.01 * 4024.0) ** 2  # SSIM constants for data range 4024
+C2_CT = (0.03 * 4024.0) ** 2
+
+
+@pytest.fixture(scope="module")
+def ct_pair():
+    """A smooth 'CT' in HU and a noisy prediction, 20 x 24 x 18 voxels, with an interior mask."""
+    from scipy import ndimage
+    rng = np.random.default_rng(3)
+    ref = ndimage.gaussian_filter(rng.uniform(-1000, 2000, (20, 24, 18)), 2).astype(np.float32)
+    ref = (ref - ref.mean()) * 8 + 40  # spread the values over soft tissue and bone
+    pred = (ref + rng.normal(0, 40, ref.shape)).astype(np.float32)
+    mask = np.zeros(ref.shape, bool)
+    mask[4:16, 4:20, 4:14] = True
+    return ref, pred, mask
+
+
+def test_synthrad_constant_offset_by_hand():
+    ref = np.zeros((12, 12, 12), np.float32)          # 0 HU everywhere
+    pred = ref + 100.0
+    mask = np.ones(ref.shape, bool)
+    assert M.synthrad_mae(ref, pred, mask) == pytest.approx(100.0)
+    assert M.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 100.0))
+    # equal variances and covariance: SSIM is the luminance term of the shifted means 1024 and 1124
+    shifted = (2 * 1024 * 1124 + C1_CT) / (1024 ** 2 + 1124 ** 2 + C1_CT)
+    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(shifted, rel=1e-6)
+    # the +1024 shift is what keeps this near 1: unshifted means 0 and 100 give C1 / (100^2 + C1)
+    unshifted = structural_similarity(ref, pred, data_range=4024.0)
+    assert unshifted == pytest.approx(C1_CT / (100.0 ** 2 + C1_CT), rel=1e-5)
+    assert shifted - unshifted > 0.8
+    assert M.synthrad_ms_ssim(ref, ref, mask) == pytest.approx(1.0)
+
+
+def test_synthrad_known_noise_by_hand():
+    # +-50 HU in a 3-D checkerboard on a constant 0 HU reference
+    i, j, k = np.indices((13, 13, 13))
+    noise = 50.0 * (-1.0) ** (i + j + k)
+    ref = np.zeros(noise.shape, np.float32)
+    pred = (ref + noise).astype(np.float32)
+    mask = np.ones(ref.shape, bool)
+    assert M.synthrad_mae(ref, pred, mask) == pytest.approx(50.0)
+    assert M.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 50.0))
+    # A 7x7x7 box holds 172 voxels of the centre's sign and 171 of the other: local mean of the
+    # noise = +-50/343; its sample variance is 343/342 * 50^2 (1 - 1/343^2); the reference's is 0.
+    vy = 343 / 342 * 50.0 ** 2 * (1 - 1 / 343 ** 2)
+    inner = (slice(3, -3),) * 3
+    sign = ((-1.0) ** (i + j + k))[inner]
+    uy = 1024.0 + sign * 50.0 / 343
+    ssim_map = (2 * 1024.0 * uy + C1_CT) / (1024.0 ** 2 + uy ** 2 + C1_CT) * C2_CT / (vy + C2_CT)
+    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map.mean(), rel=1e-5)
+
+
+def test_synthrad_ssim_agrees_with_skimage(ct_pair):
+    ref, pred, mask = ct_pair
+    lo, hi = M.SYNTHRAD2023_HU_RANGE
+    a, b = np.clip(ref, lo, hi) - lo, np.clip(pred, lo, hi) - lo
+    everywhere = np.ones(ref.shape, bool)
+    assert M.synthrad_ssim(ref, pred, everywhere) == pytest.approx(
+        structural_similarity(a, b, data_range=hi - lo), abs=1e-6)
+    # with a mask: outside set to -1024 (0 after the shift), map cropped by 3, mean inside the mask
+    a, b = np.where(mask, a, 0), np.where(mask, b, 0)
+    _, ssim_map = structural_similarity(a, b, data_range=hi - lo, full=True)
+    inner = (slice(3, -3),) * 3
+    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map[inner][mask[inner]].mean(), abs=1e-6)
+    # one MS-SSIM level of weight 1 is that SSIM, where the mask keeps 3 voxels off the edges
+    one_level = M.synthrad_ms_ssim(ref, pred, mask, value_range=M.SYNTHRAD2023_HU_RANGE, weights=(1.0,))
+    assert one_level == pytest.approx(M.synthrad_ssim(ref, pred, mask), abs=1e-5)
+
+
+def test_synthrad_psnr_clips_to_the_population_range(ct_pair):
+    ref, pred, mask = ct_pair
+    wild = pred.copy()
+    wild[mask] = np.where(ref[mask] > 500, 9000.0, -3000.0)   # far outside [-1024, 3000]
+    clipped = np.clip(wild, -1024, 3000)
+    assert M.synthrad_psnr(ref, wild, mask) == pytest.approx(M.synthrad_psnr(ref, clipped, mask))
+    assert M.synthrad_mae(ref, wild, mask) > M.synthrad_mae(ref, clipped, mask)   # MAE is not clipped
+    mse = np.mean((np.clip(ref[mask], -1024, 3000) - clipped[mask]).astype(np.float64) ** 2)
+    assert M.synthrad_psnr(ref, wild, mask) == pytest.approx(10 * math.log10(4024.0 ** 2 / mse))
+
+
+def test_synthrad_mask_excludes_a_huge_error(ct_pair):
+    ref, pred, mask = ct_pair
+    before = M.synthrad_ct_metrics(ref, pred, mask)
+    broken = pred.copy()
+    broken[:, :, :3] = 3000.0          # a slab of bone where the body is not
+    assert not mask[:, :, :3].any()
+    after = M.synthrad_ct_metrics(ref, broken, mask)
+    for key in before:
+        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+    everywhere = np.ones(ref.shape, bool)
+    whole_before, whole_after = (M.synthrad_ct_metrics(ref, p, everywhere) for p in (pred, broken))
+    assert whole_after["mae"] > whole_before["mae"] + 300
+    assert whole_after["psnr"] < whole_before["psnr"] - 5
+    assert whole_after["ssim"] < whole_before["ssim"] - 0.05
+    assert whole_after["ms_ssim"] < whole_before["ms_ssim"]
+    assert before["mae"] == pytest.approx(np.abs(ref - pred)[mask].mean(), rel=1e-6)
+
+
+def test_synthrad_ms_ssim_falls_with_the_noise(ct_pair):
+    ref, _, mask = ct_pair
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1, ref.shape)
+    values = [M.synthrad_ms_ssim(ref, ref + s * noise, mask) for s in (0.0, 30.0, 300.0)]
+    assert values[0] == pytest.approx(1.0)
+    assert 1.0 > values[1] > values[2] > 0.0
+
+
+def test_synthrad_mr_metrics_use_the_reference_range(ct_pair):
+    ref_hu, _, mask = ct_pair
+    ref = (ref_hu - ref_hu.min()) / 4 + 10.0        # MR-like positive units
+    pred = ref + 5.0
+    pred[0, 0, 0] = 1e6                              # outside the mask: ignored
+    out = M.synthrad_mr_metrics(ref, pred, mask)
+    lo, hi = ref[mask].min(), ref[mask].max()
+    assert (out["range_lo"], out["range_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert out["mae"] == pytest.approx(5.0, rel=1e-5)
+    # the prediction is clipped into the reference's range before the squared error
+    mse = np.mean((ref[mask] - np.clip(pred[mask], lo, hi)).astype(np.float64) ** 2)
+    assert out["psnr"] == pytest.approx(10 * math.log10((hi - lo) ** 2 / mse))
+    assert out["ssim"] == pytest.approx(M.synthrad_ssim(ref, pred, mask, (lo, hi)))
+    assert 0 < out["ms_ssim"] <= 1
+
+
+def test_synthrad_bad_inputs_raise():
+    vol = np.zeros((8, 8, 8))
+    with pytest.raises(ValueError, match="3-D"):
+        M.synthrad_mae(vol[0], vol[0], np.ones((8, 8)))
+    with pytest.raises(ValueError, match="empty"):
+        M.synthrad_ct_metrics(vol, vol, np.zeros(vol.shape))
+    with pytest.raises(ValueError, match="mask shape"):
+        M.synthrad_mae(vol, vol, np.ones((8, 8, 7)))
+    with pytest.raises(ValueError, match="at least 7"):
+        M.synthrad_ssim(np.zeros((8, 8, 6)), np.zeros((8, 8, 6)), np.ones((8, 8, 6)))
+    with pytest.raises(ValueError, match="constant"):
+        M.synthrad_mr_metrics(vol, vol, np.ones(vol.shape))
