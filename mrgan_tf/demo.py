@@ -13,7 +13,9 @@ Stages (each reused when its output exists and was built with the same settings;
 4. SavedModels in ``<run>/export`` (train writes them; re-exported here if missing);
 5. ``<out>/eval``: the three models side by side on the paired test patients;
 6. ``<out>/cranium_syn_mr.nii.gz`` + PNG: the MR-GAN model applied to the real Cranium CT;
-7. ``<out>/report.md``: commands, times, the Table I-style comparison, figures, paths.
+7. ``<out>/{records_sct,sct,eval_sct}``: a synthetic CT in HU (``demo_sct``: full-range records,
+   MR-GAN, SynthRAD-convention scores, a bone-window PNG);
+8. ``<out>/report.md``: commands, times, the Table I-style comparison, the sCT row, figures, paths.
 
 ``run_demo(DemoOptions(...))`` is the importable entry point (tests use it with
 tiny networks). Flags are defined only when this module is the program, so its
@@ -267,6 +269,8 @@ class Demo:
         self.metrics_md = ""
         self.syn: dict[str, Any] = {}
         self.loss_pngs: dict[str, str] = {}
+        from mrgan_tf.demo_sct import SyntheticCTStage
+        self.sct = SyntheticCTStage(self)
 
     # ---- helpers
     def _reuse(self, stage: str, key: Any, exists: bool) -> bool:
@@ -600,7 +604,9 @@ def report_markdown(demo: Demo, stages: Stages) -> str:
               + ("(the real Cranium CT of Debian's invesalius-examples, a CT-only training patient, so it has no "
                  "reference MR)" if syn["real"] else "(a simulated CT: the real Cranium CT was not available)")
               + f": `{_rel(syn['out'], out)}` (same grid as the CT; 0-255 scale).", "",
-              f"![CT | SynMR]({_rel(syn['png'], out)})", "", "## SavedModels (TF Serving layout)", "",
+              f"![CT | SynMR]({_rel(syn['png'], out)})", "",
+              *demo.sct.report_lines(lambda p: _rel(p, out)),
+              "## SavedModels (TF Serving layout)", "",
               "| Mode | ct2mr | mr2ct | iterations |", "|---|---|---|---:|"]
     for m in MODES:
         e = demo.exports.get(m, {})
@@ -631,7 +637,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     opts = opts.resolved()
     os.makedirs(opts.out, exist_ok=True)
     demo = Demo(opts)
-    stages = Stages(7, demo.state)
+    stages = Stages(8, demo.state)
     _say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
          f"{opts.image_size} px at {opts.spacing_mm:g} mm{', --rebuild' if opts.rebuild else ''})")
     stages.run("Demo data", demo.stage_data)
@@ -640,11 +646,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     stages.run("SavedModels", demo.stage_export)
     stages.run("Evaluation", demo.stage_eval)
     stages.run("Synthesis from the Cranium CT", demo.stage_synthesize)
+    stages.run("Synthetic CT in HU (full-range records, MR-GAN)", demo.sct)
     stages.run("Loss curves + report", lambda: demo.stage_report(stages))
     report = os.path.join(opts.out, "report.md")
     _say(f"\ndone in {stages.elapsed()}: {report}\nTensorBoard: tensorboard --logdir {opts.out}")
     return {"out": opts.out, "report": report, "data": demo.data, "records": demo.records, "runs": demo.runs,
             "exports": demo.exports, "eval": demo.eval, "synthesis": demo.syn, "loss_curves": demo.loss_pngs,
+            "sct": {"records": demo.sct.records, "eval": demo.sct.eval, "png": demo.sct.png,
+                    "per_patient": demo.sct.per_patient},
             "stages": stages.rows, "options": dataclasses.asdict(opts)}
 
 

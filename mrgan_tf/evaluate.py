@@ -61,7 +61,7 @@ GRID_TABLES = {  # SynthRAD's conventions: 3-D, the patient's original grid, ins
 }
 GRID_METRICS = tuple(k for keys in GRID_TABLES.values() for k in keys)
 # Preprocessing fields that choose or align test slices but do not change what a model sees.
-SELECTION_ONLY = ("min_foreground", "register", "register_skull_hu", "register_model")
+SELECTION_ONLY = ("min_foreground", "max_body_loss", "register", "register_skull_hu", "register_model")
 
 
 class EvaluationError(ValueError):
@@ -331,9 +331,11 @@ def grid_rows(loaded: Mapping[str, Mapping[str, Predictor]], pid: str, files: Ma
         logging.warning("%s", notes[-1])
     rows = {}
     for name, preds in loaded.items():
-        syn_mr, _ = synthesize_volume(preds["ct2mr"], ct, batch_size, progress)   # 0-255 on the CT's grid
-        syn_mr_units = denormalise_mr(syn_mr.data / 255.0, lo, hi)
-        row = _scores("smr", mr_fns, ref_mr, _onto(syn_mr_units, ct, mr, 1, lo, mr_to_ct), mr_mask, pid, notes)
+        row = {}
+        if "ct2mr" in preds:
+            syn_mr, _ = synthesize_volume(preds["ct2mr"], ct, batch_size, progress)   # 0-255 on the CT's grid
+            syn_mr_units = denormalise_mr(syn_mr.data / 255.0, lo, hi)
+            row = _scores("smr", mr_fns, ref_mr, _onto(syn_mr_units, ct, mr, 1, lo, mr_to_ct), mr_mask, pid, notes)
         if "mr2ct" in preds:
             syn_ct, _ = synthesize_volume(preds["mr2ct"], mr, batch_size, progress)  # HU on the MR's grid
             on_ct = _onto(syn_ct.data, mr, ct, 1, AIR_HU, p.ct_to_mr)
@@ -362,7 +364,7 @@ def check_preprocessing(models: Mapping[str, str], loaded: Mapping[str, Mapping[
     """Every model must have been trained with the test data's preprocessing; the error names both values."""
     want = cfg.to_dict()
     for name, preds in loaded.items():
-        have = preds["ct2mr"].preprocess.to_dict()
+        have = next(iter(preds.values())).preprocess.to_dict()
         diff = [f"{k} {have.get(k)!r} (model) vs {want.get(k)!r} (test data)"
                 for k in sorted(set(want) | set(have)) if k not in SELECTION_ONLY and have.get(k) != want.get(k)]
         if diff:
@@ -491,8 +493,12 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         raise EvaluationError(f"{dataset}: dataset is not a directory")
     loaded = {name: load_predictors(path) for name, path in models.items()}
     for name, preds in loaded.items():
-        if "ct2mr" not in preds:
-            raise EvaluationError(f"{models[name]}: model {name!r} has no CT->MR generator")
+        if "ct2mr" not in preds and not grid_metrics:
+            raise EvaluationError(f"{models[name]}: model {name!r} has no CT->MR generator (only a synthetic-CT "
+                                  "model: its scores are the SynthRAD ones, drop --nogrid_metrics)")
+    # The paper's tables score CT -> MR; an MR -> CT-only model (the synthetic-CT paired baseline)
+    # appears in the SynthRAD tables only.
+    paper = {name: preds for name, preds in loaded.items() if "ct2mr" in preds}
     records = _is_records(dataset)
     if records:
         from mrgan_tf.spec import SPEC_NAME
@@ -500,16 +506,16 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         patients, cfg = load_records_patients(dataset)
         check_preprocessing(models, loaded, cfg, os.path.join(dataset, SPEC_NAME))
     else:
-        cfg = next(iter(loaded.values()))["ct2mr"].preprocess
+        cfg = next(iter(next(iter(loaded.values())).values())).preprocess
         check_preprocessing(models, loaded, cfg, f"the first model ({next(iter(models.values()))})")
         patients = load_root_patients(dataset, cfg, skip_missing)
     originals = source_root(dataset, records, root) if grid_metrics else None  # fail before the slow part
     results = {name: evaluate_predictors(preds, patients, cfg, batch_size, progress)
-               for name, preds in loaded.items()}
+               for name, preds in paper.items()}
     grid = evaluate_on_grid(loaded, patients, cfg, originals, batch_size, progress) if grid_metrics else None
     per_patient = {name: res.rows for name, res in results.items()}
     latency = {name: res.latency for name, res in results.items()}
-    sources = {name: loaded[name]["ct2mr"].source for name in loaded}
+    sources = {name: loaded[name]["ct2mr"].source for name in paper}
     os.makedirs(out_dir, exist_ok=True)
     files = write_figures(out_dir, patients, results, fig_slices)
     md = report_markdown(per_patient, latency, sources, dataset, grid)

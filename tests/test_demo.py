@@ -36,11 +36,23 @@ def built(tmp_path_factory):
 
 def test_console_shows_stage_headers_and_training_output(built):
     _, stdout = built
-    headers = re.findall(r"^=== \[(\d)/7\] (.+?)  \(elapsed \d+:\d\d\) ===$", stdout, flags=re.M)
-    assert [int(n) for n, _ in headers] == list(range(1, 8))
+    headers = re.findall(r"^=== \[(\d)/8\] (.+?)  \(elapsed \d+:\d\d\) ===$", stdout, flags=re.M)
+    assert [int(n) for n, _ in headers] == list(range(1, 9))
     for mode in demo.MODES:
         assert f"[{mode}] trained {STEPS} iterations" in stdout      # the child's own output, streamed
     assert "oneDNN custom operations" not in stdout                    # TF chatter stays in the logs
+
+
+def test_synthetic_ct_row_in_hu(built):
+    out, _ = built
+    spec = json.load(open(os.path.join(out, "records_sct", "dataset.json")))
+    assert spec["preprocess"]["ct_range"] == [-1024.0, 3000.0] and spec["preprocess"]["bits"] == 16
+    rows = json.load(open(os.path.join(out, "eval_sct", "metrics.json")))["synthrad"]["per_patient"]["mrgan"]
+    assert sorted(rows) == ["pair_test_01", "pair_test_02"]
+    assert all(r["sct_mae"] > 0 and -1 <= r["sct_ssim"] <= 1 for r in rows.values())
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Synthetic CT in HU" in report and "MAE (HU)" in report and "sct_bone_window.png" in report
+    assert os.path.getsize(os.path.join(out, "sct_bone_window.png")) > 1000
 
 
 def test_records_verify(built):
@@ -126,7 +138,7 @@ def test_second_run_reuses_everything(built):
     result = demo.run_demo(demo.DemoOptions(out=out, **TOY_OPTIONS))
     statuses = {row["stage"]: row["status"] for row in result["stages"]}
     assert [s for name, s in statuses.items() if not name.startswith("Loss")] == \
-        ["reused", "reused", "reused", "present", "reused", "reused"], statuses
+        ["reused", "reused", "reused", "present", "reused", "reused", "reused"], statuses
     assert result["exports"]["mrgan"]["ct2mr"].endswith(os.path.join("ct2mr", "1"))  # no re-export
 
 
