@@ -182,7 +182,7 @@ def _functional_group(ds, frame: int, sequence: str):
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         items = ds.get(groups)
         if items is not None and len(items) > index and sequence in items[index]:
-            inner = items[index][sequence]
+            inner = items[index].get(sequence)
             if len(inner):
                 return inner[0]
     return None
