@@ -39,11 +39,11 @@ class Peer:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def parse_peer(text: str) -> Peer:
-    """``AET@host:port`` -> Peer; PacsError naming the flag value when malformed."""
+def parse_peer(text: str, flag: str = "--send") -> Peer:
+    """``AET@host:port`` -> Peer; PacsError naming the flag and its value when malformed."""
     m = _PEER.match(str(text or "").strip())
     if not m or not (0 < int(m["port"]) < 65536) or not m["aet"].strip() or "\\" in m["aet"]:
-        raise PacsError(f"--send/--peer={text!r}: expected AET@host:port (AE title of 1-16 characters, a port "
+        raise PacsError(f"{flag}={text!r}: expected AET@host:port (AE title of 1-16 characters, a port "
                         "1-65535), e.g. ORTHANC@127.0.0.1:4242")
     return Peer(m["aet"].strip(), m["host"].strip("[]"), int(m["port"]))
 
@@ -275,7 +275,7 @@ def main(argv):
         raise app.UsageError("nothing to do: give --echo, --send=FOLDER or --find_series=UID")
     failed = False
     try:
-        peer = parse_peer(fv.peer)
+        peer = parse_peer(fv.peer, "--peer")
         if fv.echo:
             echo(peer, fv.calling_aet, fv.timeout_s)
             print(f"{peer}: C-ECHO ok")

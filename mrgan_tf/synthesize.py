@@ -364,22 +364,27 @@ def main(argv):
     direction = _direction(fv)
     options = OutputOptions(fv.out_format, fv.out_dtype, fv.overwrite, fv.send, fv.calling_aet,
                             fv.series_description, fv.series_number, fv.patient_id)
-    import tensorflow as tf
-
     from mrgan_tf.pacs import PacsError, parse_peer
-    from mrgan_tf.spec import SpecError
-    try:
+    try:   # bad flags and output names fail before TensorFlow loads
         if fv.send:
             parse_peer(fv.send)
-        if single:   # bad output names and inputs fail before the model loads
+        if single:
             check_output(fv.out, fv.out_format, OUTPUT_MODALITY[direction], fv.out_dtype, fv.overwrite)
+        elif fv.send and fv.out_format != "dicom":
+            raise SynthesisError("--send needs --out_format=dicom")
+    except (SynthesisError, VolumeError, PacsError) as e:
+        print(f"synthesize: error: {e}", file=sys.stderr)
+        return 1
+    import tensorflow as tf
+
+    from mrgan_tf.spec import SpecError
+    try:
+        if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
             info = write_synthesis(load_predictor(fv.model, direction), vol, fv.out, fv.batch_size, fv.progress,
                                    options)
             _print_done(info, model_s=True)
             return 0
-        if fv.send and fv.out_format != "dicom":
-            raise SynthesisError("--send needs --out_format=dicom")
         done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
     except (SynthesisError, ExportError, VolumeError, SpecError, PacsError, FileNotFoundError,
