@@ -70,6 +70,7 @@ class OutputOptions:
     series_description: str | None = None
     series_number: int | None = None
     patient_id: str | None = None        # default: the input's folder name (non-DICOM inputs)
+    body_part: str | None = None         # DICOM BodyPartExamined when the source does not say
 
 
 # --------------------------------------------------------------------------- models
@@ -228,7 +229,7 @@ def _series_info(predictor: Predictor, vol: Volume, model: dict, options: Output
         description=options.series_description or f"mrgan-tf {what}, {version}",
         series_number=options.series_number,
         patient_id=options.patient_id or patient_dir.name,
-        patient_key=f"{patient_dir}|{options.patient_id or patient_dir.name}",
+        patient_key=f"{patient_dir}|{options.patient_id or patient_dir.name}", body_part=options.body_part,
         derivation=f"MR-GAN {what} by mrgan-tf {tool_version()}, model {model.get('path')} ({version}), "
                    f"input {vol.source}",
         model_name=f"MR-GAN {predictor.name}", software_version=tool_version())
@@ -333,6 +334,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                          flag_values=fv)
     flags.DEFINE_string("patient_id", None, "PatientID of a DICOM output from a non-DICOM input (default: the "
                         "input's folder name).", flag_values=fv)
+    flags.DEFINE_string("body_part", None, "DICOM BodyPartExamined (e.g. HEAD) when the input does not say; "
+                        "without it Laterality is left empty (unknown).", flag_values=fv)
     flags.DEFINE_enum("direction", None, ["ct2mr", "mr2ct"], "Default: mr2ct with --mr, else ct2mr.",
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
@@ -363,7 +366,7 @@ def main(argv):
         raise app.UsageError("--out_dir is required with --root")
     direction = _direction(fv)
     options = OutputOptions(fv.out_format, fv.out_dtype, fv.overwrite, fv.send, fv.calling_aet,
-                            fv.series_description, fv.series_number, fv.patient_id)
+                            fv.series_description, fv.series_number, fv.patient_id, fv.body_part)
     from mrgan_tf.pacs import PacsError, parse_peer
     try:   # bad flags and output names fail before TensorFlow loads
         if fv.send:

@@ -35,14 +35,18 @@ def head(shape=(12, 10, 6), lo=-1024.0, hi=2500.0) -> np.ndarray:
     return np.random.default_rng(1).uniform(lo, hi, shape).astype(np.float32)
 
 
+def dciodvfy(path: Path) -> list[str]:
+    """dciodvfy's output lines for one file."""
+    run = subprocess.run([require_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True, text=True,
+                         timeout=60)
+    return (run.stdout + run.stderr).splitlines()
+
+
 def dciodvfy_errors(folder: Path) -> dict[str, list[str]]:
     """dciodvfy's Error lines for every file of ``folder`` (warnings are allowed; see README)."""
-    tool = require_tool("dciodvfy", "dicom3tools")
     out = {}
     for f in sorted(folder.iterdir()):
-        run = subprocess.run([tool, str(f)], capture_output=True, text=True, timeout=60)
-        lines = (run.stdout + run.stderr).splitlines()
-        errors = [ln for ln in lines if ln.startswith("Error")]
+        errors = [ln for ln in dciodvfy(f) if ln.startswith("Error")]
         if errors:
             out[f.name] = errors
     return out
@@ -126,6 +130,17 @@ def test_generated_study_and_frame_are_the_same_for_one_patient(tmp_path):
     assert a["study_instance_uid"] != c["study_instance_uid"]
     assert a["frame_of_reference_uid"] != c["frame_of_reference_uid"]
     assert a["series_instance_uid"] != b["series_instance_uid"] and a["study_and_frame_from"] == "generated"
+
+
+def test_known_body_part_drops_the_empty_laterality(tmp_path):
+    vol = Volume(head(), oblique_ras())
+    write_dicom_series(vol, tmp_path / "unknown", "CT")
+    write_dicom_series(vol, tmp_path / "head", "CT", SeriesInfo(body_part="head"))
+    unknown, known = (sorted((tmp_path / d).iterdir())[0] for d in ("unknown", "head"))
+    assert pydicom.dcmread(known).BodyPartExamined == "HEAD" and "Laterality" not in pydicom.dcmread(known)
+    assert any("Laterality" in ln for ln in dciodvfy(unknown))
+    assert not any("Laterality" in ln for ln in dciodvfy(known))
+    assert dciodvfy_errors(tmp_path / "head") == {}
 
 
 def test_existing_folder_is_refused_unless_overwrite_and_failures_leave_nothing(tmp_path, monkeypatch):

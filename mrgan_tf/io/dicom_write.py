@@ -67,6 +67,7 @@ class SeriesInfo:
     series_number: int | None = None                 # default: the source's + 1000, else 1000
     patient_id: str = "anonymous"                    # used only when the source is not DICOM
     patient_key: str | None = None                   # seeds the generated study/frame UIDs (default patient_id)
+    body_part: str | None = None                     # BodyPartExamined when the source does not say (e.g. HEAD)
     derivation: str = ""                             # DerivationDescription
     manufacturer: str = "mrgan-tf"
     model_name: str = "MR-GAN"                       # ManufacturerModelName
@@ -150,6 +151,8 @@ def _series_dataset(modality: str, info: SeriesInfo, header, q: Quantised, grid:
     for kw in TYPE2_EMPTY["common"] + TYPE2_EMPTY[modality]:
         if kw not in ds:
             setattr(ds, kw, None)
+    if "BodyPartExamined" not in ds and info.body_part:
+        ds.BodyPartExamined = str(info.body_part).upper()[:16]
     if "BodyPartExamined" not in ds and "Laterality" not in ds:
         ds.Laterality = None   # type 2C: empty = unknown, as the body part is not known either
 
