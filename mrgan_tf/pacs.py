@@ -13,6 +13,7 @@ listed; the others are still sent).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import sys
 import warnings
@@ -127,6 +128,9 @@ def _associate(peer: Peer, contexts, calling_aet: str, timeout_s: float, what: s
     """An established association, or PacsError saying why not (unreachable, rejected, no context)."""
     from pynetdicom import AE, evt
 
+    quiet = logging.getLogger("pynetdicom")
+    if quiet.level == logging.NOTSET:   # its log lines repeat what PacsError says; a caller's setting wins
+        quiet.setLevel(logging.CRITICAL)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
@@ -164,13 +168,14 @@ def echo(peer: Peer, calling_aet: str = DEFAULT_CALLING_AET, timeout_s: float = 
 
 
 def store_series(series, peer: Peer, calling_aet: str = DEFAULT_CALLING_AET,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> StoreReport:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, progress: bool = False) -> StoreReport:
     """C-STORE every file of ``series`` (a folder or one file) on one association.
 
     Returns the report when every instance was stored (warning statuses
     included); raises PacsError with the report's summary otherwise.
     """
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from tqdm import tqdm
 
     files = _dicom_files(series)
     datasets = _read(files)
@@ -183,7 +188,8 @@ def store_series(series, peer: Peer, calling_aet: str = DEFAULT_CALLING_AET,
     assoc = _associate(peer, [(c, sorted(s)) for c, s in contexts.items()], calling_aet, timeout_s,
                        f"nothing was stored (0 of {len(files)} instances of {report.series})")
     try:
-        for f, ds in zip(files, datasets):
+        for f, ds in tqdm(list(zip(files, datasets)), desc=f"C-STORE to {peer.ae_title}", unit="instance",
+                          disable=not progress, leave=False):
             if not assoc.is_established:
                 break
             try:
@@ -263,6 +269,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("calling_aet", DEFAULT_CALLING_AET, "Our AE title.", flag_values=fv)
     flags.DEFINE_float("timeout_s", DEFAULT_TIMEOUT_S, "Connection, association and message timeout.",
                        lower_bound=0.1, flag_values=fv)
+    flags.DEFINE_bool("progress", True, "Show a progress bar while sending.", flag_values=fv)
 
 
 def main(argv):
@@ -281,7 +288,7 @@ def main(argv):
             print(f"{peer}: C-ECHO ok")
         for series in fv.send:
             try:
-                print(store_series(series, peer, fv.calling_aet, fv.timeout_s).summary())
+                print(store_series(series, peer, fv.calling_aet, fv.timeout_s, fv.progress).summary())
             except PacsError as e:
                 print(f"pacs: error: {e}", file=sys.stderr)
                 failed = True

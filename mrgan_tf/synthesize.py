@@ -261,7 +261,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
     info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
             "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
     if peer is not None:
-        info["sent"] = pacs.store_series(out, peer, calling_aet=options.calling_aet).summary()
+        info["sent"] = pacs.store_series(out, peer, calling_aet=options.calling_aet, progress=progress).summary()
     return info
 
 
