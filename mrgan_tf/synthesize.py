@@ -257,7 +257,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
     if written.get("clipped"):
         logging.warning("%s: %s", out, written["clipped"])
     doc = provenance.provenance(model, vol.source, out, predictor.name, predictor.preprocess.to_dict(), written,
-                                {"timing_s": timing})
+                                {"synthesis": timing})
     info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
             "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
     if peer is not None:
