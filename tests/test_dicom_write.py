@@ -202,3 +202,14 @@ def test_ct_values_outside_int16_are_clipped_and_counted(tmp_path):
     assert "3 voxel(s) did not fit int16" in info["clipped"] and "2 above 32767 HU" in info["clipped"]
     back = read_dicom_series(tmp_path / "ct")
     assert back.data.max() == 32767 and back.data.min() == -32768
+
+
+def test_missing_tool_skips_when_not_root_and_fails_when_root(monkeypatch):
+    import orthanc_server
+    monkeypatch.setattr(orthanc_server.shutil, "which", lambda command: None)
+    monkeypatch.setattr(orthanc_server.os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="dciodvfy not installed .*dicom3tools.* not root"):
+        require_tool("dciodvfy", "dicom3tools")
+    monkeypatch.setattr(orthanc_server.os, "geteuid", lambda: 0)
+    with pytest.raises(pytest.fail.Exception, match="`make deps` installs Debian package dicom3tools"):
+        require_tool("dciodvfy", "dicom3tools")
