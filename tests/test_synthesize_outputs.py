@@ -138,6 +138,17 @@ def test_send_stores_the_series_in_orthanc(predictors, tmp_path):
         server.stop()
 
 
+def test_failed_send_keeps_the_complete_series_and_says_nothing_was_stored(predictors, tmp_path):
+    from orthanc_server import free_port
+    src = tmp_path / "p4" / "ct.nii.gz"
+    write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
+    out = tmp_path / "p4" / "syn_mr"
+    with pytest.raises(pacs.PacsError, match=r"cannot reach the peer.*nothing was stored \(0 of 6 instances"):
+        synthesize.synthesize_file(predictors["ct2mr"], str(src), str(out), options=synthesize.OutputOptions(
+            send=f"NOBODY@127.0.0.1:{free_port()}"))
+    assert len(os.listdir(out)) == 6 and (tmp_path / "p4" / "syn_mr.json").is_file()
+
+
 def test_cli_dicom_output_and_refusal(exported, tmp_path):
     src = copy_series("98892001/CT5N", tmp_path / "p9" / "ct")
     (tmp_path / "taken").mkdir()
