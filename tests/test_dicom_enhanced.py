@@ -114,3 +114,15 @@ def test_pydicom_bundled_enhanced_ct_and_mr_files_are_read():
         pytest.skip(f"pydicom {pydicom.__version__} ships no enhanced CT/MR test files")
     for f in found:
         assert read_volume(f).data.ndim == 3
+
+
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"])
+def test_classic_series_missing_geometry_names_the_tag_and_the_file(tmp_path, keyword):
+    from test_io import copy_series
+    folder = copy_series("98892001/CT5N", tmp_path / "ct")
+    ds = pydicom.dcmread(folder / "2392")
+    delattr(ds, keyword)
+    ds.save_as(folder / "2392")
+    with pytest.raises(VolumeError) as err:
+        read_volume(folder)
+    assert str(err.value).startswith(f"{folder}: 2392: missing or malformed {keyword}")
