@@ -123,19 +123,22 @@ def test_run_dir_provenance_reads_the_iteration_from_the_checkpoint(tmp_path):
     assert record["run_config"]["ngf"] == 4
 
 
-def test_send_stores_the_series_in_orthanc(predictors, tmp_path):
-    server = Orthanc(str(tmp_path / "orthanc"))
-    try:
-        src = tmp_path / "p3" / "ct.nii.gz"
-        write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
-        info = synthesize.synthesize_file(predictors["ct2mr"], str(src), str(tmp_path / "p3" / "syn_mr"),
-                                          options=synthesize.OutputOptions(send=server.peer))
-        assert "stored 6 of 6" in info["sent"]
-        uid = pydicom.dcmread(next((tmp_path / "p3" / "syn_mr").iterdir())).SeriesInstanceUID
-        (found,) = pacs.find_series(pacs.parse_peer(server.peer), uid)
-        assert found["NumberOfSeriesRelatedInstances"] == 6 and found["Modality"] == "MR"
-    finally:
-        server.stop()
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    server = Orthanc(str(tmp_path_factory.mktemp("orthanc")))
+    yield server
+    server.stop()
+
+
+def test_send_stores_the_series_in_orthanc(predictors, orthanc, tmp_path):
+    src = tmp_path / "p3" / "ct.nii.gz"
+    write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
+    info = synthesize.synthesize_file(predictors["ct2mr"], str(src), str(tmp_path / "p3" / "syn_mr"),
+                                      options=synthesize.OutputOptions(send=orthanc.peer))
+    assert "stored 6 of 6" in info["sent"]
+    uid = pydicom.dcmread(next((tmp_path / "p3" / "syn_mr").iterdir())).SeriesInstanceUID
+    (found,) = pacs.find_series(pacs.parse_peer(orthanc.peer), uid)
+    assert found["NumberOfSeriesRelatedInstances"] == 6 and found["Modality"] == "MR"
 
 
 def test_failed_send_keeps_the_complete_series_and_says_nothing_was_stored(predictors, tmp_path):
