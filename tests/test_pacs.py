@@ -110,6 +110,26 @@ def test_refused_instance_is_named_and_the_rest_are_still_stored(refusing_scp, s
     assert len(received) == 4
 
 
+def test_peer_without_storage_contexts_says_nothing_was_stored(series):
+    """A peer that accepts the association but none of the image SOP classes (echo only)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="ECHOONLY")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        peer = pacs.Peer("ECHOONLY", "127.0.0.1", port)
+        pacs.echo(peer, timeout_s=FAST_TIMEOUT_S)
+        with pytest.raises(pacs.PacsError) as err:
+            pacs.store_series(series[0], peer, timeout_s=FAST_TIMEOUT_S)
+    finally:
+        server.shutdown()
+    assert "accepted none of the requested SOP classes" in str(err.value)
+    assert "1.2.840.10008.5.1.4.1.1.2" in str(err.value) and "nothing was stored (0 of 5" in str(err.value)
+
+
 def test_cli_echo_send_find_and_failure(orthanc, series, tmp_path):
     folder, info = series
     cmd = [sys.executable, "-m", "mrgan_tf.pacs", f"--peer={orthanc.peer}"]
