@@ -1,9 +1,10 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Each installs what it needs (Debian data packages when root, then a venv).
+# Each installs what it needs (Debian data packages and the DICOM tools the tests use
+# when root, then a venv).
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEBS := mricron-data invesalius-examples
+DEBS := mricron-data invesalius-examples dicom3tools orthanc
 
 .PHONY: demo test deps venv bench clean bazel-test
 BAZEL ?= bazel
@@ -13,7 +14,8 @@ deps:
 	  missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; fi; \
-	else echo "not root or no apt-get: demo data falls back to pip-installed anatomy (nilearn)"; fi
+	else echo "not root or no apt-get: demo data falls back to pip-installed anatomy (nilearn);" \
+	  "the dciodvfy (dicom3tools) and Orthanc tests are skipped unless installed"; fi
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

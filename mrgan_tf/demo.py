@@ -468,7 +468,7 @@ class Demo:
 
     def stage_synthesize(self):
         from mrgan_tf.io.readers import find_modality_file
-        from mrgan_tf.synthesize import load_predictor, synthesize_file
+        from mrgan_tf.synthesize import OutputOptions, load_predictor, synthesize_file
         pid, real = self.cranium_patient()
         ct = str(find_modality_file(Path(self.data) / pid, "ct"))
         out = os.path.join(self.out, SYN_NAME if real else f"{pid}_syn_mr.nii.gz")
@@ -483,7 +483,7 @@ class Demo:
         if not real:
             _say(f"WARNING: the real Cranium CT is not in {self.data}; using simulated CT {pid}")
         predictor = load_predictor(model, "ct2mr")
-        info = synthesize_file(predictor, ct, out)
+        info = synthesize_file(predictor, ct, out, options=OutputOptions(overwrite=True))   # a rebuild replaces it
         _say(f"{out}: {info['slices']} slices in {info['total_s']:.1f} s (model {info['model_s']:.1f} s)")
         write_synthesis_png(ct, out, png, predictor.preprocess,
                             title=f"{pid}{' (real Cranium CT)' if real else ''}: CT | SynMR (MR-GAN)")

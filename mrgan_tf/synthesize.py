@@ -2,7 +2,8 @@
 
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --ct=ct.nii.gz --out=syn_mr.nii.gz
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --root=DATASET --out_dir=DIR
-    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --mr=mr.nii.gz --out=syn_ct.nii.gz
+    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --mr=mr.nii.gz --out=syn_ct.mha
+    python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --ct=ct_dicom/ --out=syn_mr_dicom/ --send=PACS@host:104
 
 The input is read with the same readers and sliced with the same preprocessing
 as make_records (``prepare_patient`` with the model's stored PreprocessConfig),
@@ -18,6 +19,11 @@ field of view (outside the canvas, or outside the resampled grid) are 0 for MR
 (the reference's lower percentile in reference units) and -1024 HU (air) for CT;
 how much of the body that was is reported.
 
+Outputs (``mrgan_tf.io.writers``): NIfTI, .mha/.nrrd or a DICOM series folder,
+chosen by the output name or ``--out_format``; a provenance sidecar
+``<output>.json`` beside each (``mrgan_tf.provenance``); ``--send`` C-STOREs a
+DICOM series to a PACS (``mrgan_tf.pacs``).
+
 ``--model`` is an export dir (``<dir>/ct2mr/<version>``), a model or version dir
 of one SavedModel (uses its ``normalised`` signature; preprocessing runs here in
 numpy, the same code as make_records), or a training run dir (uses the Keras
@@ -29,6 +35,7 @@ import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,19 +43,37 @@ from absl import app, flags, logging
 
 from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
                              resolve_version_dir)
-from mrgan_tf.io.readers import read_volume, write_nifti
+from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.intensity import ct_from_unit, denormalise_mr, dequantise, from_model_range, to_model_range
+from mrgan_tf.io.writers import DTYPES, FORMATS, check_output, output_name, write_volume
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient, restack_to_grid
 
 AIR_HU = -1024.0
 CT_LIKE_HU = (-1100.0, 4000.0)   # plausible HU range of a CT
 OUTPUT_NAMES = {"ct2mr": "syn_mr.nii.gz", "mr2ct": "syn_ct.nii.gz"}
+OUTPUT_STEMS = {"ct2mr": "syn_mr", "mr2ct": "syn_ct"}
 INPUT_MODALITY = {"ct2mr": "ct", "mr2ct": "mr"}
+OUTPUT_MODALITY = {"ct2mr": "MR", "mr2ct": "CT"}
 
 
 class SynthesisError(ValueError):
     """Bad model or input for synthesis; the message names the path."""
+
+
+@dataclasses.dataclass
+class OutputOptions:
+    """How a synthesized volume is written and where it goes (the CLI's output flags)."""
+
+    out_format: str | None = None        # nifti | mha | nrrd | dicom; None: from the output name
+    out_dtype: str | None = None         # files: CT int16 / MR float32 by default
+    overwrite: bool = False
+    send: str | None = None              # AET@host:port: C-STORE the DICOM series there
+    calling_aet: str = "MRGAN_TF"
+    series_description: str | None = None
+    series_number: int | None = None
+    patient_id: str | None = None        # default: the input's folder name (non-DICOM inputs)
+    body_part: str | None = None         # DICOM BodyPartExamined when the source does not say
 
 
 # --------------------------------------------------------------------------- models
@@ -223,33 +248,78 @@ def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16, p
                  "body_lost_fraction": round(prep.body_lost_fraction, 6)}
 
 
+def _series_info(predictor: Predictor, vol: Volume, model: dict, options: OutputOptions):
+    """SeriesDescription, patient and derivation of a DICOM output (tool, direction, model version)."""
+    from mrgan_tf.io.dicom_write import SeriesInfo
+    from mrgan_tf.provenance import tool_version
+
+    what = {"ct2mr": "synthetic MR from CT", "mr2ct": "synthetic CT from MR"}[predictor.name]
+    iters = model.get("training_iterations")
+    version = f"{predictor.name} v{model.get('version')}" + (f" {iters} it" if iters is not None else "")
+    patient_dir = Path(vol.source).resolve().parent
+    return SeriesInfo(
+        description=options.series_description or f"mrgan-tf {what}, {version}",
+        series_number=options.series_number,
+        patient_id=options.patient_id or patient_dir.name,
+        patient_key=f"{patient_dir}|{options.patient_id or patient_dir.name}", body_part=options.body_part,
+        derivation=f"MR-GAN {what} by mrgan-tf {tool_version()}, model {model.get('path')} ({version}), "
+                   f"input {vol.source}",
+        model_name=f"MR-GAN {predictor.name}", software_version=tool_version())
+
+
 def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
-                    progress: bool = False, mr_range: tuple[float, float] | None = None) -> dict:
-    """Synthesize ``vol`` and write ``out`` (NIfTI, atomically: no partial file on failure)."""
-    if not str(out).endswith((".nii", ".nii.gz")):
-        raise SynthesisError(f"{out}: output name must end in .nii or .nii.gz")
+                    progress: bool = False, options: OutputOptions | None = None,
+                    mr_range: tuple[float, float] | None = None) -> dict:
+    """Synthesize ``vol`` and write ``out`` (any writers format, atomically) plus ``<out>.json``; send if asked.
+
+    ``mr_range``: write a synthetic MR in the units of a reference whose robust range this is.
+    """
+    from mrgan_tf import pacs, provenance
+
+    options = options or OutputOptions()
+    modality = OUTPUT_MODALITY[predictor.name]
+    fmt, _ = check_output(out, options.out_format, modality, options.out_dtype, options.overwrite)
+    peer = pacs.parse_peer(options.send) if options.send else None
+    if peer is not None and fmt != "dicom":
+        raise SynthesisError(f"{out}: --send needs a DICOM series output (--out_format=dicom), not {fmt}")
     if predictor.name == "ct2mr":
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
+    model = provenance.model_record(predictor.source, predictor.name)
     result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
-    write_nifti(result, out, dtype=result.data.dtype)
-    return {"input": vol.source, "output": str(out), "shape": list(vol.shape), **timing}
+    written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite,
+                           _series_info(predictor, vol, model, options), vol.header, progress)
+    if written.get("clipped"):
+        logging.warning("%s: %s", out, written["clipped"])
+    doc = provenance.provenance(model, vol.source, out, predictor.name, predictor.preprocess.to_dict(), written,
+                                {"synthesis": timing, "units": timing["units"]})
+    info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
+            "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
+    if peer is not None:
+        info["sent"] = pacs.store_series(out, peer, calling_aet=options.calling_aet, progress=progress).summary()
+    return info
 
 
 def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, options: OutputOptions | None = None) -> dict:
     """Read ``src`` (any format read_volume knows), synthesize, write ``out``. VolumeError on bad input."""
-    return write_synthesis(predictor, read_volume(src), out, batch_size, progress)
+    return write_synthesis(predictor, read_volume(src), out, batch_size, progress, options)
 
 
 def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: int = 16,
-                    progress: bool = False) -> tuple[list[dict], dict[str, str]]:
-    """Every patient of ``root`` with an input for the model -> ``out_dir/<patient>/syn_*.nii.gz``.
+                    progress: bool = False, options: OutputOptions | None = None
+                    ) -> tuple[list[dict], dict[str, str]]:
+    """Every patient of ``root`` with an input for the model -> ``out_dir/<patient>/syn_*`` (.nii.gz by default).
 
-    Bad patients are reported and skipped; returns (done, {patient: error}).
+    Bad patients (unreadable input, existing output, a failed send) are reported and
+    skipped; returns (done, {patient: error}).
     """
     from mrgan_tf.make_records import MakeRecordsError, discover_patients
+    from mrgan_tf.pacs import PacsError
+
+    options = options or OutputOptions()
+    name = output_name(OUTPUT_STEMS[predictor.name], options.out_format or "nifti")
 
     try:
         patients = discover_patients(root)
@@ -263,9 +333,9 @@ def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: i
     done = []
     for pid, src in todo.items():
         try:
-            done.append(synthesize_file(predictor, str(src), os.path.join(out_dir, pid, OUTPUT_NAMES[predictor.name]),
-                                        batch_size, progress))
-        except VolumeError as e:
+            done.append(synthesize_file(predictor, str(src), os.path.join(out_dir, pid, name), batch_size, progress,
+                                        dataclasses.replace(options, patient_id=options.patient_id or pid)))
+        except (VolumeError, PacsError) as e:
             errors[pid] = str(e)
             logging.error("%s", e)
     return done, errors
@@ -280,11 +350,28 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "or a training run dir.", flag_values=fv)
     flags.DEFINE_string("ct", None, "Input CT: NIfTI, .mha/.nrrd or a DICOM folder (ct2mr).", flag_values=fv)
     flags.DEFINE_string("mr", None, "Input MR (mr2ct).", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output NIfTI file (.nii.gz).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output: .nii.gz/.nii, .mha, .nrrd, or a folder name (no suffix) for a DICOM "
+                        "series.", flag_values=fv)
     flags.DEFINE_string("root", None, "Dataset root <root>/<patient>/ct.nii.gz ...: synthesize every patient.",
                         flag_values=fv)
-    flags.DEFINE_string("out_dir", None, "Output folder for --root: <out_dir>/<patient>/syn_mr.nii.gz.",
+    flags.DEFINE_string("out_dir", None, "Output folder for --root: <out_dir>/<patient>/syn_mr.nii.gz "
+                        "(or .mha, .nrrd, a syn_mr/ DICOM folder with --out_format).", flag_values=fv)
+    flags.DEFINE_enum("out_format", None, list(FORMATS), "Output format (default: from --out's name; nifti for "
+                      "--root).", flag_values=fv)
+    flags.DEFINE_enum("out_dtype", None, list(DTYPES), "Stored type of .nii/.mha/.nrrd outputs (default: int16 for "
+                      "a synthetic CT, float32 for a synthetic MR; DICOM: CT int16, MR uint16).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output file or DICOM folder.", flag_values=fv)
+    flags.DEFINE_string("send", None, "AET@host:port: C-STORE each DICOM series output to this PACS.",
                         flag_values=fv)
+    flags.DEFINE_string("calling_aet", "MRGAN_TF", "Our AE title when sending.", flag_values=fv)
+    flags.DEFINE_string("series_description", None, "DICOM SeriesDescription (default: tool, direction, model "
+                        "version).", flag_values=fv)
+    flags.DEFINE_integer("series_number", None, "DICOM SeriesNumber (default: the source's + 1000, else 1000).",
+                         flag_values=fv)
+    flags.DEFINE_string("patient_id", None, "PatientID of a DICOM output from a non-DICOM input (default: the "
+                        "input's folder name).", flag_values=fv)
+    flags.DEFINE_string("body_part", None, "DICOM BodyPartExamined (e.g. HEAD) when the input does not say; "
+                        "without it Laterality is left empty (unknown).", flag_values=fv)
     flags.DEFINE_enum("direction", None, ["ct2mr", "mr2ct"], "Default: mr2ct with --mr, else ct2mr.",
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
@@ -322,33 +409,53 @@ def main(argv):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:
         raise app.UsageError("--out is required with --ct/--mr")
-    if single and not fv.out.endswith((".nii", ".nii.gz")):
-        raise app.UsageError(f"--out={fv.out}: output name must end in .nii or .nii.gz")
     if fv.root and not fv.out_dir:
         raise app.UsageError("--out_dir is required with --root")
     direction = _direction(fv)
+    options = OutputOptions(fv.out_format, fv.out_dtype, fv.overwrite, fv.send, fv.calling_aet,
+                            fv.series_description, fv.series_number, fv.patient_id, fv.body_part)
+    from mrgan_tf.pacs import PacsError, parse_peer
+    try:   # bad flags and output names fail before TensorFlow loads
+        if fv.send:
+            parse_peer(fv.send)
+        if single:
+            check_output(fv.out, fv.out_format, OUTPUT_MODALITY[direction], fv.out_dtype, fv.overwrite)
+        elif fv.send and fv.out_format != "dicom":
+            raise SynthesisError("--send needs --out_format=dicom")
+    except (SynthesisError, VolumeError, PacsError) as e:
+        print(f"synthesize: error: {e}", file=sys.stderr)
+        return 1
     import tensorflow as tf
 
     from mrgan_tf.spec import SpecError
     try:
-        if single:
-            vol = read_volume(fv.ct or fv.mr)   # bad input fails before the model loads
+        if single:   # bad input fails before the model loads
+            vol = read_volume(fv.ct or fv.mr)
             predictor = load_predictor(fv.model, direction)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
-            info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, mr_range=rng)
-            print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s "
-                  f"(model {info['model_s']:.1f} s)")
+            info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)
+            _print_done(info, model_s=True)
             return 0
         done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
-                                       fv.progress)
-    except (SynthesisError, ExportError, VolumeError, SpecError, FileNotFoundError, tf.errors.OpError) as e:
+                                       fv.progress, options)
+    except (SynthesisError, ExportError, VolumeError, SpecError, PacsError, FileNotFoundError,
+            tf.errors.OpError) as e:
         print(f"synthesize: error: {e}", file=sys.stderr)
         return 1
     for info in done:
-        print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s")
+        _print_done(info)
     for pid, err in errors.items():
         print(f"synthesize: error: patient {pid}: {err}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _print_done(info: dict, model_s: bool = False) -> None:
+    print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s"
+          + (f" (model {info['model_s']:.1f} s)" if model_s else "") + f"; provenance {info['sidecar']}")
+    if info.get("clipped"):
+        print(f"  {info['output']}: {info['clipped']}")
+    if "sent" in info:
+        print(f"  {info['sent']}")
 
 
 def run():

@@ -1,18 +1,23 @@
-"""Read one DICOM series (a folder of single-frame slices) into a RAS+ Volume.
+"""Read one DICOM series into a RAS+ Volume: a folder of single-frame slices, or
+enhanced (multi-frame) CT/MR images whose frames carry their own geometry.
 
 Geometry comes only from ImageOrientationPatient, ImagePositionPatient and
-PixelSpacing; slices are ordered by their position along the slice normal,
-never by file name or InstanceNumber. Anything that would make the stacked
-volume geometrically wrong (several series, mixed orientations, gaps,
-duplicate positions, differing pixel grids) is refused with a VolumeError.
+PixelSpacing (for a multi-frame image: per frame, from the per-frame or shared
+functional groups); slices are ordered by their position along the slice
+normal, never by file name, InstanceNumber or frame number. Anything that would
+make the stacked volume geometrically wrong (several series, mixed
+orientations, gaps, duplicate positions, differing pixel grids) is refused with
+a VolumeError, for frames exactly as for files.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import struct
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pydicom
@@ -98,14 +103,28 @@ def _pick_series(folder: Path, images, series_uid: str | None):
     return next(iter(by_series.values()))
 
 
-def _required(folder: Path, path: Path, ds, keyword: str, length: int) -> np.ndarray:
-    value = ds.get(keyword)
+@dataclasses.dataclass
+class _Frame:
+    """One 2-D image of a series: a single-frame file or one frame of a multi-frame file."""
+
+    label: str                          # names it in messages: "IM0003" or "ct.dcm frame 7"
+    orientation: np.ndarray             # ImageOrientationPatient (6,)
+    position: np.ndarray                # ImagePositionPatient (3,)
+    grid: tuple                         # (Rows, Columns, row spacing, column spacing)
+    pixels: Callable[[], np.ndarray]    # -> float32 modality values [row, column]
+
+
+def _vector(source: Path, where: str, value, keyword: str, length: int) -> np.ndarray:
     if value is None or len(value) != length:
-        raise VolumeError(folder, f"{path.name}: missing or malformed {keyword} (not a cross-sectional image?)")
+        raise VolumeError(source, f"{where}: missing or malformed {keyword} (not a cross-sectional image?)")
     return np.array([float(v) for v in value], dtype=np.float64)
 
 
-def _check_spacing(folder: Path, paths: list[Path], heights: np.ndarray) -> None:
+def _required(folder: Path, path: Path, ds, keyword: str, length: int) -> np.ndarray:
+    return _vector(folder, path.name, ds.get(keyword), keyword, length)
+
+
+def _check_spacing(folder: Path, labels: list[str], heights: np.ndarray) -> None:
     """Refuse duplicate positions, gaps and non-uniform steps along the normal."""
     steps = np.diff(heights)
     median = float(np.median(steps))
@@ -113,7 +132,7 @@ def _check_spacing(folder: Path, paths: list[Path], heights: np.ndarray) -> None
         i = int(np.argmin(steps))
         raise VolumeError(
             folder,
-            f"{paths[i].name} and {paths[i + 1].name} share slice position {heights[i]:.3f} mm "
+            f"{labels[i]} and {labels[i + 1]} share slice position {heights[i]:.3f} mm "
             "(several echoes, phases or acquisitions in one series?)",
         )
     for i, step in enumerate(steps):
@@ -121,34 +140,158 @@ def _check_spacing(folder: Path, paths: list[Path], heights: np.ndarray) -> None
             kind = "gap in the series" if step > GAP_FACTOR * median else "non-uniform slice spacing"
             raise VolumeError(
                 folder,
-                f"{kind}: {step:.3f} mm between slices at {heights[i]:.3f} mm ({paths[i].name}) "
-                f"and {heights[i + 1]:.3f} mm ({paths[i + 1].name}); median step {median:.3f} mm",
+                f"{kind}: {step:.3f} mm between slices at {heights[i]:.3f} mm ({labels[i]}) "
+                f"and {heights[i + 1]:.3f} mm ({labels[i + 1]}); median step {median:.3f} mm",
             )
 
 
-def _pixels(folder: Path, path: Path, ds) -> np.ndarray:
-    """Stored values -> float32 modality values (RescaleSlope/Intercept, e.g. HU)."""
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise VolumeError(folder, f"{path.name}: multi-frame (enhanced) DICOM is not supported")
+def _decoded(folder: Path, path: Path, ds) -> np.ndarray:
+    """All stored values of one file ([row, column], or [frame, row, column] when multi-frame)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise VolumeError(folder, f"{path.name}: colour image ({ds.get('PhotometricInterpretation')}), expected greyscale")
     try:
-        pixels = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # decoders raise many types (missing plugin, corrupt data)
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise VolumeError(folder, f"{path.name}: cannot decode pixel data ({syntax}): {exc}") from exc
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _rescaled(pixels: np.ndarray, slope, intercept) -> np.ndarray:
+    """Stored values -> float32 modality values (RescaleSlope/Intercept, e.g. HU)."""
+    slope = float(slope if slope not in (None, "") else 1) or 1.0
+    intercept = float(intercept if intercept not in (None, "") else 0)
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
-    """Stack the slices of one series in `folder` into a Volume (float32, RAS+ affine).
+def _grid(folder: Path, where: str, ds, spacing) -> tuple:
+    return (int(ds.Rows), int(ds.Columns), *_vector(folder, where, spacing, "PixelSpacing", 2))
+
+
+def _single_frame(folder: Path, path: Path, ds) -> _Frame:
+    return _Frame(
+        path.name,
+        _required(folder, path, ds, "ImageOrientationPatient", 6),
+        _required(folder, path, ds, "ImagePositionPatient", 3),
+        _grid(folder, path.name, ds, ds.get("PixelSpacing")),
+        lambda: _rescaled(_decoded(folder, path, ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept")),
+    )
+
+
+def _functional_group(ds, frame: int, sequence: str):
+    """The item of functional-group ``sequence`` that applies to ``frame``: per-frame first, then shared."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and len(items) > index and sequence in items[index]:
+            inner = items[index].get(sequence)
+            if len(inner):
+                return inner[0]
+    return None
+
+
+def _frame_value(ds, frame: int, sequence: str, keyword: str):
+    item = _functional_group(ds, frame, sequence)
+    return None if item is None else item.get(keyword)
+
+
+def _multi_frame(folder: Path, path: Path, ds) -> list[_Frame]:
+    """The frames of an enhanced (multi-frame) image, each with its own plane position and orientation."""
+    n = int(ds.NumberOfFrames)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        raise VolumeError(folder, f"{path.name}: multi-frame image without PerFrameFunctionalGroupsSequence "
+                                  "(no per-frame geometry; not an enhanced CT/MR image?)")
+    if len(per_frame) != n:
+        raise VolumeError(folder, f"{path.name}: PerFrameFunctionalGroupsSequence has {len(per_frame)} items "
+                                  f"for NumberOfFrames {n}")
+    decoded = {}
+
+    def frame_pixels(f: int):
+        def load():
+            if "all" not in decoded:
+                decoded["all"] = _decoded(folder, path, ds).reshape(n, int(ds.Rows), int(ds.Columns))
+            slope = _frame_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
+            intercept = _frame_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
+            if slope is None and intercept is None:
+                slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+            return _rescaled(decoded["all"][f], slope, intercept)
+        return load
+
+    frames = []
+    for f in range(n):
+        where = f"{path.name} frame {f + 1}"
+        frames.append(_Frame(
+            where,
+            _vector(folder, where, _frame_value(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                    "ImageOrientationPatient (PlaneOrientationSequence)", 6),
+            _vector(folder, where, _frame_value(ds, f, "PlanePositionSequence", "ImagePositionPatient"),
+                    "ImagePositionPatient (PlanePositionSequence)", 3),
+            _grid(folder, where, ds, _frame_value(ds, f, "PixelMeasuresSequence", "PixelSpacing")),
+            frame_pixels(f),
+        ))
+    return frames
+
+
+def _frames(folder: Path, path: Path, ds) -> list[_Frame]:
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        return _multi_frame(folder, path, ds)
+    return [_single_frame(folder, path, ds)]
+
+
+def _header(ds):
+    """The dataset without pixels or functional groups: the study, patient and series a derived image keeps."""
+    skip = {"PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}
+    header = pydicom.Dataset()
+    for elem in ds:
+        if elem.keyword not in skip:
+            header.add(elem)
+    return header
+
+
+def _stack(source: Path, frames: list[_Frame], header) -> Volume:
+    """Check the frames form one regular 3-D grid and stack them into a Volume.
 
     data[i, j, k] is column i, row j of the k-th slice along the slice normal
     (row direction x column direction), so the affine maps indices exactly as
     the DICOM geometry says.
     """
+    if len(frames) == 1:
+        raise VolumeError(source, "only 1 slice, need a 3-D series")
+    orientations = np.array([f.orientation for f in frames])
+    if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOL:
+        distinct = np.unique(orientations.round(4), axis=0)
+        raise VolumeError(
+            source,
+            f"mixed orientations in one series ({len(distinct)} distinct ImageOrientationPatient: "
+            f"{[o.tolist() for o in distinct]}); localizers or several stacks?",
+        )
+    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise VolumeError(source, f"ImageOrientationPatient {orientations[0].tolist()} is not two orthonormal vectors")
+
+    positions = np.array([f.position for f in frames])
+    order = np.argsort(positions @ normal, kind="stable")
+    frames = [frames[i] for i in order]
+    positions = positions[order]
+    _check_spacing(source, [f.label for f in frames], positions @ normal)
+
+    grids = {f.grid for f in frames}
+    if len(grids) > 1:
+        raise VolumeError(source, f"slices differ in size or PixelSpacing: {sorted(grids)}")
+    row_spacing, col_spacing = next(iter(grids))[2:]
+
+    # pixels are [row, column]; transpose so that i runs along a row.
+    data = np.stack([f.pixels().T for f in frames], axis=-1)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing  # i: next column, moves along the row direction
+    lps[:3, 1] = col_dir * row_spacing  # j: next row, moves along the column direction
+    lps[:3, 2] = (positions[-1] - positions[0]) / (len(frames) - 1)  # keeps gantry tilt exact
+    lps[:3, 3] = positions[0]
+    return checked_volume(data, lps_to_ras(lps), source, header)
+
+
+def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
+    """Stack the slices (or frames) of one series in `folder` into a Volume (float32, RAS+ affine)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise VolumeError(folder, "not a directory (expected a folder of DICOM slices)")
@@ -162,39 +305,20 @@ def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
     broken = [p.name for p, ds in pixelless if _sop_class(ds) in classes]
     if broken:
         raise VolumeError(folder, f"image file(s) without pixel data, truncated? {', '.join(broken)}")
-    if len(series) == 1:
-        raise VolumeError(folder, "only 1 slice, need a 3-D series")
+    frames = [frame for path, ds in series for frame in _frames(folder, path, ds)]
+    return _stack(folder, frames, _header(series[0][1]))
 
-    orientations = np.array([_required(folder, p, ds, "ImageOrientationPatient", 6) for p, ds in series])
-    if np.max(np.abs(orientations - orientations[0])) > ORIENTATION_TOL:
-        distinct = np.unique(orientations.round(4), axis=0)
-        raise VolumeError(
-            folder,
-            f"mixed orientations in one series ({len(distinct)} distinct ImageOrientationPatient: "
-            f"{[o.tolist() for o in distinct]}); localizers or several stacks?",
-        )
-    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
-    normal = np.cross(row_dir, col_dir)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise VolumeError(folder, f"ImageOrientationPatient {orientations[0].tolist()} is not two orthonormal vectors")
 
-    positions = np.array([_required(folder, p, ds, "ImagePositionPatient", 3) for p, ds in series])
-    order = np.argsort(positions @ normal, kind="stable")
-    series = [series[i] for i in order]
-    positions = positions[order]
-    paths = [p for p, _ in series]
-    _check_spacing(folder, paths, positions @ normal)
-
-    grids = {(int(ds.Rows), int(ds.Columns), *_required(folder, p, ds, "PixelSpacing", 2)) for p, ds in series}
-    if len(grids) > 1:
-        raise VolumeError(folder, f"slices differ in size or PixelSpacing: {sorted(grids)}")
-    row_spacing, col_spacing = next(iter(grids))[2:]
-
-    # pixel_array is [row, column]; transpose so that i runs along a row.
-    data = np.stack([_pixels(folder, p, ds).T for p, ds in series], axis=-1)
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing  # i: next column, moves along the row direction
-    lps[:3, 1] = col_dir * row_spacing  # j: next row, moves along the column direction
-    lps[:3, 2] = (positions[-1] - positions[0]) / (len(series) - 1)  # keeps gantry tilt exact
-    lps[:3, 3] = positions[0]
-    return checked_volume(data, lps_to_ras(lps), folder)
+def read_dicom_file(path) -> Volume:
+    """One enhanced (multi-frame) CT/MR file as a Volume; a single-frame file is one slice, not a volume."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _dcmread(path)
+    if ds is None:
+        raise VolumeError(path, "not a DICOM file (or unreadable)")
+    if "PixelData" not in ds:
+        raise VolumeError(path, "DICOM file without pixel data (truncated, or not an image)")
+    if int(ds.get("NumberOfFrames", 1) or 1) <= 1:
+        raise VolumeError(path, "a single-frame DICOM file is one slice; give the folder of its series instead")
+    return _stack(path, _multi_frame(path, path, ds), _header(ds))

@@ -1,7 +1,8 @@
-"""Read any supported volume into a validated RAS+ Volume; write NIfTI atomically.
+"""Read any supported volume into a validated RAS+ Volume.
 
 ``read_volume`` is the only entry point the rest of the project uses for input
 images, so every format is checked the same way (see ``checked_volume``).
+Writers live in ``mrgan_tf.io.writers`` (``write_nifti`` is still importable from here).
 """
 from __future__ import annotations
 
@@ -13,26 +14,27 @@ import nibabel as nib
 import numpy as np
 
 from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume, lps_to_ras
-from tfrecords_tools.atomic import atomic_output
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+DICOM_SUFFIXES = (".dcm",)   # one enhanced (multi-frame) image; a classic series is a folder
 # Order of preference only matters for error messages: two hits is an error.
-MODALITY_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".inv3")
+MODALITY_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".inv3", ".dcm")
 # What nibabel and zlib/gzip raise on missing, truncated or corrupt files.
 _NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES + (".inv3",):
+    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES + DICOM_SUFFIXES + (".inv3",):
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
 
 
 def read_volume(path, series_uid: str | None = None) -> Volume:
-    """Read a NIfTI / MetaImage / NRRD file, a DICOM series folder or an .inv3 project.
+    """Read a NIfTI / MetaImage / NRRD file, a DICOM series folder, an enhanced (multi-frame)
+    DICOM file (.dcm) or an .inv3 project.
 
     `series_uid` picks one series when a DICOM folder holds several.
     Raises VolumeError (message starts with `path`) for anything unusable.
@@ -51,6 +53,10 @@ def read_volume(path, series_uid: str | None = None) -> Volume:
         return _read_nifti(path)
     if suffix in SITK_SUFFIXES:
         return _read_sitk(path)
+    if suffix in DICOM_SUFFIXES:
+        from mrgan_tf.io.dicom import read_dicom_file
+
+        return read_dicom_file(path)
     if suffix == ".inv3":
         from mrgan_tf.io import invesalius
 
@@ -58,7 +64,7 @@ def read_volume(path, series_uid: str | None = None) -> Volume:
         return checked_volume(vol.data, vol.affine, path)
     raise VolumeError(
         path, f"unsupported format {suffix or '(no suffix)'!r}; expected one of "
-        f"{', '.join(NIFTI_SUFFIXES + SITK_SUFFIXES)}, .inv3 or a DICOM folder"
+        f"{', '.join(NIFTI_SUFFIXES + SITK_SUFFIXES + DICOM_SUFFIXES)}, .inv3 or a DICOM folder"
     )
 
 
@@ -104,40 +110,10 @@ def _sitk_reason(exc: RuntimeError) -> str:
     return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
 
 
-def write_nifti(vol: Volume, path, dtype=np.float32) -> Path:
-    """Write `vol` as NIfTI-1 (`.nii` or `.nii.gz`) without ever leaving a partial file.
-
-    The affine goes into both sform and qform (code 'scanner'); sform keeps
-    shears, and readers prefer it. NIfTI stores it as float32. Integer dtypes
-    are rounded and must fit the type, so masks and labels are never wrapped.
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix not in NIFTI_SUFFIXES:
-        raise VolumeError(path, "output name must end in .nii or .nii.gz")
-    dtype = np.dtype(dtype)
-    data = np.asarray(vol.data)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        data = np.rint(data)
-        if data.size and (data.min() < info.min or data.max() > info.max):
-            raise VolumeError(path, f"values {data.min()}..{data.max()} do not fit {dtype}")
-    img = nib.Nifti1Image(data.astype(dtype), vol.affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_sform(vol.affine, code="scanner")
-    img.set_qform(vol.affine, code="scanner")
-    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
-
-    with atomic_output(path, suffix=suffix) as tmp:   # the suffix tells nibabel to compress
-        nib.save(img, tmp)
-    return path
-
-
 def find_modality_file(patient_dir, modality: str) -> Path | None:
     """The one input for `modality` ('ct', 'mr', 'mask') in a patient folder, or None.
 
-    Looks for `<modality>.nii.gz|.nii|.mha|.nrrd|.mhd|.inv3` or a `<modality>/`
+    Looks for `<modality>.nii.gz|.nii|.mha|.nrrd|.mhd|.inv3|.dcm` or a `<modality>/`
     DICOM folder; two of them at once is ambiguous and raises VolumeError.
     """
     patient_dir = Path(patient_dir)
@@ -151,3 +127,12 @@ def find_modality_file(patient_dir, modality: str) -> Path | None:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found)
         raise VolumeError(patient_dir, f"several {modality} inputs, keep only one: {names}")
     return found[0] if found else None
+
+
+def __getattr__(name):
+    """``write_nifti`` moved to ``mrgan_tf.io.writers``; old imports keep working."""
+    if name == "write_nifti":
+        from mrgan_tf.io.writers import write_nifti
+
+        return write_nifti
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ Readers for each format live beside this module and are dispatched by
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ class Volume:
     data: np.ndarray
     affine: np.ndarray
     source: str = "<memory>"
+    # The source's own header (a DICOM series: its first image's dataset without pixels),
+    # so that a derived series can keep the study, frame of reference and patient.
+    header: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.data = np.asarray(self.data)
@@ -43,7 +47,7 @@ class Volume:
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
 
     def with_data(self, data: np.ndarray, affine: np.ndarray | None = None) -> "Volume":
-        return Volume(data, self.affine if affine is None else affine, self.source)
+        return Volume(data, self.affine if affine is None else affine, self.source, self.header)
 
 
 # DICOM and ITK/SimpleITK world coordinates are LPS; the project's affines are RAS+.
@@ -55,7 +59,7 @@ def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(affine_lps, dtype=np.float64)
 
 
-def checked_volume(data: np.ndarray, affine: np.ndarray, source) -> Volume:
+def checked_volume(data: np.ndarray, affine: np.ndarray, source, header: Any = None) -> Volume:
     """Validate freshly read voxels + affine and return a float32 Volume.
 
     Every reader funnels through here so that all formats reject the same
@@ -86,4 +90,4 @@ def checked_volume(data: np.ndarray, affine: np.ndarray, source) -> Volume:
     cols = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(cols == 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * np.prod(cols):
         raise VolumeError(source, f"affine is not invertible (voxel sizes {cols.round(4).tolist()})")
-    return Volume(data, affine, source)
+    return Volume(data, affine, source, header)
