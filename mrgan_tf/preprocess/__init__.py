@@ -1,0 +1,25 @@
+"""Preprocessing: volumes on disk -> quantised, fixed-size axial slices, and back.
+
+One module per job, in the order the data flows:
+
+- ``config``: ``PreprocessConfig``, every parameter (stored in dataset.json);
+- ``geometry``: canonical orientation, resampling, field-of-view overlap;
+- ``mrgan_tf.intensity``: CT mapping, MR normalisation, quantisation (each with its TF twin);
+- ``masks``: body masks from CT or MR;
+- ``slices``: axial images, the canvas fit and its inverse, the body box, kept slices;
+- ``patients``: ``prepare_patient`` (used by make_records and synthesize) and ``restack_to_grid``.
+
+Conventions (orientation, windows, quantisation) are those of docs/DESIGN.md.
+Everything is importable from here, as before the split.
+"""
+from mrgan_tf.intensity import (  # noqa: F401
+    ct_from_unit, ct_to_unit, denormalise_mr, dequantise, from_model_range, mr_range, normalise_mr, quantise,
+    to_model_range, unwindow_ct, unwindow_ct_tf, window_ct, window_ct_tf)
+from mrgan_tf.preprocess.config import FIT_MODES, PreprocessConfig  # noqa: F401
+from mrgan_tf.preprocess.geometry import (  # noqa: F401
+    overlap_fraction, resample_like, resample_to_spacing, to_canonical)
+from mrgan_tf.preprocess.masks import body_mask_from_ct, body_mask_from_mr  # noqa: F401
+from mrgan_tf.preprocess.patients import (  # noqa: F401
+    PreparedPatient, SliceGeometry, prepare_patient, restack_to_grid)
+from mrgan_tf.preprocess.slices import (  # noqa: F401
+    Placement, axial_image, axial_stack, body_box, fit_to_size, keep_slices, unfit, volume_from_axial_stack)

@@ -1,0 +1,96 @@
+"""``PreprocessConfig``: every preprocessing parameter, stored in dataset.json and read back by all stages."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+FIT_MODES = ("pad", "resize")
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """Every preprocessing parameter; stored in dataset.json and read back by all stages."""
+
+    spacing_mm: float = 1.0
+    image_size: int = 256
+    fit: str = "pad"
+    ct_window_center: float = 40.0
+    ct_window_width: float = 80.0
+    # HU interval stored as [0, 1] instead of the window, e.g. (-1024, 3000) for a synthetic CT in
+    # real HU (SynthRAD's clip); None keeps the paper's window. Needs bits=16.
+    ct_range: tuple[float, float] | None = None
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    bits: int = 8
+    # Keep a slice when its body area is at least this fraction of the patient's largest body
+    # slice (independent of the canvas size, so a larger image_size keeps the same slices).
+    min_foreground: float = 0.15
+    # Largest fraction of a patient's body voxels that may fall outside the canvas (pad fit).
+    max_body_loss: float = 0.005
+    body_threshold_hu: float = -500.0
+    register: bool = False
+    register_skull_hu: float = 300.0
+    register_model: str = "rigid"  # or "affine" (the paper); see registration.register_affine
+
+    def __post_init__(self):
+        self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)
+        problems = []
+        if self.ct_range is not None:
+            self.ct_range = tuple(float(v) for v in self.ct_range)
+            if len(self.ct_range) != 2 or not np.all(np.isfinite(self.ct_range)) \
+                    or not self.ct_range[0] < self.ct_range[1]:
+                problems.append(f"ct_range must be two finite HU values lo,hi with lo < hi, got {self.ct_range}")
+            elif self.bits != 16:
+                step = (self.ct_range[1] - self.ct_range[0]) / 255
+                problems.append(f"ct_range {self.ct_range[0]:g},{self.ct_range[1]:g} at bits=8 would store CT in "
+                                f"{step:.1f} HU steps; use bits=16 (--bits=16)")
+        if not self.spacing_mm > 0:
+            problems.append(f"spacing_mm must be > 0, got {self.spacing_mm}")
+        if int(self.image_size) != self.image_size or self.image_size < 8:
+            problems.append(f"image_size must be an integer >= 8, got {self.image_size}")
+        if self.fit not in FIT_MODES:
+            problems.append(f"fit must be one of {FIT_MODES}, got {self.fit!r}")
+        if not self.ct_window_width > 0:
+            problems.append(f"ct_window_width must be > 0, got {self.ct_window_width}")
+        lo, hi = self.mr_percentiles if len(self.mr_percentiles) == 2 else (None, None)
+        if lo is None or not 0 <= lo < hi <= 100:
+            problems.append(f"mr_percentiles must be (lo, hi) with 0 <= lo < hi <= 100, got {self.mr_percentiles}")
+        if self.bits not in (8, 16):
+            problems.append(f"bits must be 8 or 16, got {self.bits}")
+        if self.register_model not in ("rigid", "affine"):
+            problems.append(f"register_model must be 'rigid' or 'affine', got {self.register_model!r}")
+        if not 0 <= self.min_foreground <= 1:
+            problems.append(f"min_foreground must be in [0, 1], got {self.min_foreground}")
+        if not 0 <= self.max_body_loss <= 1:
+            problems.append(f"max_body_loss must be in [0, 1], got {self.max_body_loss}")
+        if problems:
+            raise ValueError("invalid PreprocessConfig: " + "; ".join(problems))
+        self.image_size = int(self.image_size)
+
+    @property
+    def ct_hu_range(self) -> tuple[float, float]:
+        """The HU interval that the stored CT's [0, 1] spans (``ct_range`` or the window)."""
+        if self.ct_range is not None:
+            return self.ct_range
+        return (self.ct_window_center - self.ct_window_width / 2, self.ct_window_center + self.ct_window_width / 2)
+
+    @property
+    def ct_full_range(self) -> bool:
+        """True when CT is stored over a full HU range rather than the paper's display window."""
+        return self.ct_range is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mr_percentiles"] = list(self.mr_percentiles)
+        d["ct_range"] = None if self.ct_range is None else list(self.ct_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        """Missing keys take defaults (older specs); unknown keys are an error (typos)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig keys: {unknown}")
+        return cls(**d)
