@@ -50,9 +50,10 @@ def sct_figure(png: str, data_root: str, patients: Sequence[str], predictors: Ma
             row[f"SynCT {name}"] = bone_window(axial_image(resample_like(sct, ct, order=1, fill=-1024.0), k))
         row["CT (reference)"] = bone_window(axial_image(ct, k))
         rows.append(row)
-        titles.append(f"{pid} slice {k}")
+        titles.append(f"{pid} z{k}")
     c, w = BONE_WINDOW
-    return figures.comparison_fig6(png, rows, list(rows[0]), [f"{t}, bone window L{c:g}/W{w:g}" for t in titles])
+    columns = [n if n == "MR" else f"{n}\nL{c:g}/W{w:g} HU" for n in rows[0]]
+    return figures.comparison_fig6(png, [dict(zip(columns, r.values())) for r in rows], columns, titles)
 
 
 def sct_table(per_patient: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:

@@ -30,13 +30,10 @@ from mrgan_tf import demo  # noqa: E402
 from mrgan_tf.demo_sct import CT_RANGE, sct_figure, sct_table  # noqa: E402
 from tfrecords_tools.atomic import atomic_write_text  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("root", str(REPO / "runs" / "experiments" / "sct"), "Folder: data/, records/, sct/.")
-flags.DEFINE_string("config", str(table1.DEFAULT_CONFIG), "Train flagfile shared by the three modes.")
-flags.DEFINE_integer("steps", 600, "Iterations per run.", lower_bound=1)
-flags.DEFINE_list("seeds", ["0"], "Training seeds.")
-flags.DEFINE_string("results", str(REPO / "docs" / "results"), "Where sct_demo.{md,json} and the PNG go.")
-flags.DEFINE_integer("workers", 2, "make_records worker processes.")
+FLAGS = flags.FLAGS  # the Table I runner's flags (--root, --config, --steps, --seeds, --results, --workers)
+FLAGS.set_default("root", str(REPO / "runs" / "experiments" / "sct"))
+FLAGS.set_default("steps", 600)
+FLAGS.set_default("seeds", ["0"])
 
 
 def run() -> int:
