@@ -28,38 +28,22 @@ import dataclasses
 import json
 import os
 import re
-import shlex
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from absl import app, flags
 
-MODES = ("mrgan", "paired", "unpaired")
+from mrgan_tf.demo_report import read_history, report_markdown, write_synthesis_png  # noqa: F401
+from mrgan_tf.demo_runs import (  # noqa: F401  (_Child, _cmd_text, ...: used by bench/experiments)
+    MODES, DemoError, TrainingStage, _Child, _cmd_text, _history_progress, _say, _worth_showing)
+
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.cfg"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
 STATE_NAME = "demo_state.json"
 SYN_NAME = "cranium_syn_mr.nii.gz"
 REUSED = ("reused", "present")  # stage statuses that did no work
-PROGRESS_EVERY_S = 15.0        # how often a training's history.csv is polled for a progress line
-# Our own modules' absl log lines are shown; TF's INFO chatter goes only to the log files.
-_ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\]")
-_OUR_FILES = {f"{m}.py" for m in ("train", "make_records", "export", "synthesize", "evaluate", "demo_data",
-                                  "callbacks", "checkpoints", "data", "model", "demo")}
-_NOISE = ("oneDNN custom operations", "All log messages before absl::InitializeLog", "INFO:tensorflow:",
-          "cpu_feature_guard", "To enable the following instructions", "rebuild TensorFlow with",
-          "remapper failed",                                     # harmless grappler message
-          "`shuffle=True` was passed", "self.data_adapter = data_adapters")  # Keras fit() on a tf.data set
-
-
-class DemoError(RuntimeError):
-    """A demo stage failed; the message names the stage and where its log is."""
-
-
 @dataclasses.dataclass
 class DemoOptions:
     """Everything that decides what the demo builds (the CLI flags map 1:1 onto these)."""
@@ -144,68 +128,6 @@ class Stages:
         self.rows.append({"stage": name, "status": status, "seconds": seconds, "commands": commands,
                           "built_seconds": self.state.seconds(name)})
         print(f"--- {name}: {status} in {seconds:.1f} s", flush=True)
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _worth_showing(line: str) -> bool:
-    """Console filter for child output: drop TensorFlow's INFO chatter (it stays in the log file)."""
-    if any(n in line for n in _NOISE):
-        return False
-    m = _ABSL_LINE.match(line)
-    return not (m and m.group(1) == "I" and m.group(2) not in _OUR_FILES)
-
-
-def _cmd_text(cmd: Sequence[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd).replace(shlex.quote(sys.executable), "python")
-
-
-class _Child:
-    """A subprocess whose merged output goes to a log file and, filtered and prefixed, to the console."""
-
-    def __init__(self, name: str, cmd: list[str], log_path: str):
-        self.name, self.cmd, self.log_path = name, cmd, log_path
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                   PYTHONUNBUFFERED="1")
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1, env=env)
-        self._pump = threading.Thread(target=self._copy, daemon=True)
-        self._pump.start()
-
-    def _copy(self) -> None:
-        for line in self.proc.stdout:
-            self._log.write(line)
-            if _worth_showing(line):
-                print(f"  [{self.name}] {line.rstrip()}", flush=True)
-
-    def finish(self) -> int:
-        rc = self.proc.wait()
-        self._pump.join()
-        self._log.close()
-        return rc
-
-    def tail(self, n: int = 20) -> str:
-        with open(self.log_path) as f:
-            return "".join(f.readlines()[-n:])
-
-
-def _history_progress(run_dir: str) -> tuple[int, float] | None:
-    """(last iteration, iterations/s) from a run's history.csv, or None before its first row."""
-    path = os.path.join(run_dir, "history.csv")
-    try:
-        with open(path) as f:
-            rows = list(csv.reader(f))
-    except OSError:
-        return None
-    if len(rows) < 2 or len(rows[-1]) != len(rows[0]):
-        return None
-    try:
-        return int(rows[-1][0]), float(rows[-1][-1])
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------------- state (what was built with what)
@@ -332,85 +254,9 @@ class Demo:
         self.state.record("records", key)
         return "built", cmd
 
-    # ---- 3. training
-    def _trained_iterations(self, mode: str) -> int:
-        import tensorflow as tf
-        path = tf.train.latest_checkpoint(os.path.join(self.runs[mode], "checkpoints"))
-        return int(path.rsplit("-", 1)[1]) if path else 0
-
+    # ---- 3. training (demo_runs.TrainingStage)
     def stage_train(self):
-        # Comments and --steps are left out: a longer run resumes the same run dir.
-        config = [line.strip() for line in Path(self.o.config).read_text().splitlines()
-                  if line.strip() and not line.lstrip().startswith(("#", "--steps"))]
-        key = {"config": config, "train_flags": list(self.o.train_flags), "seed": self.o.seed}
-        todo, commands = [], []
-        for mode in MODES:
-            commands.append(_cmd_text(self.train_command(mode)))
-            if not self._reuse_run(mode, key):
-                if os.path.isdir(self.runs[mode]):
-                    _say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.runs[mode]}")
-                    shutil.rmtree(self.runs[mode])
-                todo.append(mode)
-                continue
-            done = self._trained_iterations(mode)
-            if done >= self.o.steps:
-                _say(f"[{mode}] reusing {self.runs[mode]} ({done} iterations)")
-                self.iterations[mode] = done
-            else:
-                _say(f"[{mode}] resuming {self.runs[mode]} from iteration {done}")
-                todo.append(mode)
-        self._train_all(todo, key)
-        self.dirty = self.dirty or bool(todo)
-        return ("trained " + ", ".join(todo) if todo else "reused"), commands
-
-    def _reuse_run(self, mode: str, key: Any) -> bool:
-        """Like ``_reuse`` but per run and without dirtying the other runs."""
-        stage = f"train/{mode}"
-        exists = os.path.isfile(os.path.join(self.runs[mode], "run.json"))
-        if not self.dirty and exists and self.state.matches(stage, key):
-            return True
-        self.state.forget(stage)
-        return False
-
-    def _train_all(self, todo: list[str], key: Any) -> None:
-        pending, running = list(todo), {}
-        while pending or running:
-            while pending and len(running) < self.o.jobs:
-                mode = pending.pop(0)
-                _say(f"[{mode}] {_cmd_text(self.train_command(mode))}")
-                _say(f"[{mode}] tracing the train step first (tens of seconds), then {self.o.steps} iterations")
-                self.state.record(f"train/{mode}", key)  # the settings this run dir holds, even if interrupted
-                running[mode] = (_Child(mode, self.train_command(mode), os.path.join(self.logs, f"train_{mode}.log")),
-                                 time.perf_counter())
-            finished = self._wait_any(running)
-            child, t = running.pop(finished)
-            rc = child.finish()
-            if rc != 0:
-                for other, _ in running.values():
-                    other.proc.kill()
-                    other.finish()
-                raise DemoError(f"training {finished} failed (exit {rc}); full log: {child.log_path}\n{child.tail()}")
-            self.state.set_seconds(f"train/{finished}", time.perf_counter() - t)
-            self.iterations[finished] = self._trained_iterations(finished)
-
-    def _wait_any(self, running: dict) -> str:
-        """Waits until one child ends, printing iteration progress from history.csv meanwhile."""
-        next_report, last = time.perf_counter() + PROGRESS_EVERY_S, {}
-        while True:
-            for mode, (child, _) in running.items():
-                if child.proc.poll() is not None:
-                    return mode
-            try:
-                next(iter(running.values()))[0].proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                pass
-            if time.perf_counter() >= next_report:
-                next_report += PROGRESS_EVERY_S
-                for mode in running:
-                    p = _history_progress(self.runs[mode])
-                    if p and p != last.get(mode):
-                        last[mode] = p
-                        _say(f"  [{mode}] iteration {p[0]}/{self.o.steps} ({p[1]:.2f} it/s)")
+        return TrainingStage(self)()
 
     # ---- 4. SavedModels
     def stage_export(self):
@@ -508,125 +354,6 @@ class Demo:
 
     def report(self, stages: Stages) -> str:
         return report_markdown(self, stages)
-
-
-def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
-    """``history.csv`` -> {loss name: (iterations, values)} (iterations_per_second left out)."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    names = [k for k in rows[0] if k not in ("iteration", "iterations_per_second")]
-    steps = [int(r["iteration"]) for r in rows]
-    return {n: (steps, [float(r[n]) if r[n] not in ("", None) else float("nan") for r in rows]) for n in names}
-
-
-def write_synthesis_png(ct_path: str, syn_path: str, png: str, cfg, title: str, n_slices: int = 4) -> str:
-    """A few axial slices, CT (the model's window) | SynMR, as DESIGN orients them."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from mrgan_tf.io.readers import read_volume
-    from mrgan_tf.preprocess import axial_image, to_canonical, window_ct
-
-    ct, syn = to_canonical(read_volume(ct_path)), to_canonical(read_volume(syn_path))
-    if ct.shape != syn.shape:
-        raise DemoError(f"{syn_path}: shape {syn.shape} differs from the CT's {ct.shape}")
-    body = np.flatnonzero((ct.data > cfg.body_threshold_hu).mean(axis=(0, 1)) > 0.05)
-    lo, hi = (body[0], body[-1]) if body.size else (0, ct.shape[2] - 1)
-    ks = np.unique(np.linspace(lo, hi, n_slices + 2)[1:-1].round().astype(int))
-    sx, sy = ct.spacing[0], ct.spacing[1]
-    fig = Figure(figsize=(5.0, 2.5 * len(ks) + 0.4), layout="constrained")
-    axes = fig.subplots(len(ks), 2, squeeze=False)
-    for row, k in zip(axes, ks):
-        images = (window_ct(axial_image(ct, k), cfg.ct_window_center, cfg.ct_window_width),
-                  axial_image(syn, k) / 255.0)
-        for ax, img, name in zip(row, images, ("CT", "SynMR")):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1, aspect=sy / sx)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{name}, slice {k}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    from mrgan_tf.figures import save_png
-    return save_png(fig, png)
-
-
-def _rel(path: str, out: str) -> str:
-    return os.path.relpath(path, out)
-
-
-def report_markdown(demo: Demo, stages: Stages) -> str:
-    o, out = demo.o, demo.out
-    lines = ["# mrgan-tf demo report", "",
-             f"Built by `python -m mrgan_tf.demo --out={out} --steps={o.steps} --size_scale={o.size_scale:g} "
-             f"--seed={o.seed}`{' --register' if o.register else ''}"
-             + (f" with train flags `{' '.join(o.train_flags)}`" if o.train_flags else "") + ".",
-             "",
-             "> **Demo scale: these numbers say nothing about the paper's claims.** The data are a few "
-             "simulated heads (anatomy of two real MR templates, simulated CTs; see "
-             f"`{_rel(os.path.join(demo.data, 'README.txt'), out)}`), the networks are narrow, "
-             f"and each model trained for {o.steps} iterations instead of the paper's 300k. "
-             "The comparison shows the pipeline works end to end, not which method is better.",
-             "", "## What was run", "",
-             f"- Preprocessing: {o.spacing_mm:g} mm voxels, {o.image_size} x {o.image_size} px slices "
-             f"(field of view {o.spacing_mm * o.image_size:g} mm), CT window 40/80 HU, 8-bit records, MR-to-CT "
-             f"registration {'on' if o.register else 'off (the demo MRs are misaligned by 1-3 mm / 1-3 deg on purpose; --register turns it on, at ~20 s CPU per paired patient)'}.",
-             f"- Training: `{os.path.relpath(o.config)}` in "
-             f"modes {', '.join(MODES)}, {o.steps} iterations each, seed {o.seed}.",
-             "", "| Stage | This run | Time this run (s) | Time when built (s) |", "|---|---|---:|---:|"]
-    lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.1f} | "
-              f"{'-' if r['built_seconds'] is None else format(r['built_seconds'], '.1f')} |" for r in stages.rows]
-    total = sum(r["seconds"] for r in stages.rows)
-    built = sum(r["built_seconds"] or 0.0 for r in stages.rows)
-    lines += [f"| **total** | | **{total:.1f}** | **{built:.1f}** |", ""]
-    train = {m: demo.state.seconds(f"train/{m}") for m in MODES}
-    if all(v is not None for v in train.values()):
-        lines += ["Training wall time per mode (includes graph tracing and the SavedModel export): "
-                  + ", ".join(f"{m} {s:.0f} s" for m, s in train.items()) + ".", ""]
-    lines += ["Equivalent commands:", "", "```sh"]
-    lines += [c for r in stages.rows for c in r["commands"]]
-    lines += ["```", "", "## Comparison on the paired test patients (Table I style)", "",
-              f"From `{_rel(os.path.join(demo.eval, 'metrics.md'), out)}` "
-              f"(also `metrics.csv`, `metrics.json`). Test patients: "
-              f"{', '.join(_test_patients(demo.records))}.", ""]
-    lines += [_demote_headings(demo.metrics_md).strip(), "", "## Figures", ""]
-    eval_pngs = sorted(p for p in os.listdir(demo.eval) if p.endswith(".png"))
-    lines += [f"- [{p}]({_rel(os.path.join(demo.eval, p), out)})" for p in eval_pngs]
-    if "fig6.png" in eval_pngs:
-        lines += ["", f"![Fig. 6 style comparison]({_rel(os.path.join(demo.eval, 'fig6.png'), out)})"]
-    lines += ["", "Loss curves (from each run's `history.csv`):", ""]
-    lines += [f"- {m}: [{_rel(p, out)}]({_rel(p, out)})" for m, p in demo.loss_pngs.items()]
-    syn = demo.syn
-    lines += ["", "## Synthesis from a whole CT volume", "",
-              f"MR-GAN's ct2mr SavedModel applied to `{_rel(syn['ct'], out)}` "
-              + ("(the real Cranium CT of Debian's invesalius-examples, a CT-only training patient, so it has no "
-                 "reference MR)" if syn["real"] else "(a simulated CT: the real Cranium CT was not available)")
-              + f": `{_rel(syn['out'], out)}` (same grid as the CT; 0-255 scale).", "",
-              f"![CT | SynMR]({_rel(syn['png'], out)})", "",
-              *demo.sct.report_lines(lambda p: _rel(p, out)),
-              "## SavedModels (TF Serving layout)", "",
-              "| Mode | ct2mr | mr2ct | iterations |", "|---|---|---|---:|"]
-    for m in MODES:
-        e = demo.exports.get(m, {})
-        lines.append(f"| {m} | `{_rel(e['ct2mr'], out) if 'ct2mr' in e else '-'}` | "
-                     f"`{_rel(e['mr2ct'], out) if 'mr2ct' in e else '-'}` | {demo.iterations.get(m, '?')} |")
-    lines += ["", "The paired baseline trains only CT -> MR, so it has no mr2ct model.", "",
-              "## Logs", "", f"- TensorBoard: `tensorboard --logdir {out}`",
-              f"- Training console logs: `{_rel(demo.logs, out)}/train_<mode>.log`; checkpoints in "
-              "`<mode>/checkpoints/`.", ""]
-    return "\n".join(lines)
-
-
-def _demote_headings(md: str) -> str:
-    """Nest metrics.md's headings under the report's section."""
-    return re.sub(r"^(#+) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", md, flags=re.M)
-
-
-def _test_patients(records: str) -> list[str]:
-    with open(os.path.join(records, "dataset.json")) as f:
-        return list(json.load(f)["split"]["test"])
 
 
 # --------------------------------------------------------------------------- entry points

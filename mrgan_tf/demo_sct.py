@@ -90,7 +90,7 @@ class SyntheticCTStage:
                 f"--seed={self.d.o.seed}", *self.d.o.train_flags]
 
     def __call__(self) -> tuple[str, list[str]]:
-        from mrgan_tf import demo as demo_lib
+        from mrgan_tf import demo_runs as demo_lib
         from mrgan_tf.evaluate import evaluate
         from mrgan_tf.make_records import make_records
 

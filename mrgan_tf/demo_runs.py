@@ -1,0 +1,201 @@
+"""The demo's training subprocesses: one process per run, logs, a filtered console, progress lines.
+
+Each training runs as ``python -m mrgan_tf.train`` in its own process (graph
+tracing and TF state stay apart); its merged output goes to a log file and,
+without TensorFlow's INFO chatter, to the console; progress comes from the run's
+history.csv. Used by the demo and the experiment runners in bench/experiments.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+MODES = ("mrgan", "paired", "unpaired")
+PROGRESS_EVERY_S = 15.0        # how often a training's history.csv is polled for a progress line
+# Our own modules' absl log lines are shown; TF's INFO chatter goes only to the log files.
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\]")
+_OUR_FILES = {f"{m}.py" for m in ("train", "make_records", "export", "synthesize", "evaluate", "demo_data",
+                                  "callbacks", "checkpoints", "data", "model", "demo")}
+_NOISE = ("oneDNN custom operations", "All log messages before absl::InitializeLog", "INFO:tensorflow:",
+          "cpu_feature_guard", "To enable the following instructions", "rebuild TensorFlow with",
+          "remapper failed",                                     # harmless grappler message
+          "`shuffle=True` was passed", "self.data_adapter = data_adapters")  # Keras fit() on a tf.data set
+
+
+class DemoError(RuntimeError):
+    """A demo stage failed; the message names the stage and where its log is."""
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _worth_showing(line: str) -> bool:
+    """Console filter for child output: drop TensorFlow's INFO chatter (it stays in the log file)."""
+    if any(n in line for n in _NOISE):
+        return False
+    m = _ABSL_LINE.match(line)
+    return not (m and m.group(1) == "I" and m.group(2) not in _OUR_FILES)
+
+
+def _cmd_text(cmd: Sequence[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd).replace(shlex.quote(sys.executable), "python")
+
+
+class _Child:
+    """A subprocess whose merged output goes to a log file and, filtered and prefixed, to the console."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: str):
+        self.name, self.cmd, self.log_path = name, cmd, log_path
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                   PYTHONUNBUFFERED="1")
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     bufsize=1, env=env)
+        self._pump = threading.Thread(target=self._copy, daemon=True)
+        self._pump.start()
+
+    def _copy(self) -> None:
+        for line in self.proc.stdout:
+            self._log.write(line)
+            if _worth_showing(line):
+                print(f"  [{self.name}] {line.rstrip()}", flush=True)
+
+    def finish(self) -> int:
+        rc = self.proc.wait()
+        self._pump.join()
+        self._log.close()
+        return rc
+
+    def tail(self, n: int = 20) -> str:
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-n:])
+
+
+def _history_progress(run_dir: str) -> tuple[int, float] | None:
+    """(last iteration, iterations/s) from a run's history.csv, or None before its first row."""
+    path = os.path.join(run_dir, "history.csv")
+    try:
+        with open(path) as f:
+            rows = list(csv.reader(f))
+    except OSError:
+        return None
+    if len(rows) < 2 or len(rows[-1]) != len(rows[0]):
+        return None
+    try:
+        return int(rows[-1][0]), float(rows[-1][-1])
+    except ValueError:
+        return None
+
+
+class TrainingPool:
+    """Runs the trainings of ``todo`` at most ``jobs`` at once; the first failure stops the others."""
+
+    def __init__(self, command: Callable[[str], list[str]], run_dirs: Mapping[str, str], logs: str, jobs: int,
+                 steps: int):
+        self.command, self.run_dirs, self.logs, self.jobs, self.steps = command, run_dirs, logs, jobs, steps
+
+    def run(self, todo: Sequence[str], on_start: Callable[[str], None] = lambda name: None,
+            on_done: Callable[[str, float], None] = lambda name, seconds: None) -> None:
+        pending, running = list(todo), {}
+        while pending or running:
+            while pending and len(running) < self.jobs:
+                name = pending.pop(0)
+                _say(f"[{name}] {_cmd_text(self.command(name))}")
+                _say(f"[{name}] tracing the train step first (tens of seconds), then {self.steps} iterations")
+                on_start(name)
+                running[name] = (_Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log")),
+                                 time.perf_counter())
+            finished = self._wait_any(running)
+            child, t = running.pop(finished)
+            rc = child.finish()
+            if rc != 0:
+                for other, _ in running.values():
+                    other.proc.kill()
+                    other.finish()
+                raise DemoError(f"training {finished} failed (exit {rc}); full log: {child.log_path}\n{child.tail()}")
+            on_done(finished, time.perf_counter() - t)
+
+    def _wait_any(self, running: dict) -> str:
+        """Waits until one child ends, printing iteration progress from history.csv meanwhile."""
+        next_report, last = time.perf_counter() + PROGRESS_EVERY_S, {}
+        while True:
+            for name, (child, _) in running.items():
+                if child.proc.poll() is not None:
+                    return name
+            try:
+                next(iter(running.values()))[0].proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.perf_counter() >= next_report:
+                next_report += PROGRESS_EVERY_S
+                for name in running:
+                    p = _history_progress(self.run_dirs[name])
+                    if p and p != last.get(name):
+                        last[name] = p
+                        _say(f"  [{name}] iteration {p[0]}/{self.steps} ({p[1]:.2f} it/s)")
+
+
+class TrainingStage:
+    """The demo's training stage: reuse, resume or (re)start each mode's run, then train what is left."""
+
+    def __init__(self, demo):
+        self.d = demo
+
+    def _trained_iterations(self, mode: str) -> int:
+        import tensorflow as tf
+        path = tf.train.latest_checkpoint(os.path.join(self.d.runs[mode], "checkpoints"))
+        return int(path.rsplit("-", 1)[1]) if path else 0
+
+    def __call__(self) -> tuple[str, list[str]]:
+        # Comments and --steps are left out: a longer run resumes the same run dir.
+        config = [line.strip() for line in Path(self.d.o.config).read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith(("#", "--steps"))]
+        key = {"config": config, "train_flags": list(self.d.o.train_flags), "seed": self.d.o.seed}
+        todo, commands = [], []
+        for mode in MODES:
+            commands.append(_cmd_text(self.d.train_command(mode)))
+            if not self._reuse_run(mode, key):
+                if os.path.isdir(self.d.runs[mode]):
+                    _say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.d.runs[mode]}")
+                    shutil.rmtree(self.d.runs[mode])
+                todo.append(mode)
+                continue
+            done = self._trained_iterations(mode)
+            if done >= self.d.o.steps:
+                _say(f"[{mode}] reusing {self.d.runs[mode]} ({done} iterations)")
+                self.d.iterations[mode] = done
+            else:
+                _say(f"[{mode}] resuming {self.d.runs[mode]} from iteration {done}")
+                todo.append(mode)
+        self._train_all(todo, key)
+        self.d.dirty = self.d.dirty or bool(todo)
+        return ("trained " + ", ".join(todo) if todo else "reused"), commands
+
+    def _reuse_run(self, mode: str, key: Any) -> bool:
+        """Like ``_reuse`` but per run and without dirtying the other runs."""
+        stage = f"train/{mode}"
+        exists = os.path.isfile(os.path.join(self.d.runs[mode], "run.json"))
+        if not self.d.dirty and exists and self.d.state.matches(stage, key):
+            return True
+        self.d.state.forget(stage)
+        return False
+
+    def _train_all(self, todo: list[str], key: Any) -> None:
+        def started(mode: str) -> None:
+            self.d.state.record(f"train/{mode}", key)  # the settings this run dir holds, even if interrupted
+
+        def done(mode: str, seconds: float) -> None:
+            self.d.state.set_seconds(f"train/{mode}", seconds)
+            self.d.iterations[mode] = self._trained_iterations(mode)
+
+        TrainingPool(self.d.train_command, self.d.runs, self.d.logs, self.d.o.jobs, self.d.o.steps).run(todo, started, done)
