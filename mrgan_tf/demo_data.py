@@ -35,6 +35,7 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from mrgan_tf.errors import UserError
 from mrgan_tf.io.invesalius import read_inv3
 from mrgan_tf.io.readers import write_nifti
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -58,7 +59,7 @@ HU_VARIATION = np.array([0, 10, 15, 250, 4, 4, 4, 0], dtype=np.float32)
 SYNTH_T1 = np.array([0.0, 0.55, 0.95, 0.08, 0.25, 0.65, 1.0, 0.0], dtype=np.float32)
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(UserError, RuntimeError):
     """The demo set cannot be built (bad output folder, no source anatomy)."""
 
 

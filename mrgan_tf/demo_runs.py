@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mrgan_tf.errors import UserError
+
 MODES = ("mrgan", "paired", "unpaired")
 PROGRESS_EVERY_S = 15.0        # how often a training's history.csv is polled for a progress line
 # Our own modules' absl log lines are shown; TF's INFO chatter goes only to the log files.
@@ -31,7 +33,7 @@ _NOISE = ("oneDNN custom operations", "All log messages before absl::InitializeL
           "`shuffle=True` was passed", "self.data_adapter = data_adapters")  # Keras fit() on a tf.data set
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError, RuntimeError):
     """A demo stage failed; the message names the stage and where its log is."""
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from mrgan_tf import figures, metrics
+from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig, denormalise_mr, dequantise
 from mrgan_tf.synthesize import AIR_HU, Predictor, load_predictors
 from tfrecords_tools.atomic import atomic_write_text
@@ -64,7 +65,7 @@ GRID_METRICS = tuple(k for keys in GRID_TABLES.values() for k in keys)
 SELECTION_ONLY = ("min_foreground", "max_body_loss", "register", "register_skull_hu", "register_model")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Bad dataset or model for evaluation; the message names the path or patient."""
 
 

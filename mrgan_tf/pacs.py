@@ -21,12 +21,14 @@ from pathlib import Path
 
 from absl import app, flags
 
+from mrgan_tf.errors import UserError
+
 DEFAULT_CALLING_AET = "MRGAN_TF"
 DEFAULT_TIMEOUT_S = 30.0
 _PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\[\]]+):(?P<port>\d{1,5})$")
 
 
-class PacsError(RuntimeError):
+class PacsError(UserError, RuntimeError):
     """A transfer or query that did not (fully) succeed; the message says what was and was not stored."""
 
 

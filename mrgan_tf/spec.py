@@ -10,6 +10,7 @@ import json
 import os
 from typing import Any
 
+from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig
 
 SPEC_NAME = "dataset.json"
@@ -19,7 +20,7 @@ SET_NAMES = ("paired_train", "unpaired_ct", "unpaired_mr", "paired_test")
 VAL_SET = "paired_val"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     pass
 
 

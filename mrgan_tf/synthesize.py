@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags, logging
 
+from mrgan_tf.errors import UserError
 from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
                              resolve_version_dir)
 from mrgan_tf.io.readers import read_volume
@@ -57,7 +58,7 @@ INPUT_MODALITY = {"ct2mr": "ct", "mr2ct": "mr"}
 OUTPUT_MODALITY = {"ct2mr": "MR", "mr2ct": "CT"}
 
 
-class SynthesisError(ValueError):
+class SynthesisError(UserError, ValueError):
     """Bad model or input for synthesis; the message names the path."""
 
 

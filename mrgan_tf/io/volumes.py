@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from mrgan_tf.errors import UserError
 
-class VolumeError(ValueError):
+
+class VolumeError(UserError, ValueError):
     """Bad input volume. The message starts with the offending path."""
 
     def __init__(self, path, problem: str):
