@@ -289,6 +289,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    flags.DEFINE_string("server", None, "Run the generator on a TF Serving server instead of --model: host:port "
+                        "(gRPC) or http://host:port (REST); see mrgan_tf.client.", flag_values=fv)
 
 
 def _direction(fv) -> str:
@@ -300,13 +302,20 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
+def _load(fv, direction: str) -> Predictor:
+    if fv.server:
+        from mrgan_tf.client import ClientConfig, connect
+        return connect(ClientConfig(fv.server), direction)
+    return load_predictor(fv.model, direction)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     single = bool(fv.ct or fv.mr)
-    if not fv.model:
-        raise app.UsageError("--model is required")
+    if bool(fv.model) == bool(fv.server):
+        raise app.UsageError("give --model or --server (one of them)")
     if single == bool(fv.root):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:
@@ -322,11 +331,11 @@ def main(argv):
     try:
         if single:
             vol = read_volume(fv.ct or fv.mr)   # bad input fails before the model loads
-            info = write_synthesis(load_predictor(fv.model, direction), vol, fv.out, fv.batch_size, fv.progress)
+            info = write_synthesis(_load(fv, direction), vol, fv.out, fv.batch_size, fv.progress)
             print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s "
                   f"(model {info['model_s']:.1f} s)")
             return 0
-        done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
+        done, errors = synthesize_root(_load(fv, direction), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress)
     except (SynthesisError, ExportError, VolumeError, SpecError, FileNotFoundError, tf.errors.OpError) as e:
         print(f"synthesize: error: {e}", file=sys.stderr)
