@@ -93,7 +93,7 @@ class LoadedVersion:
 class ModelRepository:
     """The models of a ``models.config``, each at its latest version; warmup replayed on load."""
 
-    def __init__(self, config_path: str):
+    def __init__(self, config_path: str, replay_warmup: bool = True):
         config = text_format.Parse(open(config_path).read(), model_server_config_pb2.ModelServerConfig())
         self.versions: dict[str, dict[int, LoadedVersion]] = {}
         self.warmup_replayed: dict[str, int] = {}
@@ -102,7 +102,7 @@ class ModelRepository:
             keep = numbers[-max(1, entry.model_version_policy.latest.num_versions):]
             self.versions[entry.name] = {v: LoadedVersion(os.path.join(entry.base_path, str(v))) for v in keep}
             for v, loaded in self.versions[entry.name].items():
-                self.warmup_replayed[f"{entry.name}/{v}"] = self._replay_warmup(loaded)
+                self.warmup_replayed[f"{entry.name}/{v}"] = self._replay_warmup(loaded) if replay_warmup else 0
 
     @staticmethod
     def _replay_warmup(loaded: LoadedVersion) -> int:
@@ -345,9 +345,9 @@ class Servers:
 
 
 @contextlib.contextmanager
-def serving(config_path: str, max_message_bytes: int = 256 << 20):
+def serving(config_path: str, max_message_bytes: int = 256 << 20, replay_warmup: bool = True):
     """Serve the models of ``config_path`` on 127.0.0.1 (gRPC and REST) for the block."""
-    servers = Servers(ModelRepository(config_path), max_message_bytes).start()
+    servers = Servers(ModelRepository(config_path, replay_warmup), max_message_bytes).start()
     try:
         yield servers
     finally:
