@@ -93,7 +93,10 @@ class GrpcTransport:
 
     def __init__(self, cfg: ClientConfig, sleep: Callable[[float], None] = time.sleep):
         import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        from mrgan_tf.serving_files import serving_protos
+
+        prediction_service_pb2_grpc = serving_protos("apis.prediction_service_pb2_grpc")
 
         self.cfg, self._sleep, self._grpc = cfg, sleep, grpc
         options = [("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -67,6 +67,17 @@ class BatchingConfig:
         return "\n".join(lines) + "\n"
 
 
+def serving_protos(module: str):
+    """``tensorflow_serving.<module>``, or an ImportError that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"tensorflow_serving.{module}")
+    except ImportError as e:
+        raise ImportError(f"{e}: TF Serving's protos are needed (warmup requests, models.config, the client): "
+                          "pip install grpcio && pip install --no-deps 'tensorflow-serving-api==2.21.*'") from e
+
+
 # --------------------------------------------------------------------------- warmup
 
 
@@ -87,9 +98,7 @@ def tensor_proto(array: np.ndarray):
 
 def predict_request(model_name: str, signature: str, inputs: dict[str, np.ndarray], version: int | None = None):
     """A PredictRequest for ``model_name``'s ``signature`` with numpy ``inputs``."""
-    from tensorflow_serving.apis import predict_pb2
-
-    req = predict_pb2.PredictRequest()
+    req = serving_protos("apis.predict_pb2").PredictRequest()
     req.model_spec.name = model_name
     req.model_spec.signature_name = signature
     if version is not None:
@@ -101,7 +110,7 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, np.ndarra
 
 def warmup_logs(model_name: str, example_inputs, batch_sizes) -> list:
     """PredictionLogs: each signature of ``example_inputs(n)`` at each batch size ``n`` (duplicates dropped)."""
-    from tensorflow_serving.apis import prediction_log_pb2
+    prediction_log_pb2 = serving_protos("apis.prediction_log_pb2")
 
     logs, seen = [], set()
     for n in batch_sizes:
@@ -132,8 +141,8 @@ def write_warmup(version_dir: str, logs) -> str:
 def read_warmup(path: str) -> list:
     """The PredictionLogs of a warmup file."""
     import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
 
+    prediction_log_pb2 = serving_protos("apis.prediction_log_pb2")
     return [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
 
 
@@ -142,9 +151,7 @@ def read_warmup(path: str) -> list:
 
 def model_server_config(models: dict[str, str]):
     """ModelServerConfig serving ``models`` ({name: base path}), each at its latest version."""
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
+    config = serving_protos("config.model_server_config_pb2").ModelServerConfig()
     for name, base_path in models.items():
         entry = config.model_config_list.config.add()
         entry.name = name
