@@ -62,6 +62,12 @@ class ClientConfig:
     retries: int = 5
     backoff_s: float = 0.5
 
+    def __post_init__(self):
+        address = self.server.split("://", 1)[-1].rstrip("/")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ServingError(f"--server={self.server}: expected host:port (gRPC) or http://host:port (REST)")
+
     @property
     def rest(self) -> bool:
         return self.server.startswith(("http://", "https://"))

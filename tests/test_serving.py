@@ -230,6 +230,8 @@ def test_client_errors_are_clear(servers, grpc_cfg):
     hurried = client.GrpcTransport(client.ClientConfig(grpc_cfg.server, timeout_s=1e-6, retries=1))
     with pytest.raises(client.ServingError, match="deadline exceeded"):
         hurried.predict("ct2mr", "normalised", {"ct": np.zeros((1, 32, 32, 1), np.float32)})
+    with pytest.raises(client.ServingError, match="--server=localhost: expected host:port"):
+        client.ClientConfig("localhost")
     rest_waits = []
     rest = client.ClientConfig(f"http://127.0.0.1:{closed}", retries=2, backoff_s=0.125)
     with pytest.raises(client.ServingError, match="unreachable"):
