@@ -4,12 +4,13 @@
     .venv/bin/python bench/bench_client.py --ngf=16 --n_blocks=3     # a cheaper generator: overhead shows more
 
 A generator (default full size: ngf 64, 9 blocks, 256 x 256, random weights) is
-exported with ``mrgan_tf.export.export_model``; ``tests/serving_double.py`` (a test
+exported with ``mrgan_tf.export.export_generator`` (plus ``models.config``);
+``tests/serving_double.py`` (a test
 double of TF Serving's PredictionService: the TF1 SavedModel loader behind a
 grpcio server on 127.0.0.1, in this process; TF Serving itself cannot be
 installed here) serves the export's ``models.config``. A synthetic head CT of
 230 x 230 x 150 voxels at 1 mm goes through ``synthesize.synthesize_volume``
-with
+with (the double's warmup replay is turned off; the timed runs follow a warm-up)
 
 * ``local``: ``synthesize.load_predictor`` (the SavedModel's ``normalised``
   signature in this process), and
