@@ -22,6 +22,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python deps
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'tensorflow-serving-api==2.21.*'   # its "tensorflow" requirement would pull a second TF
 
 demo: venv
 	$(BIN)/python -m mrgan_tf.demo

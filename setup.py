@@ -10,6 +10,10 @@ from setuptools import find_packages, setup
 
 GPU = os.environ.get("MRGAN_TF_GPU", "0") == "1"
 TENSORFLOW = "tensorflow[and-cuda]==2.21.*" if GPU else "tensorflow-cpu==2.21.*"
+# The TF Serving client protos. The wheel requires the name ``tensorflow``, which
+# tensorflow-cpu does not provide, so with the CPU wheel install it apart with
+# ``pip install --no-deps tensorflow-serving-api==2.21.*`` (``make venv`` does).
+SERVING_API = "tensorflow-serving-api==2.21.*"
 
 setup(
     name="mrgan-tf",
@@ -33,7 +37,9 @@ setup(
         "scikit-image",
         "nilearn",
         "pillow",
-    ],
+        "grpcio>=1.60",
+        "protobuf",
+    ] + ([SERVING_API] if GPU else []),
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest", "pytest-xdist"],
@@ -45,6 +51,7 @@ setup(
             "mrgan-export=mrgan_tf.export:run",
             "mrgan-synthesize=mrgan_tf.synthesize:run",
             "mrgan-pacs=mrgan_tf.pacs:run",
+            "mrgan-client=mrgan_tf.client:run",
             "mrgan-evaluate=mrgan_tf.evaluate:run",
             "mrgan-demo-data=mrgan_tf.demo_data:run",
             "mrgan-demo=mrgan_tf.demo:run",

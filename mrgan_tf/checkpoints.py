@@ -122,6 +122,7 @@ def resolve_checkpoint(run_dir: str, which: str = "last") -> str:
     folder = os.path.join(run_dir, "checkpoints" if which == "last" else BEST_DIR)
     path = tf.train.latest_checkpoint(folder)
     if path is None:
+        what = "checkpoint" if which == "last" else "best checkpoint"
         hint = "" if which == "last" else " (train with --val_every and records made with --val_patients)"
-        raise FileNotFoundError(f"{run_dir}: no {which} checkpoint in {folder}{hint}")
+        raise FileNotFoundError(f"{run_dir}: no {what} in {folder}{hint}")
     return path

@@ -2,33 +2,34 @@
 
 ``export_model`` writes each trained generator as a TF Serving model,
 ``<export_dir>/ct2mr/<version>/`` (SynMR) and ``<export_dir>/mr2ct/<version>/``
-(SynCT). Versions count upward and are never overwritten: a version is written
-under a hidden temporary name (TF Serving only loads numeric folders) and
-renamed into place when complete.
+(SynCT), each with ``assets.extra/tf_serving_warmup_requests``, and keeps
+``models.config`` and ``batching_parameters.txt`` at the export root
+(``mrgan_tf.serving_files``). Versions count upward and are never overwritten:
+a version is written under a hidden temporary name (TF Serving only loads
+numeric folders) and renamed into place when complete.
 
-Signatures (method ``tensorflow/serving/predict``; docs/SERVING.md has examples):
+The graphs are ``mrgan_tf.serving_signatures.CtToMr`` / ``MrToCt``
+(``tf.Module`` per direction on a shared base). Signatures (method
+``tensorflow/serving/predict``; docs/SERVING.md has the table and examples):
 
 * ``serving_default``: physical units in, physical units out. The input (``ct``
   in HU, or raw ``mr`` intensities) is ``[N, H, W]`` or ``[N, H, W, 1]`` for any
-  H, W (one signature of unknown rank, checked in the graph); outputs have the
-  input's shape. Inside: window / normalise, quantise to the records' bits, fit
-  to S x S (the dataset's pad/crop or resize), generator, back to H x W.
-  ct2mr outputs ``mr`` (0..1 training scale) and ``mr_255`` (the paper's 0-255);
-  mr2ct outputs ``ct_hu`` (HU over the CT interval the records stored: the
-  paper's window, or a full range such as [-1024, 3000] when the dataset was
-  made with ``--ct_range``), ``ct`` (0..1) and the ``mr_range`` used. MR has no absolute
-  scale, so mr2ct normalises each request by percentiles of the request's
-  non-background pixels (values above the request's minimum); send a whole
-  volume per request, or use ``with_mr_range`` to pass (lo, hi) yourself.
+  H, W; outputs have the input's shape. ct2mr outputs ``mr`` (0..1) and
+  ``mr_255`` (the paper's 0-255); mr2ct outputs ``ct_hu`` (HU over the CT
+  interval the records stored: the paper's window, or a full range such as
+  [-1024, 3000] with ``make_records --ct_range``), ``ct`` (0..1) and the
+  (lo, hi) ``mr_range`` ([2]); ``serving_rows`` is its REST row-format twin
+  (``mr_range`` once per slice, ``[N, 2]``).
+* ``with_mr_range`` (mr2ct): ``mr`` plus ``mr_range`` as ``[2]`` or ``[N, 2]``.
 * ``normalised``: ``[N, S, S, 1]`` in [-1, 1] -> [-1, 1], the bare generator.
-* ``preprocessing_parameters``: no inputs; returns the preprocessing constants
-  (also stored as ``assets/preprocess.json``), so ``saved_model_cli show --all``
-  documents them.
+* ``preprocessing_parameters``: no inputs (gRPC / Python); ``preprocessing_parameters_rows``:
+  the same constants once per element of an int32 ``row`` input (REST).
 
 Pixels the model never saw (cropped away by a "pad" fit) come back as 0 on the
 0..1 scale (``mr`` 0; ``ct_hu`` = the lower edge of the stored CT interval).
 
-CLI: ``python -m mrgan_tf.export --run=RUN_DIR [--checkpoint=PATH] [--export_dir=DIR]``.
+CLI: ``python -m mrgan_tf.export --run=RUN_DIR [--checkpoint=PATH] [--export_dir=DIR]
+[--serving_base_path=PATH]``.
 """
 from __future__ import annotations
 
@@ -153,85 +154,6 @@ def request_mr_range(mr, percentiles):
     return tf.stack([lo, hi])
 
 
-# --------------------------------------------------------------------------- serving module
-
-
-def _serving_module(generator, direction: str, cfg: PreprocessConfig, asset_path: str):
-    """A tf.Module holding the generator, the preprocessing asset and the signature functions."""
-    import tensorflow as tf
-
-    from mrgan_tf.intensity import ct_from_unit_tf, ct_to_unit_tf, from_model_range, quantised_tf, to_model_range
-
-    s, mode, bits = cfg.image_size, cfg.fit, cfg.bits
-    module = tf.Module()
-    # Track the tf.Variables under the Keras variables, not the Keras model: only then does
-    # the TF1-style loader (TF Serving, saved_model_cli run) restore them.
-    module.generator_variables = [v.value for v in generator.variables]
-    module.preprocess_asset = tf.saved_model.Asset(asset_path)
-    params = {
-        "direction": tf.constant(SERVING_NAMES[direction]),
-        "image_size": tf.constant(s, tf.int32),
-        "fit": tf.constant(mode),
-        "bits": tf.constant(bits, tf.int32),
-        "spacing_mm": tf.constant(cfg.spacing_mm, tf.float32),
-        "ct_window_center": tf.constant(cfg.ct_window_center, tf.float32),
-        "ct_window_width": tf.constant(cfg.ct_window_width, tf.float32),
-        "ct_hu_range": tf.constant(cfg.ct_hu_range, tf.float32),
-        "mr_percentiles": tf.constant(cfg.mr_percentiles, tf.float32),
-        "preprocess_json": tf.constant(json.dumps(cfg.to_dict(), sort_keys=True)),
-    }
-
-    def generate01(q01_nhw1):
-        """0..1 input at any H, W -> 0..1 output at the same H, W."""
-        h, w = tf.shape(q01_nhw1)[1], tf.shape(q01_nhw1)[2]
-        x = to_model_range(fit_tf(quantised_tf(q01_nhw1, bits), s, mode))
-        y = from_model_range(tf.cast(generator(x, training=False), tf.float32))
-        return unfit_tf(y, h, w, s, mode, fill=0.0)
-
-    @tf.function(input_signature=[])
-    def preprocessing_parameters():
-        return dict(params)
-
-    if direction == "mr":
-        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="ct")])
-        def serving_default(ct):
-            x, shape = _as_nhw1(ct, "ct")
-            q01 = generate01(ct_to_unit_tf(x, cfg))
-            mr = tf.reshape(q01, shape)
-            return {"mr": mr, "mr_255": mr * 255.0}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, s, s, 1], tf.float32, name="ct")])
-        def normalised(ct):
-            return {"mr": tf.cast(generator(ct, training=False), tf.float32)}
-
-        module.signature_fns = {"serving_default": serving_default, "normalised": normalised}
-    else:
-        def mr2ct(mr, lo_hi):
-            x, shape = _as_nhw1(mr, "mr")
-            q01 = tf.clip_by_value((x - lo_hi[0]) / (lo_hi[1] - lo_hi[0]), 0.0, 1.0)
-            ct = tf.reshape(generate01(q01), shape)
-            return {"ct": ct, "ct_hu": ct_from_unit_tf(ct, cfg),
-                    "mr_range": lo_hi}
-
-        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="mr")])
-        def serving_default(mr):
-            return mr2ct(mr, request_mr_range(mr, cfg.mr_percentiles))
-
-        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32, name="mr"),
-                                      tf.TensorSpec([2], tf.float32, name="mr_range")])
-        def with_mr_range(mr, mr_range):
-            return mr2ct(mr, mr_range)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, s, s, 1], tf.float32, name="mr")])
-        def normalised(mr):
-            return {"ct": tf.cast(generator(mr, training=False), tf.float32)}
-
-        module.signature_fns = {"serving_default": serving_default, "with_mr_range": with_mr_range,
-                                "normalised": normalised}
-    module.signature_fns["preprocessing_parameters"] = preprocessing_parameters
-    return module
-
-
 # --------------------------------------------------------------------------- versions
 
 
@@ -248,9 +170,23 @@ def _asset_doc(direction: str, cfg: PreprocessConfig, model_config: dict | None)
 
 
 def export_generator(generator, direction: str, cfg: PreprocessConfig, export_dir: str,
-                     version: int | None = None, model_config: dict | None = None) -> str:
-    """Write one generator as ``<export_dir>/<ct2mr|mr2ct>/<version>``; returns the version dir."""
+                     version: int | None = None, model_config: dict | None = None,
+                     warmup_batch_sizes=None) -> str:
+    """Write one generator as ``<export_dir>/<ct2mr|mr2ct>/<version>``; returns the version dir.
+
+    Args:
+        generator: the Keras generator of ``direction``.
+        direction: "mr" (SynMR, served as ct2mr) or "ct" (SynCT, served as mr2ct).
+        cfg: the dataset's PreprocessConfig, put into the graph and into ``assets/preprocess.json``.
+        export_dir: the TF Serving base folder.
+        version: the version number (default: highest existing + 1); never overwritten.
+        model_config: the model's config, stored in the asset for the record.
+        warmup_batch_sizes: batch sizes of the warmup requests (default: the batching's allowed sizes).
+    """
     import tensorflow as tf
+
+    from mrgan_tf.serving_files import BatchingConfig, warmup_logs, write_warmup
+    from mrgan_tf.serving_signatures import SERVING_MODULES
 
     if direction not in SERVING_NAMES:
         raise ExportError(f"unknown generator direction {direction!r}; expected one of {sorted(SERVING_NAMES)}")
@@ -272,8 +208,10 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
         asset_path = os.path.join(asset_dir, PREPROCESS_ASSET)
         with open(asset_path, "w") as f:
             json.dump(_asset_doc(direction, cfg, model_config), f, indent=2, sort_keys=True)
-        module = _serving_module(generator, direction, cfg, asset_path)
-        tf.saved_model.save(module, tmp, signatures=module.signature_fns)
+        module = SERVING_MODULES[direction](generator, cfg, asset_path)
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        sizes = warmup_batch_sizes or BatchingConfig().allowed_batch_sizes
+        write_warmup(tmp, warmup_logs(SERVING_NAMES[direction], module.example_inputs, sizes))
         if os.path.exists(final):  # someone else took the number meanwhile: rename would replace an empty dir
             raise ExportError(f"{final}: appeared while exporting; not overwriting it")
         os.rename(tmp, final)
@@ -285,20 +223,39 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
     return final
 
 
-def export_model(model, spec, export_dir: str, version: int | None = None) -> dict[str, str]:
+def export_model(model, spec, export_dir: str, version: int | None = None,
+                 serving_base_path: str | None = None, batching=None) -> dict[str, str]:
     """Export ``model.trained_directions`` as TF Serving models; returns {name: version dir}.
 
-    ``spec`` is the DatasetSpec the model was trained on (a PreprocessConfig also works):
-    its preprocessing goes into the graph and into ``assets/preprocess.json``.
+    Then (re)writes ``models.config`` (every model in ``export_dir``) and
+    ``batching_parameters.txt`` at the export root.
+
+    Args:
+        model: an MRGAN (``trained_directions``, ``syn_mr``, ``syn_ct``, ``config``).
+        spec: the DatasetSpec the model was trained on (a PreprocessConfig also works):
+            its preprocessing goes into the graph and into ``assets/preprocess.json``.
+        export_dir: the TF Serving base folder (``<export_dir>/<name>/<version>``).
+        version: the version number to write (default: next free per model).
+        serving_base_path: ``export_dir`` as the server will see it (``models.config``'s
+            base paths); default: ``export_dir`` made absolute.
+        batching: a ``serving_files.BatchingConfig`` (default: one for slice batches); its
+            allowed batch sizes are also the warmup's.
     """
+    from mrgan_tf.serving_files import BatchingConfig, write_root_files
+
     cfg = spec if isinstance(spec, PreprocessConfig) else spec.preprocess
     if cfg.image_size != model.config.image_size:
         raise ExportError(f"{export_dir}: dataset image_size {cfg.image_size} != model image_size "
                           f"{model.config.image_size}")
+    batching = batching or BatchingConfig()
     model_config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "augment"}
     gens = {"mr": model.syn_mr, "ct": model.syn_ct}
-    return {SERVING_NAMES[d]: export_generator(gens[d], d, cfg, export_dir, version, model_config)
-            for d in model.trained_directions}
+    out = {SERVING_NAMES[d]: export_generator(gens[d], d, cfg, export_dir, version, model_config,
+                                              batching.allowed_batch_sizes)
+           for d in model.trained_directions}
+    served = [n for n in DIRECTIONS if existing_versions(os.path.join(export_dir, n))]
+    write_root_files(export_dir, served, serving_base_path, batching)
+    return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -378,17 +335,27 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("export_dir", None, "Where <name>/<version>/ go (default: <run>/export).", flag_values=fv)
     flags.DEFINE_integer("version", None, "Version number to write (default: highest existing + 1).",
                          flag_values=fv)
+    flags.DEFINE_string("serving_base_path", None, "The export dir as TF Serving will see it, for the base "
+                        "paths in models.config (default: the export dir's absolute path).", flag_values=fv)
 
 
 def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | None = None,
-               version: int | None = None) -> dict[str, str]:
-    """Restore a run's generators and export them (importable twin of the CLI)."""
+               version: int | None = None, serving_base_path: str | None = None) -> dict[str, str]:
+    """Restore a run's generators and export them (importable twin of the CLI).
+
+    Args:
+        run_dir: the training run (run.json + checkpoints/).
+        export_dir: where ``<name>/<version>/`` go (default: ``<run_dir>/export``).
+        checkpoint: a checkpoint prefix (default: the latest).
+        version: the version to write (default: next free).
+        serving_base_path: the export dir as the server sees it (see ``export_model``).
+    """
     from mrgan_tf.checkpoints import load_run_config, restore_generators
     from mrgan_tf.spec import DatasetSpec
 
     spec = DatasetSpec.load(load_run_config(run_dir)["records"])   # fail fast, before building the model
     model, _ = restore_generators(run_dir, checkpoint)             # checks for a checkpoint before building
-    return export_model(model, spec, export_dir or os.path.join(run_dir, "export"), version)
+    return export_model(model, spec, export_dir or os.path.join(run_dir, "export"), version, serving_base_path)
 
 
 def main(argv):
@@ -403,7 +370,7 @@ def main(argv):
     try:
         from mrgan_tf.checkpoints import resolve_checkpoint
         checkpoint = fv.checkpoint or resolve_checkpoint(fv.run, fv.export_checkpoint)
-        out = export_run(fv.run, fv.export_dir, checkpoint, fv.version)
+        out = export_run(fv.run, fv.export_dir, checkpoint, fv.version, fv.serving_base_path)
     except (ExportError, SpecError, FileNotFoundError, ValueError, tf.errors.OpError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -89,6 +89,11 @@ class Predictor:
     source: str                                 # the SavedModel version dir or run dir
     fn: Callable[[np.ndarray], np.ndarray]      # [-1, 1] -> [-1, 1]
 
+    def model_record(self) -> dict:
+        """What the provenance sidecar says of the model: path, version, iterations, run config."""
+        from mrgan_tf import provenance
+        return provenance.model_record(self.source, self.name)
+
     def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
         """(Z, S, S) on 0..1 -> (Z, S, S) on 0..1, in batches (tqdm bar when ``progress``)."""
         from tqdm import tqdm
@@ -287,7 +292,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
-    model = provenance.model_record(predictor.source, predictor.name)
+    model = predictor.model_record()
     result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
     written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite,
                            _series_info(predictor, vol, model, options), vol.header, progress)
@@ -379,6 +384,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("mr_reference", None, "ct2mr: write the synthetic MR in this MR volume's units (its "
                         "robust percentile range inside the body), instead of the paper's 0-255.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    flags.DEFINE_string("server", None, "Run the generator on a TF Serving server instead of --model: host:port "
+                        "(gRPC) or http://host:port (REST); see mrgan_tf.client.", flag_values=fv)
 
 
 def reference_mr_range(path: str, predictor: Predictor) -> tuple[float, float]:
@@ -399,13 +406,20 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
+def _load(fv, direction: str) -> Predictor:
+    if fv.server:
+        from mrgan_tf.client import ClientConfig, connect
+        return connect(ClientConfig(fv.server), direction)
+    return load_predictor(fv.model, direction)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     single = bool(fv.ct or fv.mr)
-    if not fv.model:
-        raise app.UsageError("--model is required")
+    if bool(fv.model) == bool(fv.server):
+        raise app.UsageError("give --model or --server (one of them)")
     if single == bool(fv.root):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:
@@ -432,12 +446,12 @@ def main(argv):
     try:
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
-            predictor = load_predictor(fv.model, direction)
+            predictor = _load(fv, direction)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
             info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)
             _print_done(info, model_s=True)
             return 0
-        done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
+        done, errors = synthesize_root(_load(fv, direction), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
     except (SynthesisError, ExportError, VolumeError, SpecError, PacsError, FileNotFoundError,
             tf.errors.OpError) as e:

@@ -233,3 +233,39 @@ def test_export_run_from_checkpoint(tmp_path_factory, tiny_records, tmp_path):
     x = np.random.default_rng(4).uniform(-1, 1, (1, 32, 32, 1)).astype(np.float32)
     got = export.load_exported(str(tmp_path), "ct2mr").normalised(ct=x)["mr"].numpy()
     np.testing.assert_allclose(got, tiny_model().syn_mr(x).numpy(), atol=1e-5)
+
+
+def test_row_format_twins_and_per_slice_ranges(loaded, tiny_records):
+    """serving_rows / preprocessing_parameters_rows give the old signatures' values, batch-major."""
+    rng = np.random.default_rng(6)
+    mr = np.zeros((3, 30, 26), np.float32)
+    mr[:, 3:-3, 3:-3] = rng.uniform(50, 900, (3, 24, 20))
+    sigs = loaded["mr2ct"].loaded.signatures
+    old, rows = sigs["serving_default"](mr=mr), sigs["serving_rows"](mr=mr)
+    assert rows["mr_range"].shape == (3, 2)
+    np.testing.assert_allclose(rows["mr_range"].numpy(), np.tile(old["mr_range"].numpy(), (3, 1)))
+    np.testing.assert_allclose(rows["ct_hu"].numpy(), old["ct_hu"].numpy())
+    # [N, 2]: one range per slice == each slice on its own with that range
+    ranges = np.float32([[0, 1000], [100, 700], [50, 950]])
+    per_slice = sigs["with_mr_range"](mr=mr, mr_range=ranges)
+    assert per_slice["mr_range"].shape == (3, 2)
+    for i in range(3):
+        one = sigs["with_mr_range"](mr=mr[i:i + 1], mr_range=ranges[i])
+        np.testing.assert_allclose(per_slice["ct"].numpy()[i], one["ct"].numpy()[0], atol=1e-5)
+    import tensorflow as tf
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be \[2\] or \[N, 2\]"):
+        sigs["with_mr_range"](mr=mr, mr_range=ranges[:2])
+    p = loaded["ct2mr"].loaded.signatures["preprocessing_parameters_rows"](row=np.zeros(2, np.int32))
+    assert p["image_size"].numpy().tolist() == [tiny_records.preprocess.image_size] * 2
+    assert p["mr_percentiles"].shape == (2, 2)
+    assert json.loads(p["preprocess_json"].numpy()[1]) == tiny_records.preprocess.to_dict()
+
+
+def test_warmup_covers_every_signature(exported):
+    from mrgan_tf import serving_files
+    for name, count in (("ct2mr", 14), ("mr2ct", 26)):
+        logs = serving_files.read_warmup(os.path.join(exported, name, "1", serving_files.WARMUP_DIR,
+                                                      serving_files.WARMUP_FILE))
+        sigs = {log.predict_log.request.model_spec.signature_name for log in logs}
+        assert sigs == set(export.load_exported(exported, name).loaded.signatures)
+        assert len(logs) == count
