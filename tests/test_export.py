@@ -269,3 +269,23 @@ def test_warmup_covers_every_signature(exported):
         sigs = {log.predict_log.request.model_spec.signature_name for log in logs}
         assert sigs == set(export.load_exported(exported, name).loaded.signatures)
         assert len(logs) == count
+
+
+def test_full_hu_range_in_and_out_of_the_serving_graph(tmp_path):
+    """With full-range records the graph maps HU over [-1024, 3000] (the spec's mapping), not the window."""
+    from mrgan_tf.intensity import ct_from_unit, ct_to_unit
+    cfg = PreprocessConfig(image_size=32, ct_range=(-1024, 3000), bits=16)
+    out = export.export_model(tiny_model(), cfg, str(tmp_path))
+    to_mr, to_ct = (export.load_exported(str(tmp_path), n) for n in ("ct2mr", "mr2ct"))
+    hu = np.random.default_rng(5).uniform(-1100, 3100, (2, 32, 32)).astype(np.float32)
+    x = to_model_range(dequantise(quantise(ct_to_unit(hu, cfg), 16), 16))[..., None]
+    want = from_model_range(tiny_model().syn_mr(x, training=False).numpy()[..., 0])
+    np.testing.assert_allclose(to_mr.loaded.signatures["serving_default"](ct=hu)["mr"].numpy(), want, atol=2e-5)
+    mr = np.random.default_rng(6).uniform(0, 900, (2, 32, 32)).astype(np.float32)
+    res = to_ct.loaded.signatures["serving_default"](mr=mr)
+    np.testing.assert_allclose(res["ct_hu"].numpy(), ct_from_unit(res["ct"].numpy(), cfg), atol=1e-3)
+    assert res["ct_hu"].numpy().min() >= -1024 - 1e-3 and res["ct_hu"].numpy().max() <= 3000 + 1e-3
+    params = to_ct.loaded.signatures["preprocessing_parameters"]()
+    np.testing.assert_allclose(params["ct_hu_range"].numpy(), [-1024, 3000])
+    assert json.loads(params["preprocess_json"].numpy().decode())["ct_range"] == [-1024.0, 3000.0]
+    assert set(out) == {"ct2mr", "mr2ct"}
