@@ -18,15 +18,19 @@ from mrgan_tf.errors import UserError
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from tfrecords_tools.reader import CorruptRecordError
-    return (UserError, CorruptRecordError, OSError)
+    types: tuple[type[BaseException], ...] = (UserError, CorruptRecordError, OSError)
+    if "tensorflow" in sys.modules:   # e.g. a SavedModel or checkpoint that does not load
+        types += (sys.modules["tensorflow"].errors.OpError,)
+    return types
 
 
 @contextlib.contextmanager
-def user_errors(tool: str) -> Iterator[None]:
-    """Print a user-caused error as one line and exit 1; anything else is a bug and keeps its traceback."""
+def user_errors(tool: str, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Print a user-caused error (or one of ``also``) as one line and exit 1; anything else is a bug
+    and keeps its traceback."""
     try:
         yield
-    except _user_error_types() as e:
+    except _user_error_types() + tuple(also) as e:
         print(f"{tool}: error: {_describe(e)}", file=sys.stderr)
         raise SystemExit(1) from None
 

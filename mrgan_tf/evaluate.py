@@ -37,14 +37,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Mapping
 
 import numpy as np
 from absl import app, flags, logging
 
-from mrgan_tf import figures, metrics
+from mrgan_tf import cli, figures, metrics
 from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig, denormalise_mr, dequantise
 from mrgan_tf.synthesize import AIR_HU, Predictor, load_predictors
@@ -587,28 +586,17 @@ def main(argv):
     for name in ("model", "dataset", "out"):
         if not fv[name].value:
             raise app.UsageError(f"--{name} is required")
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a SavedModel that does not load)
 
-    from mrgan_tf.export import ExportError
-    from mrgan_tf.io.volumes import VolumeError
-    from mrgan_tf.spec import SpecError
-    from mrgan_tf.synthesize import SynthesisError
-    from tfrecords_tools.reader import CorruptRecordError
-    try:
+    with cli.user_errors("evaluate"):
         result = evaluate(parse_models(fv.model), fv.dataset, fv.out, fv.batch_size, fv.skip_missing,
                           fv.fig_slices, fv.progress, root=fv.root, grid_metrics=fv.grid_metrics)
-    except (EvaluationError, SynthesisError, ExportError, SpecError, VolumeError, CorruptRecordError,
-            FileNotFoundError, tf.errors.OpError) as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 1
     print(result["markdown"])
     print(f"wrote {len(result['files'])} files to {fv.out}")
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

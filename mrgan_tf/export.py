@@ -38,12 +38,13 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 from typing import Any
 
 from absl import app, flags
 
+from mrgan_tf import cli
+from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig
 
 # Generator direction (model.trained_directions) -> TF Serving model name.
@@ -54,7 +55,7 @@ ASSET_FORMAT = 1
 TMP_PREFIX = ".tmp-"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """Bad export request or export folder; the message names the path."""
 
 
@@ -364,24 +365,18 @@ def main(argv):
     fv = flags.FLAGS
     if not fv.run:
         raise app.UsageError("--run is required")
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a checkpoint that does not load)
 
-    from mrgan_tf.spec import SpecError
-    try:
-        from mrgan_tf.checkpoints import resolve_checkpoint
+    from mrgan_tf.checkpoints import resolve_checkpoint
+    with cli.user_errors("export", also=(ValueError,)):   # ValueError: a checkpoint of another model
         checkpoint = fv.checkpoint or resolve_checkpoint(fv.run, fv.export_checkpoint)
         out = export_run(fv.run, fv.export_dir, checkpoint, fv.version, fv.serving_base_path)
-    except (ExportError, SpecError, FileNotFoundError, ValueError, tf.errors.OpError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     for name, path in out.items():
         print(f"{name}: {path}")
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags, logging
 
+from mrgan_tf import cli
 from mrgan_tf.errors import UserError
 from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
                              resolve_version_dir)
@@ -429,21 +430,17 @@ def main(argv):
     direction = _direction(fv)
     options = OutputOptions(fv.out_format, fv.out_dtype, fv.overwrite, fv.send, fv.calling_aet,
                             fv.series_description, fv.series_number, fv.patient_id, fv.body_part)
-    from mrgan_tf.pacs import PacsError, parse_peer
-    try:   # bad flags and output names fail before TensorFlow loads
+    from mrgan_tf.pacs import parse_peer
+    with cli.user_errors("synthesize"):   # bad flags and output names fail before TensorFlow loads
         if fv.send:
             parse_peer(fv.send)
         if single:
             check_output(fv.out, fv.out_format, OUTPUT_MODALITY[direction], fv.out_dtype, fv.overwrite)
         elif fv.send and fv.out_format != "dicom":
             raise SynthesisError("--send needs --out_format=dicom")
-    except (SynthesisError, VolumeError, PacsError) as e:
-        print(f"synthesize: error: {e}", file=sys.stderr)
-        return 1
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a SavedModel that does not load)
 
-    from mrgan_tf.spec import SpecError
-    try:
+    with cli.user_errors("synthesize"):
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
             predictor = _load(fv, direction)
@@ -453,10 +450,6 @@ def main(argv):
             return 0
         done, errors = synthesize_root(_load(fv, direction), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
-    except (SynthesisError, ExportError, VolumeError, SpecError, PacsError, FileNotFoundError,
-            tf.errors.OpError) as e:
-        print(f"synthesize: error: {e}", file=sys.stderr)
-        return 1
     for info in done:
         _print_done(info)
     for pid, err in errors.items():
@@ -473,9 +466,7 @@ def _print_done(info: dict, model_s: bool = False) -> None:
         print(f"  {info['sent']}")
 
 
-def run():
-    define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":
