@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags
 
+from mrgan_tf import cli
 from mrgan_tf.preprocess import PreprocessConfig
 from mrgan_tf.synthesize import Predictor, SynthesisError
 
@@ -360,22 +360,15 @@ def main(argv):
         raise app.UsageError("give exactly one of --ct or --mr")
     if not fv.out:
         raise app.UsageError("--out is required")
-    from mrgan_tf.io.volumes import VolumeError
-
     model = fv.model_name or ("mr2ct" if fv.mr else "ct2mr")
     cfg = ClientConfig(fv.server, fv.model_version, fv.timeout_s, fv.max_message_mb, fv.retries)
-    try:
+    with cli.user_errors("client"):   # ServingError is a SynthesisError, so a UserError
         info = synthesize_remote(cfg, fv.ct or fv.mr, fv.out, model, fv.batch_size, fv.progress)
-    except (SynthesisError, VolumeError, FileNotFoundError) as e:   # ServingError is a SynthesisError
-        print(f"client: error: {e}", file=sys.stderr)
-        return 1
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s (server {info['model_s']:.1f} s)")
     return 0
 
 
-def run():
-    define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":
