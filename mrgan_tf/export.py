@@ -165,14 +165,15 @@ def existing_versions(name_dir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(name_dir) if n.isdigit() and os.path.isdir(os.path.join(name_dir, n)))
 
 
-def _asset_doc(direction: str, cfg: PreprocessConfig, model_config: dict | None) -> dict[str, Any]:
+def _asset_doc(direction: str, cfg: PreprocessConfig, model_config: dict | None,
+               iterations: int | None = None) -> dict[str, Any]:
     return {"format": ASSET_FORMAT, "name": SERVING_NAMES[direction], "direction": SERVING_NAMES[direction],
-            "preprocess": cfg.to_dict(), "model": model_config or {}}
+            "preprocess": cfg.to_dict(), "model": model_config or {}, "iterations": iterations}
 
 
 def export_generator(generator, direction: str, cfg: PreprocessConfig, export_dir: str,
                      version: int | None = None, model_config: dict | None = None,
-                     warmup_batch_sizes=None) -> str:
+                     warmup_batch_sizes=None, iterations: int | None = None) -> str:
     """Write one generator as ``<export_dir>/<ct2mr|mr2ct>/<version>``; returns the version dir.
 
     Args:
@@ -183,6 +184,7 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
         version: the version number (default: highest existing + 1); never overwritten.
         model_config: the model's config, stored in the asset for the record.
         warmup_batch_sizes: batch sizes of the warmup requests (default: the batching's allowed sizes).
+        iterations: training iterations of the weights, stored in the asset (provenance, DICOM).
     """
     import tensorflow as tf
 
@@ -208,7 +210,7 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
     try:
         asset_path = os.path.join(asset_dir, PREPROCESS_ASSET)
         with open(asset_path, "w") as f:
-            json.dump(_asset_doc(direction, cfg, model_config), f, indent=2, sort_keys=True)
+            json.dump(_asset_doc(direction, cfg, model_config, iterations), f, indent=2, sort_keys=True)
         module = SERVING_MODULES[direction](generator, cfg, asset_path)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         sizes = warmup_batch_sizes or BatchingConfig().allowed_batch_sizes
@@ -251,8 +253,9 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
     batching = batching or BatchingConfig()
     model_config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "augment"}
     gens = {"mr": model.syn_mr, "ct": model.syn_ct}
+    iterations = int(model.iteration.numpy())   # the sidecars and series descriptions name it
     out = {SERVING_NAMES[d]: export_generator(gens[d], d, cfg, export_dir, version, model_config,
-                                              batching.allowed_batch_sizes)
+                                              batching.allowed_batch_sizes, iterations)
            for d in model.trained_directions}
     served = [n for n in DIRECTIONS if existing_versions(os.path.join(export_dir, n))]
     write_root_files(export_dir, served, serving_base_path, batching)

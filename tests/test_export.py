@@ -230,6 +230,7 @@ def test_export_run_from_checkpoint(tmp_path_factory, tiny_records, tmp_path):
     run_dir = tiny_run(tmp_path_factory, tiny_records.root)
     out = export.export_run(run_dir, str(tmp_path))
     assert set(out) == {"ct2mr", "mr2ct"}
+    assert export.read_info(out["mr2ct"])["iterations"] == int(tiny_model().iteration.numpy())
     x = np.random.default_rng(4).uniform(-1, 1, (1, 32, 32, 1)).astype(np.float32)
     got = export.load_exported(str(tmp_path), "ct2mr").normalised(ct=x)["mr"].numpy()
     np.testing.assert_allclose(got, tiny_model().syn_mr(x).numpy(), atol=1e-5)
@@ -289,3 +290,4 @@ def test_full_hu_range_in_and_out_of_the_serving_graph(tmp_path):
     np.testing.assert_allclose(params["ct_hu_range"].numpy(), [-1024, 3000])
     assert json.loads(params["preprocess_json"].numpy().decode())["ct_range"] == [-1024.0, 3000.0]
     assert set(out) == {"ct2mr", "mr2ct"}
+    assert export.read_info(out["mr2ct"])["iterations"] == int(tiny_model().iteration.numpy())
