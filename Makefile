@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/python -m mrgan_tf.demo
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 bazel-test: venv
 	$(BAZEL) build //... && $(BAZEL) test //:fast_tests
