@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 
 import tensorflow as tf
 
@@ -42,6 +44,28 @@ def load_run_config(run_dir: str) -> dict:
         raise FileNotFoundError(f"{run_dir}: no {RUN_CONFIG}; not a training run directory")
     with open(path) as f:
         return json.load(f)
+
+
+# tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into
+# ``ckpt-N.index`` + ``ckpt-N.data-*``; a kill in between leaves the folder behind.
+_CHECKPOINT_TEMP = re.compile(r".+_temp(_[0-9a-f]{32})?\Z")
+
+
+def remove_checkpoint_temporaries(run_dir: str) -> list[str]:
+    """Delete the half-written checkpoint folders a killed run left (call before training resumes).
+
+    Only the one training process of a run writes its checkpoints, so any such folder
+    at start-up is stale."""
+    removed = []
+    for folder in (os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, BEST_DIR)):
+        if not os.path.isdir(folder):
+            continue
+        for entry in sorted(os.listdir(folder)):
+            path = os.path.join(folder, entry)
+            if _CHECKPOINT_TEMP.match(entry) and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def checkpoint_for(model: MRGAN) -> tf.train.Checkpoint:

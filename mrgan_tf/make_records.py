@@ -3,8 +3,10 @@
 ``<root>/<patient_id>/{ct,mr,mask}`` volumes -> four shard sets (paired_train,
 unpaired_ct, unpaired_mr, paired_test) plus ``dataset.json`` and ``summary.json``
 (docs/DESIGN.md, "Records"). Patients are read and prepared in worker processes;
-the main process writes shards into ``<out>.tmp-<pid>`` and renames it to ``--out``
-only when everything succeeded, so a failed or interrupted run leaves no partial output.
+the main process writes shards into a hidden temporary folder beside ``--out``
+(``tfrecords_tools.atomic``'s rule) and renames it to ``--out`` only when everything
+succeeded, so a failed or interrupted run leaves no partial output, and the next run
+removes what a killed one left.
 
 TensorFlow (through ``tfrecords_tools``) is imported only in the main process when
 writing: the spawned workers import this module and must start fast.
@@ -33,7 +35,7 @@ from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
 from mrgan_tf.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
-from tfrecords_tools.atomic import swap_in_directory
+from tfrecords_tools import atomic
 
 SUMMARY_NAME = "summary.json"
 ROLES = ("paired", "ct", "mr")
@@ -421,6 +423,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         raise MakeRecordsError(f"--workers must be >= 0, got {workers}")
     out = Path(out).absolute()
     check_output(out, overwrite)
+    atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
     tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
                                             manifest=manifest, val_patients=val_patients)
     if failed and on_error == "fail":
@@ -430,9 +433,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     if unlisted:
         logging.warning("%d patient folder(s) not in the manifest are left out: %s", len(unlisted), unlisted)
 
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = Path(atomic.temporary_folder(out))
     patients: dict[str, dict[str, Any]] = {}
     stage = collections.Counter()
     try:
@@ -479,7 +480,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
         tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
         check_output(out, overwrite)  # still true? (another run may have written meanwhile)
-        swap_in_directory(tmp, out)
+        atomic.swap_in_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

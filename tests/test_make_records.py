@@ -71,8 +71,8 @@ def converted(dataset, tmp_path_factory):
 
 def no_leftovers(out):
     out = Path(out)
-    return not out.exists() and not list(out.parent.glob(out.name + ".tmp-*")) \
-        and not list(out.parent.glob(out.name + ".old-*"))
+    from tfrecords_tools.atomic import list_temporaries
+    return not out.exists() and not [t for t in list_temporaries(out.parent) if t.final_name == out.name]
 
 
 def run_fail(*args, **kw):
