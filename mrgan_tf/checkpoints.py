@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from mrgan_tf.augment import AugmentConfig
 from mrgan_tf.model import MRGAN, MRGANConfig
+from mrgan_tf.spec import SpecError
 from tfrecords_tools.atomic import atomic_write_text
 
 RUN_CONFIG = "run.json"
@@ -38,12 +39,24 @@ def save_run_config(run_dir: str, config: MRGANConfig, records: str, **extra) ->
                                  indent=2))
 
 
+class RunConfigError(SpecError):
+    """A run.json that cannot be read; the message names the file (a SpecError, which every CLI reports)."""
+
+
 def load_run_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, RUN_CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir}: no {RUN_CONFIG}; not a training run directory")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunConfigError(f"{path}: unreadable run config ({e}); rerun train with the same --out to rewrite "
+                             "it") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("records"), str):
+        raise RunConfigError(f"{path}: not a run config (needs a 'model' object and a 'records' path); rerun "
+                             "train with the same --out to rewrite it")
+    return cfg
 
 
 # tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into
@@ -89,7 +102,11 @@ def restore_generators(run_dir: str, checkpoint: str | None = None) -> tuple[MRG
     path = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    model = MRGAN(config_from_dict(cfg["model"]))
+    try:
+        config = config_from_dict(cfg["model"])
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(f"{os.path.join(run_dir, RUN_CONFIG)}: bad model config ({e})") from None
+    model = MRGAN(config)
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return model, cfg
 

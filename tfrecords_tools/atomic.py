@@ -181,8 +181,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------- output folders
 
 
-def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> str:
-    """``os.makedirs(folder)`` with one-line errors naming the path (e.g. a regular file on the way)."""
+def check_folder_path(folder: str | os.PathLike, what: str = "output folder") -> str:
+    """Raise ``OutputError`` when ``folder`` could never be a folder (it, or a folder on its way,
+    is a regular file); creates nothing, so start-up checks can run it before writing."""
     folder = os.path.abspath(os.fspath(folder))
     if os.path.isdir(folder):
         return folder
@@ -193,7 +194,16 @@ def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> str
             break
         probe = parent
     if probe and os.path.exists(probe) and not os.path.isdir(probe):
-        raise OutputError(folder, f"cannot create the {what}: {probe} is a regular file, not a folder")
+        what_is = "it" if probe == folder else probe
+        raise OutputError(folder, f"cannot be the {what}: {what_is} is a regular file, not a folder")
+    return folder
+
+
+def ensure_folder(folder: str | os.PathLike, what: str = "output folder") -> str:
+    """``os.makedirs(folder)`` with one-line errors naming the path (e.g. a regular file on the way)."""
+    folder = check_folder_path(folder, what)
+    if os.path.isdir(folder):
+        return folder
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
