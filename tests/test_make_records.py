@@ -274,11 +274,11 @@ def test_interrupted_write_leaves_old_output(dataset, tmp_path, monkeypatch):
     calls = []
     real = mr_mod.convert_patient
 
-    def flaky(task, cfg):
+    def flaky(task, *args):
         calls.append(task.patient_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(task, cfg)
+        return real(task, *args)
 
     monkeypatch.setattr(mr_mod, "convert_patient", flaky)
     with pytest.raises(KeyboardInterrupt):
