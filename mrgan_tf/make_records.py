@@ -123,7 +123,7 @@ def discover_patients(root: str | os.PathLike, accept: Sequence[str] = ()) -> di
         if files["ct"] is None and files["mr"] is None:
             error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
                     ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
-        found[folder.name] = _Found(folder, files, error, tuple(map(str, warnings)))
+        found[folder.name] = _Found(folder, files, error, tuple(f"{w} (accepted: left out)" for w in warnings))
     return found
 
 
@@ -347,7 +347,7 @@ def convert_patient(task: PatientTask, cfg: PreprocessConfig, checks: Plausibili
     for name in ("ct", "mr"):
         if getattr(prep, name) is not None:
             images[name] = getattr(prep, name)[keep]
-    kinds = ((plausibility.UNSUPPORTED_FILE,) * len(task.warnings) + tuple(p.kind for p in accepted)
+    kinds = ((plausibility.UNSUPPORTED_FILE,) * bool(task.warnings) + tuple(p.kind for p in accepted)
              + ((plausibility.PARTIAL_MR,) if dropped else ()))
     return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
                          placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
@@ -463,6 +463,10 @@ def _holds_records(path: Path) -> bool:
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to clobber records without --overwrite, and anything that is not a records directory."""
     if not out.exists():
+        try:
+            atomic.check_folder_path(out.parent, "parent folder of --out")
+        except atomic.OutputError as e:
+            raise MakeRecordsError(f"{out}: {e}") from None
         if not out.parent.is_dir():
             raise MakeRecordsError(f"{out}: parent folder {out.parent} does not exist")
         return
@@ -552,7 +556,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                                    f"slices need a body mask covering >= min_foreground={cfg.min_foreground})")
         for pid, error in failed.items():  # folders that failed before conversion
             unsupported = plausibility.split(plausibility.unsupported_inputs(Path(root) / pid), checks.accept)[0]
-            patients.setdefault(pid, {"error": error, **({"problems": [p.kind for p in unsupported]}
+            patients.setdefault(pid, {"error": error, **({"problems": sorted({p.kind for p in unsupported})}
                                                          if unsupported else {})})
         ok = [t for t in tasks if t.patient_id not in failed]
         spec = DatasetSpec(root=str(out), preprocess=cfg, sets=sets,
@@ -603,7 +607,7 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
     total = sum(info["count"] for info in sets.values())
     errors, warnings = collections.Counter(), collections.Counter()
     for e in patients.values():
-        (errors if "error" in e else warnings).update(e.get("problems", ()))
+        (errors if "error" in e else warnings).update(set(e.get("problems", ())))   # patients per kind
     return {
         "out": str(out),
         "patients": dict(sorted(by_role.items())),
