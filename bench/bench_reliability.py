@@ -15,7 +15,8 @@ checks what is on disk, runs the same command again and checks again:
   kill; after the rerun the newest ct2mr and mr2ct versions are a pair, with no temporaries.
 - synthesize: the output NIfTI is absent or complete after the kill; the rerun leaves no temporaries.
 
-    .venv/bin/python bench/bench_reliability.py --seed=0 [--make_records=20 --train=10 --export=10 --synthesize=10]
+    .venv/bin/python bench/bench_reliability.py --kill_seed=0 \
+        [--make_records_trials=20 --train_trials=10 --export_trials=10 --synthesize_trials=10]
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ sys.path.insert(0, str(REPO / "tests"))   # the test suite's small data builders
 
 _WORK = flags.DEFINE_string("work", os.path.join(tempfile.gettempdir(), "mrgan_bench_reliability"),
                             "Scratch folder (emptied first).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
-_N = {name: flags.DEFINE_integer(name, n, f"{name} trials.")
+_SEED = flags.DEFINE_integer("kill_seed", 0, "Seed of the kill times.")
+_N = {name: flags.DEFINE_integer(f"{name}_trials", n, f"{name} trials.")
       for name, n in (("make_records", 20), ("train", 10), ("export", 10), ("synthesize", 10))}
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 
