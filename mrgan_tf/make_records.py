@@ -590,7 +590,8 @@ def _write_failure(out: Path, e: BaseException) -> str:
         free = f"; {shutil.disk_usage(out.parent).free / 2**20:.0f} MiB free on its disk"
     except OSError:
         free = ""
-    return f"{out}: cannot write the records ({reason}{free}); nothing was written (an earlier output is kept as it was)"
+    return (f"{out}: cannot write the records ({reason}{free}); nothing was written (an earlier output is kept "
+            "as it was)")
 
 
 def _progress(total: int, enabled: bool):

@@ -184,7 +184,8 @@ def unsupported_inputs(folder: str | Path) -> list[Problem]:
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         suffix = _suffix(path.name)
         if suffix in UNSUPPORTED_SUFFIXES:
-            hint = _HINTS.get(suffix, "convert it to NIfTI (.nii.gz), .mha or .nrrd").format(stem=path.name[:-len(suffix)])
+            hint = _HINTS.get(suffix, "convert it to NIfTI (.nii.gz), .mha or .nrrd")
+            hint = hint.format(stem=path.name[:-len(suffix)])
             problems.append(Problem(UNSUPPORTED_FILE, f"{path}: {UNSUPPORTED_SUFFIXES[suffix]} ({suffix}) is not a "
                                                       f"supported input; {hint}, or pass --accept={UNSUPPORTED_FILE} "
                                                       "to leave it out"))

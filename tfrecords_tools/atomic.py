@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from typing import Iterator
 
 PREFIX = ".tmp-"
