@@ -1,4 +1,5 @@
 """Plausibility checks: nonsense input is an error naming the patient, or an accepted, counted warning."""
+import shutil
 import types
 from pathlib import Path
 
@@ -155,3 +156,26 @@ def test_synthesize_refuses_constant_input_and_warns_on_unsigned_ct(tmp_path, ca
         synthesize.write_synthesis(predictor, ct.with_data(ct.data + 1024), str(tmp_path / "o.nii.gz"))
     assert "HU+1024" in caplog.text
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ DICOM: several series in one folder
+
+def test_several_dicom_series_name_the_flag_and_a_list_picks_one(tmp_path):
+    import pydicom
+
+    from mrgan_tf.io.dicom import read_dicom_series
+    from test_io import copy_series
+    single = copy_series("98892001/CT5N", tmp_path / "single")
+    both = tmp_path / "ct"
+    both.mkdir()
+    for src, prefix in ((single, "a"), (copy_series("77654033/CT2", tmp_path / "b"), "b")):
+        for f in src.iterdir():
+            shutil.copy(f, both / f"{prefix}_{f.name}")
+    uid = str(pydicom.dcmread(next(both.glob("a_*"))).SeriesInstanceUID)
+    with pytest.raises(VolumeError, match="choose one with --series_uid=UID") as err:
+        read_dicom_series(both)
+    assert uid in str(err.value)
+    assert read_dicom_series(both, series_uid=[uid, "1.2.3"]).shape[2] == 5
+    with pytest.raises(VolumeError, match="names none of them"):
+        read_dicom_series(both, series_uid=["1.2.3"])
+    assert read_dicom_series(single, series_uid=["1.2.3"]).shape[2] == 5   # a list matters only given a choice
