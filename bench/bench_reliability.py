@@ -149,6 +149,7 @@ class Table:
         key = (tool, check)
         survived, total = self.rows.get(key, (0, 0))
         self.rows[key] = (survived + bool(ok), total + 1)
+        print(f"  {tool} trial {total + 1}: {check}: {'ok' if ok else 'FAILED'}", flush=True)
 
     def text(self) -> str:
         lines = [f"{'tool':<13} {'check':<58} survived/total"]
