@@ -641,7 +641,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
              "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
              "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
-             + " (below min_foreground)"]
+             + " (below min_foreground, or an empty MR slice)"]
     for pid, lost in summary.get("body_outside_canvas", {}).items():
         lines.append(f"body outside the canvas: patient {pid}: {lost['fraction']:.3%} ({lost['voxels']} voxels)")
     for pid, warnings in summary.get("plausibility", {}).get("patient_warnings", {}).items():
