@@ -37,8 +37,8 @@ from absl import app, flags, logging
 from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
                              resolve_version_dir)
 from mrgan_tf.io.readers import read_volume, write_nifti
-from mrgan_tf.plausibility import check_volume, raise_or_warn
 from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.plausibility import check_volume, raise_or_warn
 from mrgan_tf.intensity import ct_from_unit, denormalise_mr, dequantise, from_model_range, to_model_range
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient, restack_to_grid
 
@@ -164,6 +164,7 @@ def ct_like_warning(vol: Volume) -> str | None:
 
 def prepare_input(predictor: Predictor, vol: Volume):
     """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
+    raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
     cfg = predictor.preprocess
     if predictor.name == "ct2mr":
         prep = prepare_patient(vol, None, None, cfg)
@@ -233,7 +234,6 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
-    raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
     result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
     write_nifti(result, out, dtype=result.data.dtype)
     return {"input": vol.source, "output": str(out), "shape": list(vol.shape), **timing}
@@ -343,7 +343,7 @@ def main(argv):
             return 0
         done, errors = synthesize_root(load_predictor(fv.model, direction), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress)
-    except (SynthesisError, ExportError, VolumeError, SpecError, OSError, tf.errors.OpError) as e:
+    except (SynthesisError, ExportError, VolumeError, SpecError, FileNotFoundError, tf.errors.OpError) as e:
         print(f"synthesize: error: {e}", file=sys.stderr)
         return 1
     for info in done:

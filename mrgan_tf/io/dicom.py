@@ -152,13 +152,12 @@ def _pixels(folder: Path, path: Path, ds) -> np.ndarray:
     return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def read_dicom_series(folder, series_uid=None) -> Volume:
+def read_dicom_series(folder, series_uid: str | None = None) -> Volume:
     """Stack the slices of one series in `folder` into a Volume (float32, RAS+ affine).
 
     data[i, j, k] is column i, row j of the k-th slice along the slice normal
     (row direction x column direction), so the affine maps indices exactly as
-    the DICOM geometry says. ``series_uid`` (one UID, or several of which the folder
-    holds one) picks the series when the folder holds several.
+    the DICOM geometry says.
     """
     folder = Path(folder)
     if not folder.is_dir():
