@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrgan_tf import figures
+from tfrecords_tools import atomic
 
 
 class NonFiniteLoss(RuntimeError):
@@ -25,11 +26,16 @@ class Checkpointing(keras.callbacks.Callback):
 
     tf.train.CheckpointManager writes each checkpoint before it updates the
     pointer file, so a kill at any moment leaves the previous one loadable.
+    ``before_save`` callables run first (the history flush): what a checkpoint
+    resumes from is always on disk when the checkpoint is. Run it after the
+    callbacks that log the iteration. A failed write (disk full) is an
+    ``atomic.OutputError`` naming the checkpoint.
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, before_save=()):
         super().__init__()
         self.manager, self.every = manager, max(1, every)
+        self.before_save = tuple(before_save)
         self.failed = False
 
     def on_train_batch_end(self, batch, logs=None):
@@ -37,12 +43,22 @@ class Checkpointing(keras.callbacks.Callback):
             return
         it = _iteration(self.model)
         if it % self.every == 0:
-            self.manager.save(checkpoint_number=it)
+            self._save(it)
 
     def on_train_end(self, logs=None):
         it = _iteration(self.model)
         if not self.failed and self.manager.latest_checkpoint != self._path(it):
+            self._save(it)
+
+    def _save(self, it):
+        for flush in self.before_save:
+            flush()
+        try:
             self.manager.save(checkpoint_number=it)
+        except (OSError, tf.errors.OpError) as e:
+            reason = atomic.describe_os_error(e) if isinstance(e, OSError) else getattr(e, "message", str(e))
+            raise atomic.OutputError(self._path(it), f"cannot write the checkpoint: {reason.splitlines()[0]}") \
+                from None
 
     def _path(self, it):
         return os.path.join(self.manager.directory, f"ckpt-{it}")
@@ -87,6 +103,32 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._t0, self._it0 = time.perf_counter(), _iteration(self.model)
+        if self.write:
+            self._drop_rows_after(self._it0)
+
+    def _drop_rows_after(self, it):
+        """A resumed run repeats the iterations after its checkpoint: drop their rows of the killed run."""
+        if not os.path.exists(self.history_path):
+            return
+        with open(self.history_path) as f:
+            lines = f.readlines()
+        # (a row cut short by the kill has no newline: dropped too)
+        kept = lines[:1] + [ln for ln in lines[1:] if ln.endswith("\n") and ln.split(",", 1)[0].isdigit()
+                            and int(ln.split(",", 1)[0]) <= it]
+        if len(kept) != len(lines):
+            atomic.atomic_write_text(self.history_path, "".join(kept))
+
+    def flush(self):
+        """Put history.csv and the TensorBoard events on disk (called before every checkpoint)."""
+        if not self.write:
+            return
+        self.writer.flush()
+        if os.path.exists(self.history_path):
+            try:
+                with open(self.history_path, "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise atomic.OutputError(self.history_path, f"cannot write: {atomic.describe_os_error(e)}") from None
 
     def on_train_batch_end(self, batch, logs=None):
         it = _iteration(self.model)
@@ -117,11 +159,13 @@ class TrainingMonitor(keras.callbacks.Callback):
                 self._keys = f.readline().strip().split(",")[1:-1]
         if new:
             self._keys = keys
-        with open(self.history_path, "a") as f:
-            if new:
-                f.write(",".join(["iteration", *keys, "iterations_per_second"]) + "\n")
-            row = [str(it)] + [f"{values.get(k, math.nan):.6g}" for k in self._keys] + [f"{rate:.4g}"]
-            f.write(",".join(row) + "\n")
+        row = [str(it)] + [f"{values.get(k, math.nan):.6g}" for k in self._keys] + [f"{rate:.4g}"]
+        header = ",".join(["iteration", *keys, "iterations_per_second"]) + "\n" if new else ""
+        try:
+            with open(self.history_path, "a") as f:
+                f.write(header + ",".join(row) + "\n")
+        except OSError as e:
+            raise atomic.OutputError(self.history_path, f"cannot write: {atomic.describe_os_error(e)}") from None
 
     def write_images(self, it):
         syn, rec = self.model.cycle(self.fixed["ct"])

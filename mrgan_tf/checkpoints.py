@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 
 import tensorflow as tf
 
 from mrgan_tf.augment import AugmentConfig
 from mrgan_tf.model import MRGAN, MRGANConfig
+from mrgan_tf.spec import SpecError
 from tfrecords_tools.atomic import atomic_write_text
 
 RUN_CONFIG = "run.json"
@@ -36,12 +39,46 @@ def save_run_config(run_dir: str, config: MRGANConfig, records: str, **extra) ->
                                  indent=2))
 
 
+class RunConfigError(SpecError):
+    """A run.json that cannot be read; the message names the file (a SpecError, which every CLI reports)."""
+
+
 def load_run_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, RUN_CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir}: no {RUN_CONFIG}; not a training run directory")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunConfigError(f"{path}: unreadable run config ({e}); rerun train with the same --out to rewrite "
+                             "it") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("records"), str):
+        raise RunConfigError(f"{path}: not a run config (needs a 'model' object and a 'records' path); rerun "
+                             "train with the same --out to rewrite it")
+    return cfg
+
+
+# tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into
+# ``ckpt-N.index`` + ``ckpt-N.data-*``; a kill in between leaves the folder behind.
+_CHECKPOINT_TEMP = re.compile(r".+_temp(_[0-9a-f]{32})?\Z")
+
+
+def remove_checkpoint_temporaries(run_dir: str) -> list[str]:
+    """Delete the half-written checkpoint folders a killed run left (call before training resumes).
+
+    Only the one training process of a run writes its checkpoints, so any such folder
+    at start-up is stale."""
+    removed = []
+    for folder in (os.path.join(run_dir, "checkpoints"), os.path.join(run_dir, BEST_DIR)):
+        if not os.path.isdir(folder):
+            continue
+        for entry in sorted(os.listdir(folder)):
+            path = os.path.join(folder, entry)
+            if _CHECKPOINT_TEMP.match(entry) and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def checkpoint_for(model: MRGAN) -> tf.train.Checkpoint:
@@ -65,7 +102,11 @@ def restore_generators(run_dir: str, checkpoint: str | None = None) -> tuple[MRG
     path = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if path is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    model = MRGAN(config_from_dict(cfg["model"]))
+    try:
+        config = config_from_dict(cfg["model"])
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(f"{os.path.join(run_dir, RUN_CONFIG)}: bad model config ({e})") from None
+    model = MRGAN(config)
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     return model, cfg
 

@@ -3,8 +3,10 @@
 ``<root>/<patient_id>/{ct,mr,mask}`` volumes -> four shard sets (paired_train,
 unpaired_ct, unpaired_mr, paired_test) plus ``dataset.json`` and ``summary.json``
 (docs/DESIGN.md, "Records"). Patients are read and prepared in worker processes;
-the main process writes shards into ``<out>.tmp-<pid>`` and renames it to ``--out``
-only when everything succeeded, so a failed or interrupted run leaves no partial output.
+the main process writes shards into a hidden temporary folder beside ``--out``
+(``tfrecords_tools.atomic``'s rule) and renames it to ``--out`` only when everything
+succeeded, so a failed or interrupted run leaves no partial output, and the next run
+removes what a killed one left.
 
 TensorFlow (through ``tfrecords_tools``) is imported only in the main process when
 writing: the spawned workers import this module and must start fast.
@@ -29,11 +31,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from mrgan_tf import plausibility
 from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import VolumeError
+from mrgan_tf.plausibility import PlausibilityConfig
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
 from mrgan_tf.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
-from tfrecords_tools.atomic import swap_in_directory
+from tfrecords_tools import atomic
 
 SUMMARY_NAME = "summary.json"
 ROLES = ("paired", "ct", "mr")
@@ -71,6 +75,7 @@ class PatientTask:
     ct: str | None
     mr: str | None
     mask: str | None
+    warnings: tuple[str, ...] = ()   # accepted folder problems (e.g. a file no reader takes)
 
     @property
     def set_name(self) -> str:
@@ -84,10 +89,14 @@ class _Found:
     folder: Path
     files: dict[str, Path | None]
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
-def discover_patients(root: str | os.PathLike) -> dict[str, _Found]:
-    """Patient folders of ``root`` (sorted; hidden entries and plain files ignored)."""
+def discover_patients(root: str | os.PathLike, accept: Sequence[str] = ()) -> dict[str, _Found]:
+    """Patient folders of ``root`` (sorted; hidden entries and plain files ignored).
+
+    An image file in a patient folder that no reader takes (``ct.img``, a loose ``.dcm``)
+    makes the folder unusable unless ``accept`` holds ``unsupported_file`` (then a warning)."""
     root = Path(root)
     if not root.exists():
         raise MakeRecordsError(f"{root}: --root does not exist")
@@ -107,10 +116,14 @@ def discover_patients(root: str | os.PathLike) -> dict[str, _Found]:
             found[folder.name] = _Found(folder, {}, str(e))
             continue
         error = None
+        errors, warnings = plausibility.split(plausibility.unsupported_inputs(folder), accept)
+        if errors:
+            found[folder.name] = _Found(folder, files, "; ".join(map(str, errors)))
+            continue
         if files["ct"] is None and files["mr"] is None:
             error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
                     ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
-        found[folder.name] = _Found(folder, files, error)
+        found[folder.name] = _Found(folder, files, error, tuple(f"{w} (accepted: left out)" for w in warnings))
     return found
 
 
@@ -184,13 +197,14 @@ def choose_val_patients(candidates: Sequence[str], val_patients: int | Sequence[
 
 
 def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
-                  manifest: str | os.PathLike | None = None, val_patients: int | Sequence[str] = 0) -> tuple[list[PatientTask], dict[str, str], list[str]]:
+                  manifest: str | os.PathLike | None = None, val_patients: int | Sequence[str] = 0,
+                  accept: Sequence[str] = ()) -> tuple[list[PatientTask], dict[str, str], list[str]]:
     """Decide role and split of every patient folder.
 
     Returns (tasks, failed {id: error} for folders unusable as found, unlisted ids
     left out because the manifest does not name them).
     """
-    found = discover_patients(root)
+    found = discover_patients(root, accept)
     failed = {pid: f.error for pid, f in found.items() if f.error}
     usable = {pid: f for pid, f in found.items() if not f.error}
 
@@ -233,7 +247,7 @@ def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str]
         files = usable[pid].files
         wanted = ROLE_MODALITIES[role] + ("mask",)
         paths = {m: (str(files[m]) if m in wanted and files.get(m) is not None else None) for m in ("ct", "mr", "mask")}
-        tasks.append(PatientTask(pid, role, split, **paths))
+        tasks.append(PatientTask(pid, role, split, **paths, warnings=usable[pid].warnings))
     if not any(t.role == "paired" for t in tasks):
         logging.warning("no paired patients: paired_train and paired_test will be empty")
     elif not any(t.set_name == "paired_train" for t in tasks):
@@ -260,6 +274,10 @@ class PatientResult:
     registration: dict | None = None
     body_voxels: int = 0
     body_voxels_outside: int = 0
+    problem_kinds: tuple[str, ...] = ()     # plausibility kinds behind ``error`` or ``warnings``
+    warnings: tuple[str, ...] = ()          # accepted problems (named in the summary)
+    partial_mr_dropped: int = 0             # slice pairs dropped because their MR slice is empty
+    ct_offset_hu: float = 0.0               # subtracted from an unsigned HU+1024 CT (--unsigned_ct_offset)
     cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU time: robust to a busy machine
 
     @property
@@ -267,29 +285,76 @@ class PatientResult:
         return 0 if self.slice_index is None else len(self.slice_index)
 
 
-def convert_patient(task: PatientTask, cfg: PreprocessConfig) -> PatientResult:
-    """Read and prepare one patient (runs in a worker). Input problems come back as ``error``
-    text, not exceptions: VolumeError does not survive pickling between processes."""
+def _read_checked(task: PatientTask, checks: PlausibilityConfig) -> tuple[dict, list, float]:
+    """The patient's volumes, read and checked for plausibility; (volumes, accepted problems, CT offset).
+
+    Raises ``plausibility.ImplausibleInput`` with every unaccepted problem."""
+    vols, problems, offset = {}, [], 0.0
+    for m in ("ct", "mr", "mask"):
+        path = getattr(task, m)
+        vols[m] = read_volume(path, series_uid=checks.series_uids or None) if path else None
+        if vols[m] is None or m == "mask":
+            continue
+        found = plausibility.check_volume(vols[m], m)
+        if checks.unsigned_ct_offset is not None and any(p.kind == plausibility.UNSIGNED_CT for p in found):
+            offset = float(checks.unsigned_ct_offset)
+            vols[m] = plausibility.remove_unsigned_offset(vols[m], offset)
+            found = [p for p in found if p.kind != plausibility.UNSIGNED_CT] + plausibility.check_volume(vols[m], m)
+        problems += found
+    errors, accepted = plausibility.split(problems, checks.accept)
+    if errors:
+        raise plausibility.ImplausibleInput(errors)
+    return vols, accepted, offset
+
+
+def convert_patient(task: PatientTask, cfg: PreprocessConfig, checks: PlausibilityConfig = PlausibilityConfig()
+                    ) -> PatientResult:
+    """Read, check and prepare one patient (runs in a worker). Input problems come back as ``error``
+    text, not exceptions: VolumeError does not survive pickling between processes.
+
+    Slice pairs whose MR slice is empty (an MR shorter than its CT) are dropped and counted;
+    a patient left with no slice is an error (not a patient of the records)."""
     t0 = time.process_time()
+    who = f"patient {task.patient_id}"
     try:
-        vols = {m: (read_volume(getattr(task, m)) if getattr(task, m) else None) for m in ("ct", "mr", "mask")}
+        vols, accepted, offset = _read_checked(task, checks)
         t1 = time.process_time()
         prep = prepare_patient(vols["ct"], vols["mr"], vols["mask"], cfg)
+    except plausibility.ImplausibleInput as e:
+        return PatientResult(task, error=f"{who}: {e}", problem_kinds=e.kinds)
     except _PATIENT_ERRORS as e:
-        return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"patient {task.patient_id}: {e}")
+        return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"{who}: {e}")
     t2 = time.process_time()
-    problem = prep.body_loss_problem(cfg, f"patient {task.patient_id} ({task.ct or task.mr})")
+    problem = prep.body_loss_problem(cfg, f"{who} ({task.ct or task.mr})")
     if problem:
         return PatientResult(task, error=problem)
     keep = np.flatnonzero(prep.keep)
+    warnings = [f"{who}: {p}" for p in accepted]
+    dropped = 0
+    if prep.ct is not None and prep.mr is not None and keep.size:
+        empty = plausibility.empty_mr_slices(prep.mr[keep], prep.mask[keep])
+        dropped = int(empty.sum())
+        if dropped:
+            warnings.append(f"{who}: {dropped} of {keep.size} slice pairs have an empty MR slice (the MR covers only "
+                            f"part of the CT, {task.mr}); dropped")
+            keep = keep[~empty]
+    if not keep.size:
+        source = task.ct or task.mr
+        return PatientResult(task, error=f"{who}: " + str(plausibility.no_slices_problem(prep.shape, source,
+                                                                                          cfg.min_foreground)),
+                             problem_kinds=(plausibility.NO_SLICES,) + ((plausibility.PARTIAL_MR,) if dropped else ()))
     images = {"mask": prep.mask[keep]}
     for name in ("ct", "mr"):
         if getattr(prep, name) is not None:
             images[name] = getattr(prep, name)[keep]
+    kinds = ((plausibility.UNSUPPORTED_FILE,) * bool(task.warnings) + tuple(p.kind for p in accepted)
+             + ((plausibility.PARTIAL_MR,) if dropped else ()))
     return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
                          placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
                          volume_shape=prep.shape, registration=prep.registration,
                          body_voxels=prep.body_voxels, body_voxels_outside=prep.body_voxels_outside,
+                         problem_kinds=kinds, warnings=tuple(task.warnings) + tuple(warnings),
+                         partial_mr_dropped=dropped, ct_offset_hu=offset,
                          cpu_seconds={"read": t1 - t0, "prepare": t2 - t1})
 
 
@@ -298,9 +363,11 @@ class _Results:
     (so workers run while the main process imports TensorFlow). At most 2 x workers
     patients are in flight, which bounds memory. ``workers=0``: computed here, lazily."""
 
-    def __init__(self, tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int):
+    def __init__(self, tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int,
+                 checks: PlausibilityConfig = PlausibilityConfig()):
         self._todo = iter(tasks)
         self._cfg = cfg
+        self._checks = checks
         self._pending: collections.deque = collections.deque()
         self._ex = None
         if workers > 0:
@@ -311,12 +378,12 @@ class _Results:
     def _submit(self) -> None:
         task = next(self._todo, None)
         if task is not None:
-            self._pending.append(self._ex.submit(convert_patient, task, self._cfg))
+            self._pending.append(self._ex.submit(convert_patient, task, self._cfg, self._checks))
 
     def __iter__(self) -> Iterator[PatientResult]:
         if self._ex is None:
             for task in self._todo:
-                yield convert_patient(task, self._cfg)
+                yield convert_patient(task, self._cfg, self._checks)
             return
         while self._pending:
             result = self._pending.popleft().result()
@@ -364,7 +431,17 @@ def _patient_entry(task: PatientTask, result: PatientResult | None, error: str |
                              "sources": {m: getattr(task, m) for m in ("ct", "mr", "mask") if getattr(task, m)}}
     if error is not None:
         entry.update(n_slices_kept=0, n_slices_skipped=0, error=error)
+        if result is not None and result.problem_kinds:
+            entry["problems"] = list(result.problem_kinds)
         return entry
+    if result.warnings:
+        entry["warnings"] = list(result.warnings)
+    if result.problem_kinds:
+        entry["problems"] = list(result.problem_kinds)
+    if result.partial_mr_dropped:
+        entry["partial_mr_pairs_dropped"] = result.partial_mr_dropped
+    if result.ct_offset_hu:
+        entry["ct_offset_hu_subtracted"] = result.ct_offset_hu
     entry.update(n_slices_kept=result.n_kept, n_slices_skipped=result.num_slices - result.n_kept,
                  mr_range=list(result.mr_range) if result.mr_range else None,
                  body_voxels=result.body_voxels, body_voxels_outside_canvas=result.body_voxels_outside,
@@ -386,6 +463,10 @@ def _holds_records(path: Path) -> bool:
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to clobber records without --overwrite, and anything that is not a records directory."""
     if not out.exists():
+        try:
+            atomic.check_folder_path(out.parent, "parent folder of --out")
+        except atomic.OutputError as e:
+            raise MakeRecordsError(f"{out}: {e}") from None
         if not out.parent.is_dir():
             raise MakeRecordsError(f"{out}: parent folder {out.parent} does not exist")
         return
@@ -406,8 +487,11 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                  test_patients: int | Sequence[str] = 2, split_seed: int = 0,
                  val_patients: int | Sequence[str] = 0,
                  manifest: str | os.PathLike | None = None, on_error: str = "fail", overwrite: bool = False,
-                 workers: int = 2, examples_per_shard: int = 512, progress: bool = True) -> dict[str, Any]:
+                 workers: int = 2, examples_per_shard: int = 512, progress: bool = True,
+                 checks: PlausibilityConfig = PlausibilityConfig()) -> dict[str, Any]:
     """Convert ``root`` into the records directory ``out``; returns the summary dict.
+
+    ``checks`` says which plausibility problems are accepted as warnings (``plausibility``).
 
     ``workers=0`` converts in this process (debugging, tests); with workers, the caller's
     script needs the ``if __name__ == "__main__":`` guard (spawned processes). Raises MakeRecordsError
@@ -421,8 +505,9 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         raise MakeRecordsError(f"--workers must be >= 0, got {workers}")
     out = Path(out).absolute()
     check_output(out, overwrite)
+    atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
     tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
-                                            manifest=manifest, val_patients=val_patients)
+                                            manifest=manifest, val_patients=val_patients, accept=checks.accept)
     if failed and on_error == "fail":
         raise MakeRecordsError(next(iter(failed.values())))
     if not tasks:
@@ -430,14 +515,15 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     if unlisted:
         logging.warning("%d patient folder(s) not in the manifest are left out: %s", len(unlisted), unlisted)
 
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    try:
+        tmp = Path(atomic.temporary_folder(out))
+    except OSError as e:
+        raise MakeRecordsError(_write_failure(out, e)) from None
     patients: dict[str, dict[str, Any]] = {}
     stage = collections.Counter()
     try:
         with contextlib.ExitStack() as stack:
-            results = stack.enter_context(contextlib.closing(_Results(tasks, cfg, workers)))
+            results = stack.enter_context(contextlib.closing(_Results(tasks, cfg, workers, checks)))
             from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
 
             names = SET_NAMES + ((VAL_SET,) if any(t.set_name == VAL_SET for t in tasks) else ())
@@ -451,10 +537,11 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                 bar.update(1)
                 if result.error is not None:
                     if on_error == "fail":
-                        raise MakeRecordsError(result.error)
+                        hint = " (or --on_error=skip to leave the patient out)" if result.problem_kinds else ""
+                        raise MakeRecordsError(result.error + hint)
                     logging.warning("skipping patient %s: %s", task.patient_id, result.error)
                     failed[task.patient_id] = result.error
-                    patients[task.patient_id] = _patient_entry(task, None, result.error)
+                    patients[task.patient_id] = _patient_entry(task, result, result.error)
                     continue
                 stage.update(result.cpu_seconds)
                 t0 = time.process_time()
@@ -468,7 +555,9 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             raise MakeRecordsError(f"{root}: no slices written (failed patients: {sorted(failed) or 'none'}; "
                                    f"slices need a body mask covering >= min_foreground={cfg.min_foreground})")
         for pid, error in failed.items():  # folders that failed before conversion
-            patients.setdefault(pid, {"error": error})
+            unsupported = plausibility.split(plausibility.unsupported_inputs(Path(root) / pid), checks.accept)[0]
+            patients.setdefault(pid, {"error": error, **({"problems": sorted({p.kind for p in unsupported})}
+                                                         if unsupported else {})})
         ok = [t for t in tasks if t.patient_id not in failed]
         spec = DatasetSpec(root=str(out), preprocess=cfg, sets=sets,
                            split={s: [t.patient_id for t in ok if t.split == s] for s in SPLITS
@@ -479,11 +568,30 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
         tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
         check_output(out, overwrite)  # still true? (another run may have written meanwhile)
-        swap_in_directory(tmp, out)
-    except BaseException:
+        atomic.swap_in_directory(tmp, out)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or _is_write_error(e):   # reads are the workers' (patient errors)
+            raise MakeRecordsError(_write_failure(out, e)) from None
         raise
     return summary
+
+
+def _is_write_error(e: BaseException) -> bool:
+    """TensorFlow's file errors (a TFRecord shard that cannot be written: disk full, size limit)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(e, tf.errors.OpError)
+
+
+def _write_failure(out: Path, e: BaseException) -> str:
+    reason = atomic.describe_os_error(e) if isinstance(e, OSError) else (
+        f"{type(e).__name__}: {getattr(e, 'message', '') or 'a write failed'}")
+    try:
+        free = f"; {shutil.disk_usage(out.parent).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        free = ""
+    return (f"{out}: cannot write the records ({reason}{free}); nothing was written (an earlier output is kept "
+            "as it was)")
 
 
 def _progress(total: int, enabled: bool):
@@ -498,6 +606,9 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
     for t in tasks:
         skipped[t.set_name] += patients.get(t.patient_id, {}).get("n_slices_skipped", 0)
     total = sum(info["count"] for info in sets.values())
+    errors, warnings = collections.Counter(), collections.Counter()
+    for e in patients.values():
+        (errors if "error" in e else warnings).update(set(e.get("problems", ())))   # patients per kind
     return {
         "out": str(out),
         "patients": dict(sorted(by_role.items())),
@@ -508,6 +619,15 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
                                       "fraction": e["body_lost_fraction"]}
                                 for pid, e in sorted(patients.items()) if e.get("body_voxels_outside_canvas")},
         "not_in_manifest": unlisted,
+        "plausibility": {"errors": dict(sorted(errors.items())), "warnings": dict(sorted(warnings.items())),
+                         "partial_mr_pairs_dropped": {pid: e["partial_mr_pairs_dropped"]
+                                                      for pid, e in sorted(patients.items())
+                                                      if e.get("partial_mr_pairs_dropped")},
+                         "ct_offset_hu_subtracted": {pid: e["ct_offset_hu_subtracted"]
+                                                     for pid, e in sorted(patients.items())
+                                                     if e.get("ct_offset_hu_subtracted")},
+                         "patient_warnings": {pid: e["warnings"] for pid, e in sorted(patients.items())
+                                              if e.get("warnings")}},
         "workers": workers,
         "seconds": round(seconds, 3),
         "slices_per_second": round(total / seconds, 2) if seconds > 0 else None,
@@ -521,9 +641,11 @@ def format_summary(summary: dict[str, Any]) -> str:
              "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
              "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
              "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
-             + " (below min_foreground)"]
+             + " (below min_foreground, or an empty MR slice)"]
     for pid, lost in summary.get("body_outside_canvas", {}).items():
         lines.append(f"body outside the canvas: patient {pid}: {lost['fraction']:.3%} ({lost['voxels']} voxels)")
+    for pid, warnings in summary.get("plausibility", {}).get("patient_warnings", {}).items():
+        lines += [f"warning: {w}" for w in warnings]
     if summary["failed_patients"]:
         lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
         lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
@@ -560,6 +682,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("workers", 2, "Worker processes preparing patients (0: in the main process).",
                          lower_bound=0, flag_values=fv)
     flags.DEFINE_integer("examples_per_shard", 512, "Records per shard file.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_list("accept", [], "Plausibility problems to accept as warnings (named in summary.json): "
+                      f"{', '.join(plausibility.ACCEPTABLE)}.", flag_values=fv)
+    flags.DEFINE_float("unsigned_ct_offset", None, "Subtract this (e.g. 1024) from CTs that look like unsigned "
+                       "HU+1024 (no value below 0); other CTs are left alone.", flag_values=fv)
+    flags.DEFINE_list("series_uid", [], "SeriesInstanceUID(s) to read when a DICOM folder holds several series "
+                      "(each folder takes the one listed UID it holds).", flag_values=fv)
     # One flag per PreprocessConfig field, with its default.
     d = _DEFAULTS
     flags.DEFINE_float("spacing_mm", d.spacing_mm, "Isotropic voxel size after resampling (mm).", flag_values=fv)
@@ -608,6 +736,15 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:
         raise MakeRecordsError(str(e)) from None
 
 
+def checks_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PlausibilityConfig:
+    """PlausibilityConfig from --accept, --unsigned_ct_offset and --series_uid."""
+    try:
+        return PlausibilityConfig(accept=tuple(fv.accept), unsigned_ct_offset=fv.unsigned_ct_offset,
+                                  series_uids=tuple(fv.series_uid))
+    except ValueError as e:
+        raise MakeRecordsError(str(e)) from None
+
+
 def parse_ct_range(text: str | None) -> tuple[float, float] | None:
     """``"-1024,3000"`` -> (-1024.0, 3000.0); None/empty -> None (the window)."""
     if text is None or not str(text).strip():
@@ -647,7 +784,8 @@ def main(argv: Sequence[str]) -> None:
                                test_patients=parse_test_patients(fv.test_patients), split_seed=fv.split_seed,
                                val_patients=parse_test_patients(fv.val_patients, "--val_patients"),
                                manifest=fv.manifest, on_error=fv.on_error, overwrite=fv.overwrite,
-                               workers=fv.workers, examples_per_shard=fv.examples_per_shard)
+                               workers=fv.workers, examples_per_shard=fv.examples_per_shard,
+                               checks=checks_from_flags(fv))
     except (MakeRecordsError, VolumeError) as e:
         print(f"make_records: error: {e}", file=sys.stderr)
         sys.exit(1)

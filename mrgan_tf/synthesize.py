@@ -47,6 +47,7 @@ from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_export
                              resolve_version_dir)
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.plausibility import check_volume, raise_or_warn
 from mrgan_tf.intensity import ct_from_unit, denormalise_mr, dequantise, from_model_range, to_model_range
 from mrgan_tf.io.writers import DTYPES, FORMATS, check_output, output_name, write_volume
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient, restack_to_grid
@@ -195,6 +196,7 @@ def ct_like_warning(vol: Volume) -> str | None:
 
 def prepare_input(predictor: Predictor, vol: Volume):
     """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
+    raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
     cfg = predictor.preprocess
     if predictor.name == "ct2mr":
         prep = prepare_patient(vol, None, None, cfg)

@@ -14,6 +14,7 @@ import time
 from absl import app, flags, logging
 
 from mrgan_tf import distribute  # noqa: F401  (defines --strategy, --cpu_devices)
+from tfrecords_tools import atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("records", None, "Records directory written by make_records (holds dataset.json).")
@@ -80,8 +81,66 @@ def model_config_from_flags(spec):
                        paired_baseline_direction=FLAGS.paired_baseline_direction)
 
 
+class CorruptRecordsError(ValueError):
+    """A training shard that cannot be read; the message names the shard and the record."""
+
+
+def _paired_version(export_dir: str) -> int:
+    """One number for every direction of a new export (1 + the highest version of any)."""
+    from mrgan_tf import export
+    return 1 + max((v for name in export.SERVING_NAMES.values()
+                    for v in export.existing_versions(os.path.join(export_dir, name))), default=0)
+
+
+def incomplete_exports(export_dir: str, directions) -> list[str]:
+    """Serving names (ct2mr, mr2ct) among ``directions`` whose newest version is missing or not a
+    loadable SavedModel (``saved_model.pb`` that parses, plus ``variables/variables.index``).
+
+    Stale export temporaries of a killed export are removed on the way."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from mrgan_tf import export
+    bad = []
+    for d in directions:
+        name = export.SERVING_NAMES[d]
+        name_dir = os.path.join(export_dir, name)
+        atomic.remove_stale_temporaries(name_dir)
+        versions = export.existing_versions(name_dir)
+        version_dir = os.path.join(name_dir, str(versions[-1])) if versions else None
+        try:
+            with open(os.path.join(version_dir, "saved_model.pb"), "rb") as f:
+                saved_model_pb2.SavedModel().ParseFromString(f.read())
+            ok = os.path.isfile(os.path.join(version_dir, "variables", "variables.index"))
+        except Exception:   # no version (None), an unreadable file or a garbled proto
+            ok = False
+        if not ok:
+            bad.append(name)
+    return bad
+
+
+def _startup_checks(out: str) -> None:
+    """What must hold before anything is written to ``--out``."""
+    atomic.check_folder_path(out, "run folder (--out)")
+    for name in ("checkpoints", "logs", "export"):
+        atomic.check_folder_path(os.path.join(out, name), f"run's {name} folder")
+
+
+def _corrupt_records_error(spec, error) -> CorruptRecordsError | None:
+    """Names the shard and record behind a DataLossError from the input pipeline (None if none found)."""
+    from tfrecords_tools import reader
+    bad = reader.first_bad_record(spec.root, [n for n in spec.sets if spec.count(n)])
+    if bad is None:
+        return None
+    return CorruptRecordsError(f"{bad}: unreadable training record ({type(error).__name__}); the last checkpoint "
+                               f"is kept. Check the set with `python -m tfrecords_tools.inspect {spec.root}` "
+                               "and rewrite the records (make_records --overwrite)")
+
+
 def train(records: str, out: str, extra_callbacks=()) -> dict:
-    """Trains (or resumes) a run; returns a summary. Importable for tests and the demo."""
+    """Trains (or resumes) a run; returns a summary. Importable for tests and the demo.
+
+    Every start-up check (records, validation patients, the ``--out`` path) runs before
+    anything is written to ``--out``."""
     import keras
     import tensorflow as tf
 
@@ -97,6 +156,7 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     keras.mixed_precision.set_global_policy(FLAGS.precision)
 
     spec = DatasetSpec.load(records)
+    _startup_checks(out)
     val_set = None
     if FLAGS.val_every:
         from mrgan_tf.validation import ValidationSet
@@ -121,37 +181,49 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
         if manager.latest_checkpoint:
             checkpoints.checkpoint_for(model).restore(manager.latest_checkpoint).assert_existing_objects_matched()
     start = int(model.iteration.numpy())
+    replicas = strategy.num_replicas_in_sync
+    # The data pipeline opens every shard set it needs: a missing one fails here, before any write.
+    ds = data.training_dataset(spec, config.mode, FLAGS.batch_size * replicas, seed=FLAGS.seed,
+                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired)
+    fixed = None
+    if chief and (spec.count("paired_test") or spec.count("paired_train")):
+        fixed = data.fixed_slices(spec, FLAGS.image_slices)
+
+    # ---- from here on the run folder is written
     if chief:
         checkpoints.save_run_config(out, config, records, precision=FLAGS.precision)
+        atomic.remove_stale_temporaries(out)
+        for path in checkpoints.remove_checkpoint_temporaries(out):
+            logging.info("removed a half-written checkpoint a killed run left: %s", path)
     if start:
         logging.info("resuming %s from iteration %d (%s)", out, start, manager.latest_checkpoint)
     if start >= total:
         logging.info("%s already trained for %d >= %d iterations", out, start, total)
 
-    replicas = strategy.num_replicas_in_sync
-    ds = data.training_dataset(spec, config.mode, FLAGS.batch_size * replicas, seed=FLAGS.seed,
-                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired)
-    ckpt_cb = callbacks.Checkpointing(manager, FLAGS.checkpoint_every)
-    guard = callbacks.NaNGuard(ckpt_cb)
-    fixed = None
-    if chief and (spec.count("paired_test") or spec.count("paired_train")):
-        fixed = data.fixed_slices(spec, FLAGS.image_slices)
     val_cbs = []
+    columns = ()
     if val_set is not None:
         from mrgan_tf.validation import PREFIX, selection_key
         key = selection_key(spec, FLAGS.val_select)
         columns = [f"val_{PREFIX[d]}_{m}" for d in model.trained_directions for m in ("mae", "psnr", "ssim")]
-        monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief,
-                                            extra_columns=columns)
+    monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief,
+                                        extra_columns=columns)
+    if val_set is not None:
         best = checkpoints.BestCheckpoint(model, run_dir, key, write=chief)
         val_cbs = [callbacks.Validation(val_set, FLAGS.val_every, key, best, run_dir, monitor, write=chief)]
-    else:
-        monitor = callbacks.TrainingMonitor(run_dir, FLAGS.log_every, FLAGS.image_every, fixed, write=chief)
+    ckpt_cb = callbacks.Checkpointing(manager, FLAGS.checkpoint_every, before_save=[monitor.flush])
+    guard = callbacks.NaNGuard(ckpt_cb)
     t0 = time.perf_counter()
     if start < total:
-        model.fit(ds, epochs=1, steps_per_epoch=total - start,
-                  callbacks=[guard, ckpt_cb, *val_cbs, monitor, *extra_callbacks],
-                  verbose=FLAGS.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
+        try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first
+            model.fit(ds, epochs=1, steps_per_epoch=total - start,
+                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *extra_callbacks],
+                      verbose=FLAGS.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            error = _corrupt_records_error(spec, e)
+            if error is None:
+                raise
+            raise error from None
     seconds = time.perf_counter() - t0
     if guard.error:
         raise callbacks.NonFiniteLoss(guard.error)
@@ -159,12 +231,17 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
                "seconds": seconds, "replicas": replicas, "global_batch": FLAGS.batch_size * replicas,
                "checkpoint": manager.latest_checkpoint}
     export_dir = os.path.join(out, "export")
-    if FLAGS.export and chief and (start < total or not os.path.isdir(export_dir)):
+    missing = incomplete_exports(export_dir, model.trained_directions) if FLAGS.export and chief else []
+    if missing and start >= total:
+        logging.info("%s: export missing or incomplete (%s): exporting", export_dir, ", ".join(missing))
+    if FLAGS.export and chief and (start < total or missing):
         from mrgan_tf import export   # a finished run that is re-run exports no duplicate version
+        version = _paired_version(export_dir)   # every direction gets the same number
         if FLAGS.export_checkpoint == "best":
-            summary["export"] = export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"))
+            summary["export"] = export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"),
+                                                  version)
         else:
-            summary["export"] = export.export_model(model, spec, export_dir)
+            summary["export"] = export.export_model(model, spec, export_dir, version)
     best_record = checkpoints.read_best(out) if val_set is not None else None
     if best_record:
         summary["best"] = best_record
@@ -180,7 +257,7 @@ def main(argv):
     from mrgan_tf.spec import SpecError
     try:
         summary = train(FLAGS.records, FLAGS.out)
-    except (SpecError, NonFiniteLoss, FileNotFoundError, ValueError) as e:
+    except (SpecError, NonFiniteLoss, ValueError, OSError) as e:   # OSError: atomic.OutputError, FileNotFoundError
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}")

@@ -1,27 +1,60 @@
 """Run as a script: `python -m mrgan_tf.train` flags, but SIGKILLs itself mid-training.
 
 The kill lands on iteration --kill_at (after the checkpoint before it), the way
-a pre-empted job dies: no clean-up, no exit handlers.
+a pre-empted job dies: no clean-up, no exit handlers. --kill_after_checkpoint=N
+dies the instant checkpoint N is on disk (before any later callback);
+--kill_in_export dies when the end-of-training export starts its second
+SavedModel (the first direction written, the other not).
 """
 import os
 import signal
 import sys
 
 import keras
+import tensorflow as tf
 from absl import app, flags
 
 from mrgan_tf import train
 
-flags.DEFINE_integer("kill_at", 1, "Iteration at which the process kills itself.")
+flags.DEFINE_integer("kill_at", 1, "Iteration at which the process kills itself (0: never).")
+flags.DEFINE_integer("kill_after_checkpoint", 0, "Kill right after writing checkpoint N (0: never).")
+flags.DEFINE_bool("kill_in_export", False, "Kill at the start of the export's second SavedModel.")
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.iteration.numpy()) >= flags.FLAGS.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if flags.FLAGS.kill_at and int(self.model.iteration.numpy()) >= flags.FLAGS.kill_at:
+            die()
+
+
+def arm():
+    fv = flags.FLAGS
+    if fv.kill_after_checkpoint:
+        save = tf.train.CheckpointManager.save
+
+        def save_then_die(self, *args, **kwargs):
+            path = save(self, *args, **kwargs)
+            if path.endswith(f"ckpt-{fv.kill_after_checkpoint}") and self.directory.endswith("checkpoints"):
+                die()
+            return path
+        tf.train.CheckpointManager.save = save_then_die
+    if fv.kill_in_export:
+        saved_model_save, calls = tf.saved_model.save, []
+
+        def second_save_dies(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                die()
+            return saved_model_save(*args, **kwargs)
+        tf.saved_model.save = second_save_dies
 
 
 def main(argv):
+    arm()
     train.train(flags.FLAGS.records, flags.FLAGS.out, extra_callbacks=[Kill()])
     print("not killed", file=sys.stderr)
     return 3

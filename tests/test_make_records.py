@@ -71,8 +71,8 @@ def converted(dataset, tmp_path_factory):
 
 def no_leftovers(out):
     out = Path(out)
-    return not out.exists() and not list(out.parent.glob(out.name + ".tmp-*")) \
-        and not list(out.parent.glob(out.name + ".old-*"))
+    from tfrecords_tools.atomic import list_temporaries
+    return not out.exists() and not [t for t in list_temporaries(out.parent) if t.final_name == out.name]
 
 
 def run_fail(*args, **kw):
@@ -274,11 +274,11 @@ def test_interrupted_write_leaves_old_output(dataset, tmp_path, monkeypatch):
     calls = []
     real = mr_mod.convert_patient
 
-    def flaky(task, cfg):
+    def flaky(task, *args):
         calls.append(task.patient_id)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(task, cfg)
+        return real(task, *args)
 
     monkeypatch.setattr(mr_mod, "convert_patient", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -234,3 +234,17 @@ def verify(
     if group_key is not None:
         report.groups = len(groups)
     return report
+
+
+def first_bad_record(directory: str | os.PathLike, names) -> BadRecord | None:
+    """The first unreadable record (``verify``'s check) among the shard sets ``names``, or None.
+
+    For a reader that failed with a bare DataLossError: it names the shard and the record."""
+    for name in names:
+        try:
+            report = verify(directory, name)
+        except (FileNotFoundError, ValueError) as e:
+            return BadRecord(index_path(directory, name), 0, str(e))
+        if report.bad is not None:
+            return report.bad
+    return None

@@ -2,7 +2,7 @@
 
 Layout in ``out_dir`` for a set ``name`` (GZIP):
 
-- while writing: ``.tmp-<name>-00000.tfrecord.gz``, ``.tmp-<name>-00001...``
+- while writing: ``.tmp-<name>-00000-<pid>-<hex>.tfrecord.gz``, ... (``atomic``'s temporary rule)
 - on success: ``<name>-00000-of-00002.tfrecord.gz`` ... and then, last,
   ``<name>.shards.json`` = ``{"name", "compression", "fields", "shards": [{"file", "count"}], "count"}``.
 
@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 
 from tfrecords_tools import schema
+from tfrecords_tools import atomic
 from tfrecords_tools.atomic import atomic_write_text  # also importable from here
 
 INDEX_SUFFIX = ".shards.json"
@@ -101,14 +102,11 @@ class ShardedWriter:
             self.abort()
 
     def open(self) -> None:
-        """Create ``out_dir`` and clear temp shards a killed earlier writer of this set left."""
+        """Create ``out_dir`` and clear temporaries that killed earlier writers left there."""
         if self._state != "new":
             raise RuntimeError(f"ShardedWriter({self.name!r}) can only be opened once")
-        os.makedirs(self.out_dir, exist_ok=True)
-        stale = re.compile(r"\.tmp-" + re.escape(self.name) + r"-\d+" + _ANY_EXT)
-        for entry in os.listdir(self.out_dir):
-            if stale.match(entry):
-                _remove(os.path.join(self.out_dir, entry))
+        atomic.ensure_folder(self.out_dir, "records folder")
+        atomic.remove_stale_temporaries(self.out_dir)
         self._state = "open"
 
     # ------------------------------------------------------------ writing
@@ -124,7 +122,7 @@ class ShardedWriter:
 
     def _start_shard(self) -> None:
         self._close_current()
-        tmp = os.path.join(self.out_dir, f".tmp-{self.name}-{len(self._temps):05d}{self._ext}")
+        tmp = atomic.temporary_path(os.path.join(self.out_dir, f"{self.name}-{len(self._temps):05d}"), self._ext)
         self._temps.append(tmp)  # registered before creation so abort() always removes it
         self._counts.append(0)
         self._current = tf.io.TFRecordWriter(tmp, options=self._options)

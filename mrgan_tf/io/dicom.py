@@ -86,21 +86,31 @@ def _read_images(folder: Path):
     return images, pixelless
 
 
-def _pick_series(folder: Path, images, series_uid: str | None):
+def _pick_series(folder: Path, images, series_uid):
+    """The images of one series: the only one, or the one ``series_uid`` (a UID or several) names."""
     by_series = collections.defaultdict(list)
     for path, ds in images:
         by_series[str(ds.get("SeriesInstanceUID", "<no SeriesInstanceUID>"))].append((path, ds))
-    if series_uid is not None:
+    listing = "; ".join(
+        f"{uid} ({len(members)} images, {members[0][1].get('SeriesDescription', '')!s})"
+        for uid, members in sorted(by_series.items())
+    )
+    if isinstance(series_uid, str):   # one UID asked for: it must be here
         if series_uid not in by_series:
-            raise VolumeError(folder, f"series {series_uid} not found; present: {sorted(by_series)}")
+            raise VolumeError(folder, f"series {series_uid} not found; present: {listing}")
         return by_series[series_uid]
-    if len(by_series) > 1:
-        listing = "; ".join(
-            f"{uid} ({len(members)} images, {members[0][1].get('SeriesDescription', '')!s})"
-            for uid, members in sorted(by_series.items())
-        )
-        raise VolumeError(folder, f"{len(by_series)} series in one folder, pass series_uid to pick one: {listing}")
-    return next(iter(by_series.values()))
+    if len(by_series) == 1:           # a list (make_records --series_uid) matters only where there is a choice
+        return next(iter(by_series.values()))
+    wanted = list(series_uid or ())
+    chosen = [uid for uid in wanted if uid in by_series]
+    if len(chosen) == 1:
+        return by_series[chosen[0]]
+    if chosen:
+        raise VolumeError(folder, f"--series_uid names {len(chosen)} series of this folder ({', '.join(chosen)}); "
+                                  f"name one: {listing}")
+    what = "--series_uid names none of them; " if wanted else ""
+    raise VolumeError(folder, f"{len(by_series)} series in one folder; {what}choose one with --series_uid=UID "
+                              f"(make_records) or move each series into a folder of its own: {listing}")
 
 
 @dataclasses.dataclass

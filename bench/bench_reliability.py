@@ -1,0 +1,289 @@
+"""Benchmark: kill -9 trials. Does every output stay complete or absent, and does the next run heal?
+
+Each trial starts a tool as a subprocess in its own process group, SIGKILLs the whole
+group at a seeded random moment (a fraction of an uninterrupted run's wall time),
+checks what is on disk, runs the same command again and checks again:
+
+- make_records (``--out`` inside ``--root``, every other trial over an earlier output with
+  ``--overwrite``): after the kill ``--out`` is absent or complete (every shard set verifies);
+  the rerun succeeds and leaves no temporaries.
+- train including its export (tiny MR-GAN, ``--deterministic``): after the kill every exported
+  version is a whole SavedModel; the rerun ends with a complete export of both directions under
+  one version number, no temporaries, every history row once, and weights, optimizer state and
+  counters equal to an uninterrupted run's.
+- export (``python -m mrgan_tf.export`` on a finished run): every version is whole after the
+  kill; after the rerun the newest ct2mr and mr2ct versions are a pair, with no temporaries.
+- synthesize: the output NIfTI is absent or complete after the kill; the rerun leaves no temporaries.
+
+    .venv/bin/python bench/bench_reliability.py --kill_seed=0 \
+        [--make_records_trials=20 --train_trials=10 --export_trials=10 --synthesize_trials=10]
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))   # the test suite's small data builders, reused
+
+_WORK = flags.DEFINE_string("work", os.path.join(tempfile.gettempdir(), "mrgan_bench_reliability"),
+                            "Scratch folder (emptied first).")
+_SEED = flags.DEFINE_integer("kill_seed", 0, "Seed of the kill times.")
+_N = {name: flags.DEFINE_integer(f"{name}_trials", n, f"{name} trials.")
+      for name, n in (("make_records", 20), ("train", 10), ("export", 10), ("synthesize", 10))}
+_JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+
+PY = sys.executable
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+TRAIN_STEPS = 6
+
+
+def run(cmd, timeout=900) -> tuple[int, float, str]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, time.perf_counter() - t0, done.stderr
+
+
+def run_and_kill(cmd, after_s: float) -> bool:
+    """Start ``cmd`` in a new process group; SIGKILL the group after ``after_s``. True if it was killed."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + after_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:   # spawned workers are in the group too: make sure none outlives the kill
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return killed
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def leftovers(*folders) -> list[str]:
+    from tfrecords_tools import atomic
+    found = []
+    for folder in folders:
+        for dirpath, dirnames, _ in os.walk(folder):
+            found += [t.path for t in atomic.list_temporaries(dirpath)]
+            found += [os.path.join(dirpath, d) for d in dirnames if d.endswith("_temp")]
+    return found
+
+
+def records_complete(out: Path) -> bool:
+    from mrgan_tf.spec import DatasetSpec
+    from tfrecords_tools import reader
+    try:
+        spec = DatasetSpec.load(out)
+        return all(reader.verify(out, name).ok for name in spec.sets)
+    except Exception:
+        return False
+
+
+def versions_whole(export_dir: Path) -> bool:
+    """Every numbered version folder is a SavedModel that parses."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    for version in export_dir.glob("*/[0-9]*"):
+        try:
+            saved_model_pb2.SavedModel().ParseFromString((version / "saved_model.pb").read_bytes())
+        except Exception:
+            return False
+        if not (version / "variables" / "variables.index").is_file():
+            return False
+    return True
+
+
+def newest_pair(export_dir: Path) -> bool:
+    from mrgan_tf import export
+    newest = [export.existing_versions(str(export_dir / n))[-1:] for n in ("ct2mr", "mr2ct")]
+    return all(newest) and newest[0] == newest[1]
+
+
+def nifti_complete(path: Path, shape) -> bool:
+    from mrgan_tf.io.readers import read_volume
+    try:
+        return read_volume(path).shape == tuple(shape)
+    except Exception:
+        return False
+
+
+def tensors(run_dir: Path) -> dict:
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints"))
+    skip = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map() if n not in skip}
+
+
+def history_once(run_dir: Path, n: int) -> bool:
+    try:
+        rows = [ln.split(",")[0] for ln in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    except OSError:
+        return False
+    return rows == [str(i) for i in range(1, n + 1)]
+
+
+# --------------------------------------------------------------------------- trials
+
+
+class Table:
+    def __init__(self):
+        self.rows = collections.OrderedDict()
+
+    def add(self, tool: str, check: str, ok: bool):
+        key = (tool, check)
+        survived, total = self.rows.get(key, (0, 0))
+        self.rows[key] = (survived + bool(ok), total + 1)
+        print(f"  {tool} trial {total + 1}: {check}: {'ok' if ok else 'FAILED'}", flush=True)
+
+    def text(self) -> str:
+        lines = [f"{'tool':<13} {'check':<58} survived/total"]
+        lines += [f"{tool:<13} {check:<58} {s}/{t}" for (tool, check), (s, t) in self.rows.items()]
+        return "\n".join(lines)
+
+
+def make_records_trials(work: Path, n: int, rng, table: Table):
+    from test_make_records import add_patient
+    root = work / "mr_root"
+    for i in range(4):
+        add_patient(root, f"p{i}", seed=i)
+    out = root / "records"   # inside --root: a visible leftover would be read as a patient
+    cmd = [PY, "-m", "mrgan_tf.make_records", f"--root={root}", f"--out={out}", "--spacing_mm=2", "--image_size=64",
+           "--test_patients=1", "--workers=2", "--examples_per_shard=8", "--overwrite"]
+    rc, ref_s, err = run(cmd)
+    assert rc == 0, err[-2000:]
+    killed = 0
+    for i in range(n):
+        if i % 2 == 0:
+            shutil.rmtree(out, ignore_errors=True)   # even trials: no earlier output
+        killed += run_and_kill(cmd, rng.uniform(0.05, 1.0) * ref_s)
+        table.add("make_records", "after kill: --out absent or complete", not out.exists() or records_complete(out))
+        if i % 2:
+            table.add("make_records", "after kill: the earlier output still there", out.exists())
+        rc, _, err = run(cmd)
+        table.add("make_records", "rerun succeeds", rc == 0)
+        table.add("make_records", "after rerun: complete, no leftovers", records_complete(out) and not leftovers(root))
+    return {"reference_s": round(ref_s, 1), "killed": killed}
+
+
+def train_cmd(records, out):
+    from conftest import TINY_FLAGS
+    return [PY, "-m", "mrgan_tf.train", f"--records={records}", f"--out={out}", "--mode=mrgan",
+            f"--steps={TRAIN_STEPS}", "--checkpoint_every=2", "--log_every=1", "--image_every=100", "--verbose=0",
+            "--deterministic", *TINY_FLAGS]
+
+
+def train_trials(work: Path, n: int, rng, table: Table):
+    from records_factory import write_tiny_records
+
+    from mrgan_tf import train
+    records = work / "train_records"
+    write_tiny_records(str(records), size=32)
+    reference = work / "train_reference"
+    rc, ref_s, err = run(train_cmd(records, reference))
+    assert rc == 0, err[-2000:]
+    expected = tensors(reference)
+    killed, worst = 0, 0.0
+    for i in range(n):
+        out = work / f"train_{i}"
+        killed += run_and_kill(train_cmd(records, out), rng.uniform(0.05, 1.0) * ref_s)
+        table.add("train", "after kill: every exported version whole", versions_whole(out / "export"))
+        rc, _, err = run(train_cmd(records, out))
+        table.add("train", "rerun succeeds", rc == 0)
+        complete = rc == 0 and not train.incomplete_exports(str(out / "export"), ("mr", "ct"))
+        table.add("train", "after rerun: export complete, newest versions a pair",
+                  complete and newest_pair(out / "export"))
+        table.add("train", "after rerun: no leftovers", not leftovers(out))
+        table.add("train", "after rerun: every history row once", history_once(out, TRAIN_STEPS))
+        got = tensors(out) if rc == 0 else {}
+        same = got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in expected)
+        if got.keys() == expected.keys():
+            worst = max(worst, max(float(np.max(np.abs(got[k].astype(np.float64) - expected[k])))
+                                   for k in expected if np.issubdtype(expected[k].dtype, np.number)))
+        table.add("train", f"after rerun: {len(expected)} tensors bit-identical", same)
+    return {"reference_s": round(ref_s, 1), "killed": killed, "tensors": len(expected), "max_abs_diff": worst}
+
+
+def export_trials(work: Path, n: int, rng, table: Table):
+    run_dir = work / "train_reference"
+    export_dir = work / "export_trials"
+    cmd = [PY, "-m", "mrgan_tf.export", f"--run={run_dir}", f"--export_dir={export_dir}"]
+    rc, ref_s, err = run(cmd)
+    assert rc == 0, err[-2000:]
+    killed = 0
+    for _ in range(n):
+        killed += run_and_kill(cmd, rng.uniform(0.05, 1.0) * ref_s)
+        table.add("export", "after kill: every version whole", versions_whole(export_dir))
+        rc, _, err = run(cmd)
+        table.add("export", "rerun succeeds", rc == 0)
+        table.add("export", "after rerun: newest ct2mr and mr2ct versions a pair", newest_pair(export_dir))
+        table.add("export", "after rerun: no leftovers", not leftovers(export_dir))
+    return {"reference_s": round(ref_s, 1), "killed": killed}
+
+
+def synthesize_trials(work: Path, n: int, rng, table: Table):
+    from test_make_records import head
+
+    from mrgan_tf.io.readers import write_nifti
+    ct, _ = head()
+    src = work / "syn_in" / "ct.nii.gz"
+    src.parent.mkdir(parents=True)
+    write_nifti(ct, src)
+    out = work / "syn_out" / "syn_mr.nii.gz"
+    cmd = [PY, "-m", "mrgan_tf.synthesize", f"--model={work / 'train_reference' / 'export'}", f"--ct={src}",
+           f"--out={out}", "--noprogress"]
+    rc, ref_s, err = run(cmd)
+    assert rc == 0, err[-2000:]
+    killed = 0
+    for i in range(n):
+        if i % 2 == 0:
+            out.unlink(missing_ok=True)
+        killed += run_and_kill(cmd, rng.uniform(0.05, 1.0) * ref_s)
+        table.add("synthesize", "after kill: output absent or complete",
+                  not out.exists() or nifti_complete(out, ct.shape))
+        rc, _, err = run(cmd)
+        table.add("synthesize", "rerun succeeds", rc == 0)
+        table.add("synthesize", "after rerun: complete, no leftovers",
+                  nifti_complete(out, ct.shape) and not leftovers(out.parent))
+    return {"reference_s": round(ref_s, 1), "killed": killed}
+
+
+def main(argv):
+    del argv
+    work = Path(_WORK.value)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rng = np.random.default_rng(_SEED.value)
+    table, info = Table(), {}
+    t0 = time.perf_counter()
+    for name, trials in (("make_records", make_records_trials), ("train", train_trials),
+                         ("export", export_trials), ("synthesize", synthesize_trials)):
+        if _N[name].value:
+            t = time.perf_counter()
+            info[name] = trials(work, _N[name].value, rng, table)
+            info[name]["trials"], info[name]["seconds"] = _N[name].value, round(time.perf_counter() - t, 1)
+            print(f"{name}: {info[name]}", flush=True)
+    print(table.text())
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if _JSON.value:
+        Path(_JSON.value).write_text(json.dumps({"info": info, "table": [list(k) + list(v) for k, v in
+                                                                         table.rows.items()]}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,212 @@
+"""Plausibility checks on input volumes: nonsense input is named, never passed on silently.
+
+Pure functions returning ``Problem``s (a kind and a message naming the file);
+the tools decide what a problem does: an error, or, when the user accepts its
+kind (make_records ``--accept=KIND``), a warning that is counted in the summary.
+The body that does not fit the canvas is ``PreparedPatient.body_loss_problem``
+(preprocess), not repeated here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from absl import logging
+
+from mrgan_tf.io.volumes import VolumeError
+
+# Kinds a user may accept (then they are warnings).
+CONSTANT = "constant"                  # empty or constant volume
+OUT_OF_RANGE = "out_of_range"          # values the modality cannot hold
+UNSIGNED_CT = "unsigned_ct"            # CT stored as HU+1024 without its rescale intercept
+UNSUPPORTED_FILE = "unsupported_file"  # an image file in a patient folder that no reader takes
+ACCEPTABLE = (CONSTANT, OUT_OF_RANGE, UNSIGNED_CT, UNSUPPORTED_FILE)
+# Kinds that are always errors of the patient, or always counted and dropped.
+NO_SLICES = "no_slices"                # a volume too small (or too empty) to give any slice
+PARTIAL_MR = "partial_mr"              # slice pairs whose MR slice is empty: dropped and counted
+
+# Largest magnitude a modality can hold. CT: HU run from -1024 (air) to a few 1000 (bone),
+# ~30000 on extended scales for metal, and scanners pad with -3024 or -32768; MR units are
+# arbitrary but come from at most 16-32-bit scanner values times a scale.
+LIMITS = {"ct": 1e5, "mr": 1e7}
+# A CT in HU has air (about -1000) around the body; a CT with no value below this is suspect.
+AIR_SEEN_BELOW_HU = 0.0
+UNSIGNED_OFFSET_HU = 1024.0
+# An MR slice is empty over the body when fewer than this fraction of its body pixels are > 0.
+EMPTY_MR_FRACTION = 0.01
+# Image formats users bring that no reader of this project takes (named, never ignored).
+UNSUPPORTED_SUFFIXES = {".img": "Analyze/NIfTI-pair image", ".hdr": "Analyze/NIfTI-pair header",
+                        ".dcm": "loose DICOM file", ".ima": "loose DICOM file", ".nii.bz2": "bzip2 NIfTI",
+                        ".mnc": "MINC", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".par": "Philips PAR/REC",
+                        ".rec": "Philips PAR/REC", ".gipl": "GIPL", ".vtk": "VTK", ".tif": "TIFF",
+                        ".tiff": "TIFF", ".npy": "NumPy array", ".npz": "NumPy archive", ".zip": "zip archive",
+                        ".tar.gz": "tar archive", ".tgz": "tar archive", ".tar": "tar archive"}
+_HINTS = {".img": "convert the pair to NIfTI (nibabel reads it: nib.save(nib.load('{stem}.hdr'), '{stem}.nii.gz'))",
+          ".hdr": "convert the pair to NIfTI (nibabel reads it: nib.save(nib.load('{stem}.hdr'), '{stem}.nii.gz'))",
+          ".dcm": "put a series' slices in a folder named ct/ or mr/",
+          ".ima": "put a series' slices in a folder named ct/ or mr/"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    kind: str
+    message: str   # starts with the file it is about
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ImplausibleInput(VolumeError):
+    """Input whose problems were not accepted; a VolumeError, so every tool reports it per patient."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        self.kinds = tuple(p.kind for p in self.problems)
+        self.path = self.problems[0].message.split(": ", 1)[0] if self.problems else ""
+        self.problem = "; ".join(map(str, self.problems))
+        ValueError.__init__(self, self.problem)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlausibilityConfig:
+    """What a tool accepts (kinds in ``ACCEPTABLE``) and how it mends an unsigned CT."""
+
+    accept: tuple[str, ...] = ()
+    # Subtracted from CTs that look like unsigned HU+offset (None: such a CT is a problem).
+    unsigned_ct_offset: float | None = None
+    # DICOM series to take when a folder holds several (read_volume's series_uid).
+    series_uids: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.accept) - set(ACCEPTABLE))
+        if unknown:
+            raise ValueError(f"--accept: unknown kind(s) {unknown}; choose from {list(ACCEPTABLE)}")
+        if self.unsigned_ct_offset is not None and not np.isfinite(self.unsigned_ct_offset):
+            raise ValueError(f"--unsigned_ct_offset must be a finite number, got {self.unsigned_ct_offset}")
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def constant_volume(data: np.ndarray, source: str) -> Problem | None:
+    """An empty or constant volume (e.g. all zero) holds no image."""
+    data = np.asarray(data)
+    if data.size == 0:
+        return Problem(CONSTANT, f"{source}: the volume is empty (shape {data.shape})")
+    lo, hi = float(data.min()), float(data.max())
+    if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+        return Problem(CONSTANT, f"{source}: every voxel is {lo:g}: an empty or constant volume holds no image "
+                                 f"(shape {data.shape})")
+    return None
+
+
+def out_of_range(data: np.ndarray, modality: str, source: str) -> Problem | None:
+    """Values beyond what the modality can hold (``LIMITS``), e.g. a block of 1e30 in a CT."""
+    data = np.asarray(data)
+    limit = LIMITS[modality]
+    bad = np.abs(data) > limit
+    n = int(np.count_nonzero(bad))
+    if not n:
+        return None
+    unit = " HU" if modality == "ct" else ""
+    return Problem(OUT_OF_RANGE, f"{source}: {n} voxel(s) ({n / data.size:.2%}) beyond +-{limit:g}{unit}, "
+                                 f"which a{'' if modality == 'ct' else 'n'} {modality.upper()} cannot hold "
+                                 f"(values {float(data.min()):g}..{float(data.max()):g}); a corrupt or "
+                                 "wrongly scaled file?")
+
+
+def unsigned_ct(data: np.ndarray, source: str) -> Problem | None:
+    """A CT with no value below 0 has no air near -1000 HU: likely HU+1024 stored without the intercept."""
+    data = np.asarray(data)
+    lo, hi = float(data.min()), float(data.max())
+    if lo < AIR_SEEN_BELOW_HU or hi <= lo:
+        return None
+    return Problem(UNSIGNED_CT, f"{source}: CT values {lo:g}..{hi:g} with none below 0 (no air near -1000 HU) look "
+                                f"like unsigned HU+{UNSIGNED_OFFSET_HU:g} stored without its rescale intercept; "
+                                f"pass --unsigned_ct_offset={UNSIGNED_OFFSET_HU:g} to subtract it from such CTs, "
+                                f"or --accept={UNSIGNED_CT} to use the values as they are")
+
+
+def check_volume(vol, modality: str) -> list[Problem]:
+    """Every volume problem of one input (a ``Volume``); a constant volume is only that."""
+    if modality not in LIMITS:
+        raise ValueError(f"modality must be one of {sorted(LIMITS)}, got {modality!r}")
+    constant = constant_volume(vol.data, vol.source)
+    if constant is not None:
+        return [constant]
+    problems = [out_of_range(vol.data, modality, vol.source)]
+    if modality == "ct":
+        problems.append(unsigned_ct(vol.data, vol.source))
+    return [p for p in problems if p is not None]
+
+
+def remove_unsigned_offset(vol, offset: float):
+    """The CT with ``offset`` HU subtracted (the mend ``--unsigned_ct_offset`` asks for)."""
+    return vol.with_data(np.asarray(vol.data, np.float32) - np.float32(offset))
+
+
+# --------------------------------------------------------------------------- slices
+
+
+def empty_mr_slices(mr_stack: np.ndarray, mask_stack: np.ndarray) -> np.ndarray:
+    """Per slice pair (Z, S, S): True where the MR is empty over the body (the MR's field of view
+    ends before the CT's), so the pair teaches nothing but a blank MR."""
+    mr = np.asarray(mr_stack).reshape(len(mr_stack), -1)
+    body = np.asarray(mask_stack).reshape(len(mask_stack), -1) > 0
+    area = body.sum(axis=1)
+    signal = ((mr > 0) & body).sum(axis=1)
+    return (area == 0) | (signal < EMPTY_MR_FRACTION * area)
+
+
+def no_slices_problem(shape: Sequence[int], source: str, min_foreground: float) -> Problem:
+    return Problem(NO_SLICES, f"{source}: no slice kept from a volume of shape {tuple(int(s) for s in shape)} "
+                              f"(no body slice reaches --min_foreground={min_foreground:g} of the largest, or the "
+                              "volume is too small or empty); not a usable patient")
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    for long in (".nii.bz2", ".tar.gz"):
+        if lower.endswith(long):
+            return long
+    return Path(lower).suffix
+
+
+def unsupported_inputs(folder: str | Path) -> list[Problem]:
+    """Image files directly in a patient folder that no reader takes (``ct.img``, loose ``.dcm``)."""
+    folder = Path(folder)
+    problems = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        suffix = _suffix(path.name)
+        if suffix in UNSUPPORTED_SUFFIXES:
+            hint = _HINTS.get(suffix, "convert it to NIfTI (.nii.gz), .mha or .nrrd")
+            hint = hint.format(stem=path.name[:-len(suffix)])
+            problems.append(Problem(UNSUPPORTED_FILE, f"{path}: {UNSUPPORTED_SUFFIXES[suffix]} ({suffix}) is not a "
+                                                      f"supported input; {hint}, or pass --accept={UNSUPPORTED_FILE} "
+                                                      "to leave it out"))
+    return problems
+
+
+# --------------------------------------------------------------------------- outcome
+
+
+def split(problems: Iterable[Problem], accept: Iterable[str]) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings): accepted kinds are warnings."""
+    accept = set(accept)
+    problems = [p for p in problems if p is not None]
+    return [p for p in problems if p.kind not in accept], [p for p in problems if p.kind in accept]
+
+
+def raise_or_warn(problems: Iterable[Problem], accept: Iterable[str] = ()) -> list[Problem]:
+    """Raise ``ImplausibleInput`` with the problems not accepted; log the accepted ones; returns them."""
+    errors, warnings = split(problems, accept)
+    if errors:
+        raise ImplausibleInput(errors)
+    for p in warnings:
+        logging.warning("%s", p)
+    return warnings
