@@ -41,7 +41,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
@@ -186,17 +186,31 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
         warmup_batch_sizes: batch sizes of the warmup requests (default: the batching's allowed sizes).
         iterations: training iterations of the weights, stored in the asset (provenance, DICOM).
     """
-    import tensorflow as tf
+    tmp, final = _write_version(generator, direction, cfg, export_dir, version, model_config,
+                                warmup_batch_sizes, iterations)
+    _rename_into_place([(tmp, final)])
+    return final
 
-    from mrgan_tf.serving_files import BatchingConfig, warmup_logs, write_warmup
-    from mrgan_tf.serving_signatures import SERVING_MODULES
 
+def _name_dir(export_dir: str, direction: str) -> str:
     if direction not in SERVING_NAMES:
         raise ExportError(f"unknown generator direction {direction!r}; expected one of {sorted(SERVING_NAMES)}")
     name_dir = os.path.join(export_dir, SERVING_NAMES[direction])
     if os.path.exists(name_dir) and not os.path.isdir(name_dir):
         raise ExportError(f"{name_dir}: exists and is not a directory")
     os.makedirs(name_dir, exist_ok=True)
+    return name_dir
+
+
+def _write_version(generator, direction, cfg, export_dir, version, model_config, warmup_batch_sizes,
+                   iterations) -> tuple[str, str]:
+    """The SavedModel of one direction under a temporary name; returns (temporary, final) paths."""
+    import tensorflow as tf
+
+    from mrgan_tf.serving_files import BatchingConfig, warmup_logs, write_warmup
+    from mrgan_tf.serving_signatures import SERVING_MODULES
+
+    name_dir = _name_dir(export_dir, direction)
     if version is None:
         version = max(existing_versions(name_dir), default=0) + 1
     if int(version) < 1:
@@ -215,15 +229,43 @@ def export_generator(generator, direction: str, cfg: PreprocessConfig, export_di
         tf.saved_model.save(module, tmp, signatures=module.signatures())
         sizes = warmup_batch_sizes or BatchingConfig().allowed_batch_sizes
         write_warmup(tmp, warmup_logs(SERVING_NAMES[direction], module.example_inputs, sizes))
-        if os.path.exists(final):  # someone else took the number meanwhile: rename would replace an empty dir
-            raise ExportError(f"{final}: appeared while exporting; not overwriting it")
-        os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(asset_dir, ignore_errors=True)
-    return final
+    return tmp, final
+
+
+def _rename_into_place(written: list[tuple[str, str]]) -> None:
+    """Rename finished temporaries to their version folders, back to back; on failure remove the rest."""
+    try:
+        for tmp, final in written:
+            if os.path.exists(final):  # someone else took the number meanwhile: rename would replace an empty dir
+                raise ExportError(f"{final}: appeared while exporting; not overwriting it")
+            os.rename(tmp, final)
+    finally:
+        for tmp, _ in written:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_orphan_versions(export_dir: str, names) -> list[str]:
+    """Versions that exist for only some of ``names`` (an export killed between its directions)
+    are removed, so the served versions are always whole pairs; returns what was removed."""
+    names = list(names)
+    if len(names) < 2:
+        return []
+    have = {n: set(existing_versions(os.path.join(export_dir, n))) for n in names}
+    whole = set.intersection(*have.values())
+    removed = []
+    for n, versions in have.items():
+        for v in sorted(versions - whole):
+            path = os.path.join(export_dir, n, str(v))
+            shutil.rmtree(path)
+            removed.append(path)
+    if removed:
+        logging.warning("removed half-exported versions without their partner: %s", removed)
+    return removed
 
 
 def export_model(model, spec, export_dir: str, version: int | None = None,
@@ -238,7 +280,7 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
         spec: the DatasetSpec the model was trained on (a PreprocessConfig also works):
             its preprocessing goes into the graph and into ``assets/preprocess.json``.
         export_dir: the TF Serving base folder (``<export_dir>/<name>/<version>``).
-        version: the version number to write (default: next free per model).
+        version: the version number to write (default: the next free one of the pair).
         serving_base_path: ``export_dir`` as the server will see it (``models.config``'s
             base paths); default: ``export_dir`` made absolute.
         batching: a ``serving_files.BatchingConfig`` (default: one for slice batches); its
@@ -250,13 +292,29 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
     if cfg.image_size != model.config.image_size:
         raise ExportError(f"{export_dir}: dataset image_size {cfg.image_size} != model image_size "
                           f"{model.config.image_size}")
+    from tfrecords_tools.atomic import remove_stale_temporaries
+
     batching = batching or BatchingConfig()
     model_config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "augment"}
     gens = {"mr": model.syn_mr, "ct": model.syn_ct}
     iterations = int(model.iteration.numpy())   # the sidecars and series descriptions name it
-    out = {SERVING_NAMES[d]: export_generator(gens[d], d, cfg, export_dir, version, model_config,
-                                              batching.allowed_batch_sizes, iterations)
-           for d in model.trained_directions}
+    names = [SERVING_NAMES[d] for d in model.trained_directions]
+    for d in model.trained_directions:
+        remove_stale_temporaries(_name_dir(export_dir, d))
+    remove_orphan_versions(export_dir, names)
+    if version is None:   # one number for the pair: the next free one in either direction
+        version = 1 + max((v for n in names for v in existing_versions(os.path.join(export_dir, n))), default=0)
+    written = []
+    try:
+        for d in model.trained_directions:
+            written.append(_write_version(gens[d], d, cfg, export_dir, version, model_config,
+                                          batching.allowed_batch_sizes, iterations))
+    except BaseException:
+        for tmp, _ in written:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _rename_into_place(written)
+    out = {SERVING_NAMES[d]: final for d, (_, final) in zip(model.trained_directions, written)}
     served = [n for n in DIRECTIONS if existing_versions(os.path.join(export_dir, n))]
     write_root_files(export_dir, served, serving_base_path, batching)
     return out

@@ -85,13 +85,6 @@ class CorruptRecordsError(ValueError):
     """A training shard that cannot be read; the message names the shard and the record."""
 
 
-def _paired_version(export_dir: str) -> int:
-    """One number for every direction of a new export (1 + the highest version of any)."""
-    from mrgan_tf import export
-    return 1 + max((v for name in export.SERVING_NAMES.values()
-                    for v in export.existing_versions(os.path.join(export_dir, name))), default=0)
-
-
 def incomplete_exports(export_dir: str, directions) -> list[str]:
     """Serving names (ct2mr, mr2ct) among ``directions`` whose newest version is missing or not a
     loadable SavedModel (``saved_model.pb`` that parses, plus ``variables/variables.index``).
@@ -236,12 +229,11 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
         logging.info("%s: export missing or incomplete (%s): exporting", export_dir, ", ".join(missing))
     if FLAGS.export and chief and (start < total or missing):
         from mrgan_tf import export   # a finished run that is re-run exports no duplicate version
-        version = _paired_version(export_dir)   # every direction gets the same number
+        # export_model numbers the pair as one version and removes an orphan half of an earlier one
         if FLAGS.export_checkpoint == "best":
-            summary["export"] = export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"),
-                                                  version)
+            summary["export"] = export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"))
         else:
-            summary["export"] = export.export_model(model, spec, export_dir, version)
+            summary["export"] = export.export_model(model, spec, export_dir)
     best_record = checkpoints.read_best(out) if val_set is not None else None
     if best_record:
         summary["best"] = best_record

@@ -291,3 +291,18 @@ def test_full_hu_range_in_and_out_of_the_serving_graph(tmp_path):
     assert json.loads(params["preprocess_json"].numpy().decode())["ct_range"] == [-1024.0, 3000.0]
     assert set(out) == {"ct2mr", "mr2ct"}
     assert export.read_info(out["mr2ct"])["iterations"] == int(tiny_model().iteration.numpy())
+
+
+def test_versions_are_written_as_pairs_and_leftovers_heal(tmp_path):
+    import shutil
+    out = tmp_path / "export"
+    cfg = PreprocessConfig(image_size=32)
+    first = export.export_model(tiny_model(), cfg, str(out))
+    assert {n: os.path.basename(p) for n, p in first.items()} == {"ct2mr": "1", "mr2ct": "1"}
+    shutil.copytree(out / "ct2mr" / "1", out / "ct2mr" / "2")          # the half of a killed export
+    (out / "mr2ct" / ".tmp-3-999999-0badf00d").mkdir()                  # a killed writer's temporary
+    second = export.export_model(tiny_model(), cfg, str(out))
+    assert {n: os.path.basename(p) for n, p in second.items()} == {"ct2mr": "2", "mr2ct": "2"}
+    assert export.existing_versions(str(out / "ct2mr")) == export.existing_versions(str(out / "mr2ct")) == [1, 2]
+    assert not (out / "mr2ct" / ".tmp-3-999999-0badf00d").exists()
+    assert export.read_info(second["ct2mr"])["name"] == "ct2mr"

@@ -250,4 +250,9 @@ def test_incomplete_exports(tmp_path):
     (version / "saved_model.pb").write_bytes(b"\xff\xff not a proto")
     (version / "variables" / "variables.index").write_bytes(b"")
     assert train.incomplete_exports(str(export_dir), ("mr",)) == ["ct2mr"]
-    assert train._paired_version(str(export_dir)) == 2
+    from mrgan_tf import export
+    (export_dir / "mr2ct" / "1").mkdir(parents=True)
+    (export_dir / "ct2mr" / "2").mkdir()   # an export killed between its two directions
+    assert export.remove_orphan_versions(str(export_dir), ["ct2mr", "mr2ct"]) == [str(export_dir / "ct2mr" / "2")]
+    assert export.existing_versions(str(export_dir / "ct2mr")) == export.existing_versions(str(export_dir / "mr2ct"))
+    assert export.remove_orphan_versions(str(export_dir), ["ct2mr"]) == []   # one direction: nothing to pair
