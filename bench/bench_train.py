@@ -98,7 +98,7 @@ BASELINES = {
 }
 
 
-def build_model(size: str, precision: str, xla: bool, baseline: str = "none"):
+def build_model(size: str, precision: str, xla: bool, baseline: str = "none", augment: bool = True):
     """MRGAN as train.py builds it; ``baseline`` swaps speed-ups back out for comparison (BASELINES)."""
     import keras
 
@@ -112,7 +112,8 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none"):
     from mrgan_tf.augment import AugmentConfig
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
-    config = MRGANConfig(mode="mrgan", augment=AugmentConfig(), **SIZES[size])
+    aug = AugmentConfig() if augment else AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0)
+    config = MRGANConfig(mode="mrgan", augment=aug, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     return model
