@@ -12,6 +12,8 @@ Subcommands (``all`` runs each in its own process, after waiting for a quiet mac
   machine's practical peak), peak RSS (``getrusage``), and FLOP/s from bench/flops.py.
 * ``census``: traces ``train_step`` and counts generator forward passes (Tanh ops
   under the generators' name scopes), against what Algorithm 1 needs.
+* ``trace --size full|demo``: ops in the traced ``train_step`` (total and per type) and the
+  Python tracing time.
 * ``pipeline --size N``: batches/s of ``data.training_dataset`` alone (tiny records).
 * ``curves``: trains the demo config 200 steps in float32 and mixed_bfloat16 on the
   same records and seed, compares the smoothed L1 / cycle terms, writes a PNG overlay.
@@ -176,6 +178,28 @@ def run_census(a) -> dict:
             "op_names": sorted(op.name for op in ops)}
 
 
+# ---------------------------------------------------------------- traced step size
+def run_trace(a) -> dict:
+    """Ops in the traced train_step (all, per type, the optimizers' share) and the time to trace it."""
+    import collections
+
+    import tensorflow as tf
+    model = build_model(a.size, "float32", False)
+    s = model.config.image_size
+    t = time.perf_counter()
+    graph = tf.function(model.train_step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
+    trace_s = time.perf_counter() - t
+
+    def count(g) -> collections.Counter:      # ops of the graph and of the functions it calls
+        c = collections.Counter(op.type for op in g.get_operations())
+        for f in g._functions.values():
+            c.update(count(f.graph) if hasattr(f, "graph") else {})
+        return c
+    types = count(graph)
+    return {"size": a.size, "ops": sum(types.values()), "trace_s": trace_s,
+            "top_types": types.most_common(15)}
+
+
 # ---------------------------------------------------------------- input pipeline
 def run_pipeline(a) -> dict:
     from records_factory import write_tiny_records
@@ -308,6 +332,8 @@ def main(argv=None) -> int:
     it.add_argument("--iters", type=int, default=5)
     it.add_argument("--reps", type=int, default=5, help="matmul repetitions (best-of)")
     sub.add_parser("census")
+    tr = sub.add_parser("trace")
+    tr.add_argument("--size", choices=sorted(SIZES), default="demo")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--image_size", type=int, default=128)
     pl.add_argument("--batches", type=int, default=2000)
@@ -319,13 +345,13 @@ def main(argv=None) -> int:
     al.add_argument("--only", default="", help="comma-separated job names")
     al.add_argument("--max_busy", type=float, default=1.5, help="wait while others use this many cores")
     al.add_argument("--max_wait_s", type=float, default=600)
-    for sp in (it, sub.choices["census"], pl, cu):
+    for sp in (it, sub.choices["census"], tr, pl, cu):
         sp.add_argument("--json", help="write the result here")
     a = p.parse_args(argv)
     if a.cmd == "all":
         run_all(a)
         return 0
-    result = {"iteration": run_iteration, "census": run_census, "pipeline": run_pipeline,
+    result = {"iteration": run_iteration, "census": run_census, "trace": run_trace, "pipeline": run_pipeline,
               "curves": run_curves}[a.cmd](a)
     text = json.dumps(result, indent=1)
     if a.json:
