@@ -186,9 +186,12 @@ def run_trace(a) -> dict:
     import tensorflow as tf
     model = build_model(a.size, "float32", False)
     s = model.config.image_size
-    t = time.perf_counter()
-    graph = tf.function(model.train_step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
-    trace_s = time.perf_counter() - t
+    step = model.train_step
+    if a.autograph:      # the step as it was traced before do_not_convert
+        step = type(model).train_step.__wrapped__.__get__(model)
+    w, c = time.perf_counter(), time.process_time()
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
+    trace_s, trace_cpu_s = time.perf_counter() - w, time.process_time() - c
 
     def count(g) -> collections.Counter:      # ops of the graph and of the functions it calls
         c = collections.Counter(op.type for op in g.get_operations())
@@ -196,7 +199,8 @@ def run_trace(a) -> dict:
             c.update(count(f.graph) if hasattr(f, "graph") else {})
         return c
     types = count(graph)
-    return {"size": a.size, "ops": sum(types.values()), "trace_s": trace_s,
+    return {"size": a.size, "autograph": a.autograph, "ops": sum(types.values()), "trace_s": trace_s,
+            "trace_cpu_s": trace_cpu_s,
             "top_types": types.most_common(15)}
 
 
@@ -334,6 +338,7 @@ def main(argv=None) -> int:
     sub.add_parser("census")
     tr = sub.add_parser("trace")
     tr.add_argument("--size", choices=sorted(SIZES), default="demo")
+    tr.add_argument("--autograph", action="store_true", help="trace train_step through autograph (as before)")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--image_size", type=int, default=128)
     pl.add_argument("--batches", type=int, default=2000)
