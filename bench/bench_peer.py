@@ -9,7 +9,8 @@ sides run the same convolutions (forward conv FLOPs per network, bench/flops.py
 against hooks on the torch modules).
 
 Side specs: ``tf`` or ``tf:bf16`` (mixed_bfloat16) [``:noaug``]; ``torch``
-[``:channels_last``] [``:nomkldnn``] [``:bf16``] [``:fused`` | ``:for_loop``].
+[``:channels_last``] [``:nomkldnn``] [``:bf16``] [``:fused`` | ``:for_loop``]
+[``:denormal`` (keep denormals; the peer flushes them, as TensorFlow does)].
 
     .venv/bin/python bench/bench_peer.py --size full --rounds 3 --sides tf,torch
     .venv/bin/python bench/bench_peer.py --size full --rounds 2 --sides torch,torch:channels_last,torch:fused
@@ -18,6 +19,7 @@ Side specs: ``tf`` or ``tf:bf16`` (mixed_bfloat16) [``:noaug``]; ``torch``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -50,7 +52,7 @@ def _parse_side(spec: str) -> tuple[str, set]:
     impl, *opts = spec.split(":")
     if impl not in ("tf", "torch"):
         raise ValueError(f"side {spec!r}: starts with tf or torch")
-    allowed = {"tf": {"bf16", "noaug"}, "torch": {"channels_last", "nomkldnn", "bf16", "fused", "for_loop"}}[impl]
+    allowed = {"tf": {"bf16", "noaug"}, "torch": {"channels_last", "nomkldnn", "bf16", "fused", "for_loop", "denormal"}}[impl]
     bad = set(opts) - allowed
     if bad:
         raise ValueError(f"side {spec!r}: unknown options {sorted(bad)}; {impl} takes {sorted(allowed)}")
@@ -87,13 +89,12 @@ class TorchSide:
         s = SIZES[size]
         adam = "fused" if "fused" in opts else "for_loop" if "for_loop" in opts else "foreach"
         settings = PeerSettings(channels_last="channels_last" in opts, mkldnn="nomkldnn" not in opts,
-                                bf16="bf16" in opts, adam=adam)
+                                bf16="bf16" in opts, adam=adam, flush_denormal="denormal" not in opts)
         self.peer = Peer(s["ngf"], s["n_blocks"], s["ndf_scale"], settings)
         gen = torch.Generator().manual_seed(0)
         self.batch = torch.rand(1, 4, s["image_size"], s["image_size"], generator=gen) * 2 - 1
         f = peer_flops(self.peer, s["image_size"])
-        self.info = {"threads": torch.get_num_threads(), "settings": vars(settings) if hasattr(settings, "__dict__")
-                     else str(settings), "torch": torch.__version__, "mkldnn_available":
+        self.info = {"threads": torch.get_num_threads(), "settings": dataclasses.asdict(settings), "torch": torch.__version__, "mkldnn_available":
                      torch.backends.mkldnn.is_available(), **f}
 
     def step(self):

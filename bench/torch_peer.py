@@ -29,6 +29,7 @@ class PeerSettings:
     mkldnn: bool = True            # torch.backends.mkldnn.enabled (oneDNN convolutions)
     bf16: bool = False             # torch.autocast("cpu", torch.bfloat16)
     adam: str = "foreach"          # foreach | fused | for_loop
+    flush_denormal: bool = True    # as TensorFlow does on CPU by default (denormals are ~100x slower)
 
 
 def _norm(c: int) -> nn.Module:
@@ -123,6 +124,7 @@ class Peer:
                  settings: PeerSettings = PeerSettings(), seed: int = 0):
         torch.manual_seed(seed)
         torch.backends.mkldnn.enabled = settings.mkldnn
+        torch.set_flush_denormal(settings.flush_denormal)
         self.settings = settings
         self.gen = {"mr": generator(ngf, n_blocks), "ct": generator(ngf, n_blocks)}
         self.dis = {"mr": DualHeadDiscriminator(ndf_scale), "ct": DualHeadDiscriminator(ndf_scale)}
