@@ -491,6 +491,9 @@ class Demo:
             if curves:
                 self.loss_pngs[mode] = figures.loss_curves(os.path.join(self.figures, f"loss_{mode}.png"), curves,
                                                            title=f"{mode}: training losses", smooth=0.6)
+        from mrgan_tf import tissue_contrast
+        self.contrast_md = tissue_contrast.demo_markdown(self.data, os.path.join(self.runs["mrgan"], "export"))
+        _say(self.contrast_md)
         path = os.path.join(self.out, "report.md")
         from tfrecords_tools.writer import atomic_write_text
         atomic_write_text(path, self.report(stages))
@@ -582,7 +585,9 @@ def report_markdown(demo: Demo, stages: Stages) -> str:
               f"From `{_rel(os.path.join(demo.eval, 'metrics.md'), out)}` "
               f"(also `metrics.csv`, `metrics.json`). Test patients: "
               f"{', '.join(_test_patients(demo.records))}.", ""]
-    lines += [_demote_headings(demo.metrics_md).strip(), "", "## Figures", ""]
+    lines += [_demote_headings(demo.metrics_md).strip(), ""]
+    lines += ["## Tissue contrast (MR-GAN SynMR vs reference MR)", "", getattr(demo, "contrast_md", "-"), ""]
+    lines += ["## Figures", ""]
     eval_pngs = sorted(p for p in os.listdir(demo.eval) if p.endswith(".png"))
     lines += [f"- [{p}]({_rel(os.path.join(demo.eval, p), out)})" for p in eval_pngs]
     if "fig6.png" in eval_pngs:

@@ -119,3 +119,11 @@ def markdown(result: dict) -> str:
                  f"{100 * result['relative_difference']:.1f} % apart: "
                  f"{'within' if result['within_tolerance'] else 'NOT within'} the target**")
     return "\n".join(lines)
+
+
+def demo_markdown(data_dir, export_dir, tolerance: float = TOLERANCE) -> str:
+    """``markdown(demo_contrast(...))``, or one line saying why it could not be computed."""
+    try:
+        return markdown(demo_contrast(data_dir, export_dir, tolerance))
+    except (ValueError, OSError) as e:
+        return f"WM/GM contrast not computed: {e}"
