@@ -36,6 +36,9 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest", "pytest-xdist"],
+        # The PyTorch peer of bench/bench_peer.py only; pinned to the CPU wheel's version (a plain
+        # "torch" could resolve to a CUDA build).
+        "bench": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [
