@@ -286,7 +286,7 @@ def make_optimizers(config: MRGANConfig, lr: float = 2e-4, beta_1: float = 0.5, 
                     loss_scale: bool = False) -> dict[str, keras.optimizers.Optimizer]:
     """Adam per network (or per network and phase), with Sec. II.D's schedule in iterations.
 
-    ``FusedAdam`` is Keras' Adam with one fused kernel per weight (same numbers and checkpoints).
+    ``FusedAdam`` is Keras' Adam with one fused kernel per weight (its formula to round-off, its checkpoints).
     """
     opts = {}
     for net in ("syn_mr", "syn_ct", "dis_mr", "dis_ct"):
