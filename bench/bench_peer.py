@@ -52,7 +52,8 @@ def _parse_side(spec: str) -> tuple[str, set]:
     impl, *opts = spec.split(":")
     if impl not in ("tf", "torch"):
         raise ValueError(f"side {spec!r}: starts with tf or torch")
-    allowed = {"tf": {"bf16", "noaug"}, "torch": {"channels_last", "nomkldnn", "bf16", "fused", "for_loop", "denormal"}}[impl]
+    allowed = {"tf": {"bf16", "noaug"},
+               "torch": {"channels_last", "nomkldnn", "bf16", "fused", "for_loop", "denormal"}}[impl]
     bad = set(opts) - allowed
     if bad:
         raise ValueError(f"side {spec!r}: unknown options {sorted(bad)}; {impl} takes {sorted(allowed)}")
@@ -94,8 +95,8 @@ class TorchSide:
         gen = torch.Generator().manual_seed(0)
         self.batch = torch.rand(1, 4, s["image_size"], s["image_size"], generator=gen) * 2 - 1
         f = peer_flops(self.peer, s["image_size"])
-        self.info = {"threads": torch.get_num_threads(), "settings": dataclasses.asdict(settings), "torch": torch.__version__, "mkldnn_available":
-                     torch.backends.mkldnn.is_available(), **f}
+        self.info = {"threads": torch.get_num_threads(), "settings": dataclasses.asdict(settings),
+                     "torch": torch.__version__, "mkldnn_available": torch.backends.mkldnn.is_available(), **f}
 
     def step(self):
         return self.peer.iteration(self.batch)["paired/syn_mr"]
@@ -146,7 +147,8 @@ def same_flops(infos: dict) -> dict:
     for spec, info in infos.items():
         if spec.startswith("torch"):
             pairs = [(ref["generator_forward"], info["generator_forward"])]
-            pairs += [(ref["discriminator_forward"][k], info["discriminator_forward"][k]) for k in ("unpaired", "paired")]
+            pairs += [(ref["discriminator_forward"][k], info["discriminator_forward"][k])
+                      for k in ("unpaired", "paired")]
             out[spec] = max(abs(a - b) / a for a, b in pairs)
     return out
 

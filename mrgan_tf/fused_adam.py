@@ -33,8 +33,9 @@ class FusedAdam(keras.optimizers.Adam):
         scalars = {}
         for dtype in {v.dtype for v in variables}:
             cast = lambda x: tf.cast(x, dtype)  # noqa: E731
-            scalars[dtype.name] = (cast(learning_rate), cast(tf.pow(self.beta_1, step)), cast(tf.pow(self.beta_2, step)),
-                              cast(self.beta_1), cast(self.beta_2), cast(self.epsilon))
+            scalars[dtype.name] = (cast(learning_rate), cast(tf.pow(self.beta_1, step)),
+                                   cast(tf.pow(self.beta_2, step)), cast(self.beta_1), cast(self.beta_2),
+                                   cast(self.epsilon))
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_update, self._distribution_strategy, grads_and_vars, scalars)
 
