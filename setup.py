@@ -43,6 +43,10 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],
         "test": ["pytest", "pytest-xdist"],
+        # The PyTorch peer of bench/bench_peer.py only. Pinned: the machines' wheel store holds this
+        # version's CPU build; elsewhere install it first from the CPU index (pip install
+        # torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu), as PyPI's is a CUDA build.
+        "bench": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

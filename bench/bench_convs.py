@@ -9,6 +9,7 @@ the same three through ``mrgan_tf.narrow_conv``. Prints GFLOP/s beside a
 below the matmul rate (why NarrowConv2D exists).
 
     .venv/bin/python bench/bench_convs.py [--json out.json]
+    .venv/bin/python bench/bench_convs.py --peak      # conv_peak(): the large convs' best, fp32 and bf16
 """
 from __future__ import annotations
 
@@ -53,11 +54,11 @@ def best_ms(fn, reps: int) -> float:
     return 1e3 * min(times)
 
 
-def measure(h, cin, cout, k, s, pad, narrow: bool, reps: int) -> dict:
-    x = tf.random.normal([1, h, h, cin])
-    w = tf.random.normal([k, k, cin, cout]) * 0.05
+def measure(h, cin, cout, k, s, pad, narrow: bool, reps: int, dtype: str = "float32") -> dict:
+    x = tf.cast(tf.random.normal([1, h, h, cin]), dtype)
+    w = tf.cast(tf.random.normal([k, k, cin, cout]) * 0.05, dtype)
     y = tf.nn.conv2d(x, w, s, pad)
-    dy = tf.random.normal(y.shape)
+    dy = tf.cast(tf.random.normal(y.shape), dtype)
     strides = [1, s, s, 1]
     if narrow:
         def grads():
@@ -82,11 +83,39 @@ def measure(h, cin, cout, k, s, pad, narrow: bool, reps: int) -> dict:
     return out
 
 
+LARGE = [row for row in LAYERS if 2 * row[4] ** 2 * row[2] * row[3] * (row[1] // row[5]) ** 2 > 1e9]
+
+
+def conv_peak(dtypes=("float32", "bfloat16"), reps: int = 3) -> dict:
+    """The best GFLOP/s of the networks' own large convs (>1 GFLOP: forward, input and weight
+    gradient each), per dtype: what the hardware gives this model's arithmetic, a ceiling that
+    means the same on every CPU (a 4096^2 matmul can read below the convs themselves)."""
+    out = {}
+    for dtype in dtypes:
+        best = {"gflops": 0.0}
+        for name, h, cin, cout, k, s, pad in LARGE:
+            r = measure(h, cin, cout, k, s, pad, False, reps, dtype)
+            for kind in ("forward", "input_grad", "weight_grad"):
+                if r[kind]["gflops"] > best["gflops"]:
+                    best = {"gflops": r[kind]["gflops"], "layer": name, "pass": kind}
+        out[dtype] = best
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--json")
+    p.add_argument("--peak", action="store_true", help="only the conv peak per dtype (conv_peak)")
     a = p.parse_args(argv)
+    if a.peak:
+        res = conv_peak(reps=a.reps)
+        for dtype, r in res.items():
+            print(f"{dtype}: {r['gflops']:.0f} GFLOP/s ({r['layer']}, {r['pass']})")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0
     peak = matmul_peak()["float32"]
     print(f"float32 4096^2 matmul: {peak:.0f} GFLOP/s")
     rows = []

@@ -8,10 +8,12 @@ Subcommands (``all`` runs each in its own process, after waiting for a quiet mac
   MRGAN (mode mrgan, batch 1), compiles it as train.py does and runs Keras' own
   train function on a fixed batch: the first call (tracing), ``--warmup`` more, then
   ``--iters`` timed ones (wall and process CPU time each). Then, in the same
-  process, the best of ``--reps`` 4096^2 matmuls in float32 and bfloat16 (the
-  machine's practical peak), peak RSS (``getrusage``), and FLOP/s from bench/flops.py.
+  process, the peak: the best GFLOP/s of the networks' own large convs in the run's
+  dtype (bench_convs.conv_peak), peak RSS (``getrusage``), and FLOP/s from bench/flops.py.
 * ``census``: traces ``train_step`` and counts generator forward passes (Tanh ops
   under the generators' name scopes), against what Algorithm 1 needs.
+* ``trace --size full|demo``: ops in the traced ``train_step`` (total and per type) and the
+  Python tracing time.
 * ``pipeline --size N``: batches/s of ``data.training_dataset`` alone (tiny records).
 * ``curves``: trains the demo config 200 steps in float32 and mixed_bfloat16 on the
   same records and seed, compares the smoothed L1 / cycle terms, writes a PNG overlay.
@@ -98,7 +100,7 @@ BASELINES = {
 }
 
 
-def build_model(size: str, precision: str, xla: bool, baseline: str = "none"):
+def build_model(size: str, precision: str, xla: bool, baseline: str = "none", augment: bool = True):
     """MRGAN as train.py builds it; ``baseline`` swaps speed-ups back out for comparison (BASELINES)."""
     import keras
 
@@ -112,7 +114,8 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none"):
     from mrgan_tf.augment import AugmentConfig
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
-    config = MRGANConfig(mode="mrgan", augment=AugmentConfig(), **SIZES[size])
+    aug = AugmentConfig() if augment else AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0)
+    config = MRGANConfig(mode="mrgan", augment=aug, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     return model
@@ -146,15 +149,16 @@ def run_iteration(a) -> dict:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = [t[0] for t in times]
     cpu = [t[1] for t in times]
-    peak = matmul_peak(reps=a.reps)
-    flops = iteration_flops(model)["total"]
+    from bench_convs import conv_peak
     key = "bfloat16" if a.precision == "mixed_bfloat16" else "float32"
+    peak = {k: v["gflops"] for k, v in conv_peak((key,), reps=a.reps).items()}
+    flops = iteration_flops(model)["total"]
     return {"size": a.size, "precision": a.precision, "xla": a.xla, "baseline": a.baseline,
             "augment": not model.config.augment.is_identity, "jit_compile": model.jit_compile,
             "first_step_s": first_s, "iters": a.iters, "s_per_iter_median": statistics.median(wall),
             "s_per_iter_min": min(wall), "cpu_s_per_iter_median": statistics.median(cpu),
             "peak_rss_mb": rss_mb, "gflop_per_iter": flops / 1e9,
-            "s_per_iter_all": wall, "gflops_achieved": flops / min(wall) / 1e9, "matmul_peak_gflops": peak,
+            "s_per_iter_all": wall, "gflops_achieved": flops / min(wall) / 1e9, "conv_peak_gflops": peak,
             "fraction_of_peak": flops / min(wall) / 1e9 / peak[key],
             "fraction_of_peak_median": flops / statistics.median(wall) / 1e9 / peak[key],
             "loadavg_during": [load0, os.getloadavg()[0]], "final_l1": loss}
@@ -173,6 +177,32 @@ def run_census(a) -> dict:
     return {"tanh_ops": len(ops), "per_generator": counts,
             "needed_by_algorithm_1": iteration_flops(model)["generator_forwards"],
             "op_names": sorted(op.name for op in ops)}
+
+
+# ---------------------------------------------------------------- traced step size
+def run_trace(a) -> dict:
+    """Ops in the traced train_step (all, per type, the optimizers' share) and the time to trace it."""
+    import collections
+
+    import tensorflow as tf
+    model = build_model(a.size, "float32", False)
+    s = model.config.image_size
+    step = model.train_step
+    if a.autograph:      # the step as it was traced before do_not_convert
+        step = type(model).train_step.__wrapped__.__get__(model)
+    w, c = time.perf_counter(), time.process_time()
+    graph = tf.function(step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
+    trace_s, trace_cpu_s = time.perf_counter() - w, time.process_time() - c
+
+    def count(g) -> collections.Counter:      # ops of the graph and of the functions it calls
+        c = collections.Counter(op.type for op in g.get_operations())
+        for f in g._functions.values():
+            c.update(count(f.graph) if hasattr(f, "graph") else {})
+        return c
+    types = count(graph)
+    return {"size": a.size, "autograph": a.autograph, "ops": sum(types.values()), "trace_s": trace_s,
+            "trace_cpu_s": trace_cpu_s,
+            "top_types": types.most_common(15)}
 
 
 # ---------------------------------------------------------------- input pipeline
@@ -278,18 +308,18 @@ def run_all(a) -> dict:
 
 def markdown_table(results: dict) -> str:
     rows = ["| setting | s/iteration (median, min) | CPU s/iteration | first step | peak RSS | "
-            "GFLOP/iter | GFLOP/s (median, best) | of matmul peak, median (best) (fp32 / bf16 GFLOP/s) | "
+            "GFLOP/iter | GFLOP/s (median, best) | of the large convs' peak, median (best) (peak GFLOP/s) | "
             "others' load before |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "s_per_iter_median" not in r:
             continue
-        pk = r["matmul_peak_gflops"]
+        pk = next(iter(r["conv_peak_gflops"].values()))
         rows.append(f"| {name} | {r['s_per_iter_median']:.3f}, {r['s_per_iter_min']:.3f} | "
                     f"{r['cpu_s_per_iter_median']:.3f} | {r['first_step_s']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
                     f"{r['gflop_per_iter']:.1f} | {r['gflop_per_iter'] / r['s_per_iter_median']:.0f}, "
                     f"{r['gflops_achieved']:.0f} | {100 * r['fraction_of_peak_median']:.0f}% "
-                    f"({100 * r['fraction_of_peak']:.0f}%) ({pk['float32']:.0f} / {pk['bfloat16']:.0f}) | "
+                    f"({100 * r['fraction_of_peak']:.0f}%) ({pk:.0f}) | "
                     f"{r['load_before']['others_busy_cores']} cores |")
     return "\n".join(rows)
 
@@ -305,8 +335,11 @@ def main(argv=None) -> int:
                     help="; ".join(f"{k}: {v}" for k, v in BASELINES.items()))
     it.add_argument("--warmup", type=int, default=3)
     it.add_argument("--iters", type=int, default=5)
-    it.add_argument("--reps", type=int, default=5, help="matmul repetitions (best-of)")
+    it.add_argument("--reps", type=int, default=3, help="conv peak repetitions per pass (best-of)")
     sub.add_parser("census")
+    tr = sub.add_parser("trace")
+    tr.add_argument("--size", choices=sorted(SIZES), default="demo")
+    tr.add_argument("--autograph", action="store_true", help="trace train_step through autograph (as before)")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--image_size", type=int, default=128)
     pl.add_argument("--batches", type=int, default=2000)
@@ -318,13 +351,13 @@ def main(argv=None) -> int:
     al.add_argument("--only", default="", help="comma-separated job names")
     al.add_argument("--max_busy", type=float, default=1.5, help="wait while others use this many cores")
     al.add_argument("--max_wait_s", type=float, default=600)
-    for sp in (it, sub.choices["census"], pl, cu):
+    for sp in (it, sub.choices["census"], tr, pl, cu):
         sp.add_argument("--json", help="write the result here")
     a = p.parse_args(argv)
     if a.cmd == "all":
         run_all(a)
         return 0
-    result = {"iteration": run_iteration, "census": run_census, "pipeline": run_pipeline,
+    result = {"iteration": run_iteration, "census": run_census, "trace": run_trace, "pipeline": run_pipeline,
               "curves": run_curves}[a.cmd](a)
     text = json.dumps(result, indent=1)
     if a.json:

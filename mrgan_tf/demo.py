@@ -346,6 +346,9 @@ class Demo:
             if curves:
                 self.loss_pngs[mode] = figures.loss_curves(os.path.join(self.figures, f"loss_{mode}.png"), curves,
                                                            title=f"{mode}: training losses", smooth=0.6)
+        from mrgan_tf import tissue_contrast
+        self.contrast_md = tissue_contrast.demo_markdown(self.data, os.path.join(self.runs["mrgan"], "export"))
+        _say(self.contrast_md)
         path = os.path.join(self.out, "report.md")
         from tfrecords_tools.writer import atomic_write_text
         atomic_write_text(path, self.report(stages))

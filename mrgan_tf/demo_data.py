@@ -372,8 +372,12 @@ def _plan(n_paired_train, n_paired_test, n_unpaired_ct, n_unpaired_mr, train_bas
     return plan
 
 
-def _make_patient(p: PlannedPatient, rng: np.random.Generator, spacing: float, work: float):
-    """Arrays to write for one patient: {name: (array, dtype)}, affine, and a summary record."""
+def _make_patient(p: PlannedPatient, rng: np.random.Generator, spacing: float, work: float,
+                  keep_labels: bool = False):
+    """Arrays to write for one patient: {name: (array, dtype)}, affine, and a summary record.
+
+    ``keep_labels`` adds the tissue labels on the CT's and the MR's anatomy ("labels",
+    "mr_labels"; mrgan_tf.tissue_contrast replays a patient for them; never written)."""
     record = {"role": p.role, "split": p.split, "base_subject": p.base_subject}
     if p.base_subject == "cranium":
         ct, mask, affine = _cranium_ct(spacing)
@@ -385,13 +389,15 @@ def _make_patient(p: PlannedPatient, rng: np.random.Generator, spacing: float, w
     deform = _random_deformation(rng, grid)
     labels, t1 = _sample(base, grid, deform)
     mask = _body_mask(labels)
-    arrays = {"mask": (mask, np.uint8)}
+    arrays = {"mask": (mask, np.uint8), **({"labels": (labels, np.uint8)} if keep_labels else {})}
     record["source"] = f"{base.name} anatomy, randomly deformed; skull {base.skull}"
     if p.role in ("paired", "ct"):
         arrays["ct"] = (_simulate_ct(rng, labels), np.int16)
     if p.role == "paired":
         moved, record["misalignment"] = _misalignment(rng, grid.center)
-        _, t1 = _sample(base, grid, deform, moved)
+        mr_labels, t1 = _sample(base, grid, deform, moved)
+    if keep_labels and p.role in ("paired", "mr"):
+        arrays["mr_labels"] = (mr_labels if p.role == "paired" else labels, np.uint8)
     if p.role in ("paired", "mr"):
         arrays["mr"] = (_simulate_mr(rng, t1), np.float32)
     names = list(arrays)

@@ -91,7 +91,9 @@ def report_markdown(demo, stages) -> str:
               f"From `{_rel(os.path.join(demo.eval, 'metrics.md'), out)}` "
               f"(also `metrics.csv`, `metrics.json`). Test patients: "
               f"{', '.join(_test_patients(demo.records))}.", ""]
-    lines += [_demote_headings(demo.metrics_md).strip(), "", "## Figures", ""]
+    lines += [_demote_headings(demo.metrics_md).strip(), ""]
+    lines += ["## Tissue contrast (MR-GAN SynMR vs reference MR)", "", getattr(demo, "contrast_md", "-"), ""]
+    lines += ["## Figures", ""]
     eval_pngs = sorted(p for p in os.listdir(demo.eval) if p.endswith(".png"))
     lines += [f"- [{p}]({_rel(os.path.join(demo.eval, p), out)})" for p in eval_pngs]
     if "fig6.png" in eval_pngs:
