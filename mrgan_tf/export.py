@@ -297,13 +297,14 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
     batching = batching or BatchingConfig()
     model_config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "augment"}
     gens = {"mr": model.syn_mr, "ct": model.syn_ct}
-    iterations = int(model.iteration.numpy())   # the sidecars and series descriptions name it
+    iteration = getattr(model, "iteration", None)   # the sidecars and series descriptions name it
+    iterations = None if iteration is None else int(iteration.numpy())
     names = [SERVING_NAMES[d] for d in model.trained_directions]
     for d in model.trained_directions:
         remove_stale_temporaries(_name_dir(export_dir, d))
-    remove_orphan_versions(export_dir, names)
-    if version is None:   # one number for the pair: the next free one in either direction
+    if version is None:   # one number for the pair, above every number ever served (orphans included)
         version = 1 + max((v for n in names for v in existing_versions(os.path.join(export_dir, n))), default=0)
+    remove_orphan_versions(export_dir, names)
     written = []
     try:
         for d in model.trained_directions:

@@ -302,7 +302,8 @@ def test_versions_are_written_as_pairs_and_leftovers_heal(tmp_path):
     shutil.copytree(out / "ct2mr" / "1", out / "ct2mr" / "2")          # the half of a killed export
     (out / "mr2ct" / ".tmp-3-999999-0badf00d").mkdir()                  # a killed writer's temporary
     second = export.export_model(tiny_model(), cfg, str(out))
-    assert {n: os.path.basename(p) for n, p in second.items()} == {"ct2mr": "2", "mr2ct": "2"}
-    assert export.existing_versions(str(out / "ct2mr")) == export.existing_versions(str(out / "mr2ct")) == [1, 2]
+    # A number that was ever served is not reused: the orphan 2 is removed and the pair is 3.
+    assert {n: os.path.basename(p) for n, p in second.items()} == {"ct2mr": "3", "mr2ct": "3"}
+    assert export.existing_versions(str(out / "ct2mr")) == export.existing_versions(str(out / "mr2ct")) == [1, 3]
     assert not (out / "mr2ct" / ".tmp-3-999999-0badf00d").exists()
     assert export.read_info(second["ct2mr"])["name"] == "ct2mr"

@@ -154,6 +154,8 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
                             capture_output=True, text=True, env=ENV, timeout=400)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert train.incomplete_exports(str(out / "export"), ("mr", "ct")) != []
+    # Both directions are renamed into place only when both are written: serving saw no half pair.
+    assert export.existing_versions(str(out / "export" / "ct2mr")) == []
     (out / "checkpoints" / "ckpt-4_temp").mkdir()           # what a kill inside a checkpoint write leaves
     (out / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)
 
@@ -163,15 +165,15 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
     finally:
         flags.FLAGS.unparse_flags()
     assert summary["start_iteration"] == 3 and set(summary["export"]) == {"ct2mr", "mr2ct"}
-    assert {os.path.basename(v) for v in summary["export"].values()} == {"2"}   # one number for the pair
+    assert {os.path.basename(v) for v in summary["export"].values()} == {"1"}   # one number for the pair
     assert train.incomplete_exports(str(out / "export"), ("mr", "ct")) == []
     for name in ("ct2mr", "mr2ct"):
-        assert "serving_default" in tf.saved_model.load(str(out / "export" / name / "2")).signatures
+        assert "serving_default" in tf.saved_model.load(str(out / "export" / name / "1")).signatures
         assert [p for p in os.listdir(out / "export" / name) if p.startswith(".")] == []
     assert not (out / "checkpoints" / "ckpt-4_temp").exists()
     rows = [ln.split(",")[0] for ln in (out / "history.csv").read_text().splitlines()[1:]]
     assert rows == ["1", "2", "3"]
-    assert export.existing_versions(str(out / "export" / "mr2ct")) == [2]
+    assert export.existing_versions(str(out / "export" / "mr2ct")) == [1]
     assert checkpoints.remove_checkpoint_temporaries(str(out)) == []
 
 
