@@ -26,8 +26,8 @@ SCT_LABELS = {"sct_mae": "MAE (HU)", "sct_psnr": "PSNR (dB)", "sct_ssim": "SSIM 
 
 def bone_window(hu) -> np.ndarray:
     """HU -> 0-255 through the bone window."""
-    c, w = BONE_WINDOW
-    return np.clip((np.asarray(hu, np.float32) - (c - w / 2)) / w, 0.0, 1.0) * 255.0
+    from mrgan_tf.intensity import window_ct
+    return window_ct(hu, *BONE_WINDOW) * 255.0
 
 
 def sct_figure(png: str, data_root: str, patients: Sequence[str], predictors: Mapping[str, object]) -> str:

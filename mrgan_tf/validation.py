@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from mrgan_tf import metrics
-from mrgan_tf.intensity import ct_from_unit
+from mrgan_tf.intensity import ct_from_unit, from_model_range, to_model_range
 from mrgan_tf.spec import VAL_SET, DatasetSpec, SpecError
 from tfrecords_tools import reader
 
@@ -94,7 +94,6 @@ class ValidationSet:
 def _predict01(generator, stack01: np.ndarray, batch_size: int) -> np.ndarray:
     out = []
     for i in range(0, len(stack01), batch_size):
-        x = stack01[i:i + batch_size, ..., None] * 2.0 - 1.0
-        y = np.asarray(generator(x, training=False), np.float32)
-        out.append((y[..., 0] + 1.0) / 2.0)
+        y = np.asarray(generator(to_model_range(stack01[i:i + batch_size, ..., None]), training=False), np.float32)
+        out.append(from_model_range(y[..., 0]))
     return np.concatenate(out) if out else np.zeros((0,) + stack01.shape[1:], np.float32)
