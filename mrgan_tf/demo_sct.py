@@ -111,12 +111,8 @@ class SyntheticCTStage:
         demo_lib._say(records_cmd)
         make_records(d.data, self.records, cfg, manifest=manifest, overwrite=True, workers=d.o.workers,
                      progress=False)
-        demo_lib._say(f"[sct] {commands[1]}")
-        child = demo_lib._Child("sct", self.train_command(), os.path.join(d.logs, "train_sct.log"))
-        rc = child.finish()
-        if rc != 0:
-            raise demo_lib.DemoError(f"training the synthetic-CT model failed (exit {rc}); full log: "
-                                     f"{child.log_path}\n{child.tail()}")
+        demo_lib.TrainingPool(lambda name: self.train_command(), {"sct": self.run_dir}, d.logs, 1,
+                              d.o.steps).run(["sct"])   # logs/train_sct.log, progress lines, errors as DemoError
         result = evaluate({"mrgan": os.path.join(self.run_dir, "export")}, self.records, self.eval, progress=False)
         self.per_patient = result["synthrad"]["per_patient"]
         from mrgan_tf.synthesize import load_predictor

@@ -163,37 +163,34 @@ def _hash_order(ids: Iterable[str], seed: int) -> list[str]:
     return sorted(ids, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
 
 
-def choose_test_patients(paired: Sequence[str], test_patients: int | Sequence[str], seed: int = 0) -> list[str]:
-    """The paired patients held out for testing: a count (seeded hash order) or explicit ids."""
+def choose_test_patients(paired: Sequence[str], test_patients: int | Sequence[str], seed: int = 0,
+                         flag: str = "--test_patients", what: str = "test") -> list[str]:
+    """The paired patients held out for testing (or, with ``flag``/``what``, validation):
+    a count (seeded hash order) or explicit ids."""
     if isinstance(test_patients, (int, np.integer)):
         n = int(test_patients)
         if n < 0:
-            raise MakeRecordsError(f"--test_patients must be >= 0, got {n}")
+            raise MakeRecordsError(f"{flag} must be >= 0, got {n}")
         if n > len(paired) and paired:
-            raise MakeRecordsError(f"--test_patients={n} but only {len(paired)} paired patient(s) exist")
+            raise MakeRecordsError(f"{flag}={n} but only {len(paired)} paired patient(s) exist")
         return sorted(_hash_order(paired, seed)[:n])
     ids = list(dict.fromkeys(test_patients))
     not_paired = [pid for pid in ids if pid not in paired]
     if not_paired:
-        raise MakeRecordsError(f"--test_patients: {not_paired} not paired patient(s) (unknown, or CT or MR missing; "
-                               f"test patients need both); paired: {sorted(paired)}")
+        raise MakeRecordsError(f"{flag}: {not_paired} not paired patient(s) (unknown, or CT or MR missing; "
+                               f"{what} patients need both); paired: {sorted(paired)}")
     return sorted(ids)
 
 
 def choose_val_patients(candidates: Sequence[str], val_patients: int | Sequence[str], seed: int = 0,
                         test: Iterable[str] = ()) -> list[str]:
     """Paired patients held out for validation (model selection), disjoint from the test patients."""
-    test = set(test)
     if not isinstance(val_patients, (int, np.integer)):
-        overlap = sorted(set(val_patients) & test)
+        overlap = sorted(set(val_patients) & set(test))
         if overlap:
             raise MakeRecordsError(f"--val_patients: {overlap} are test patients; selecting a model on test "
                                    "patients is leakage (choose other patients)")
-    try:
-        return choose_test_patients(candidates, val_patients, seed + 1)
-    except MakeRecordsError as e:
-        raise MakeRecordsError(str(e).replace("--test_patients", "--val_patients")
-                               .replace("test patients need both", "validation patients need both")) from None
+    return choose_test_patients(candidates, val_patients, seed + 1, flag="--val_patients", what="validation")
 
 
 def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
