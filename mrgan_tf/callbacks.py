@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrgan_tf import figures
+from mrgan_tf.context import centre_slice
 from tfrecords_tools import atomic
 
 
@@ -169,9 +170,9 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def write_images(self, it):
         syn, rec = self.model.cycle(self.fixed["ct"])
+        centre = lambda x: np.asarray(centre_slice(x))[..., 0]  # noqa: E731  (a 2.5D stack's own slice)
         panels = [figures.slice_panel(c, s, r, b) for c, s, r, b in
-                  zip(self.fixed["ct"][..., 0].numpy(), syn[..., 0].numpy(),
-                      self.fixed["mr"][..., 0].numpy(), rec[..., 0].numpy())]
+                  zip(centre(self.fixed["ct"]), centre(syn), centre(self.fixed["mr"]), centre(rec))]
         with self.writer.as_default(step=it):
             tf.summary.image("CT | SynMR | MR | error | SynCT(SynMR)",
                              np.stack(panels)[..., None], max_outputs=len(panels))

@@ -59,6 +59,17 @@ def load_run_config(run_dir: str) -> dict:
     return cfg
 
 
+def check_resume_layout(run_dir: str, config: MRGANConfig, records: str) -> None:
+    """A run trained on stacks of another depth cannot resume on these records: refuse, naming both."""
+    if not os.path.isfile(os.path.join(run_dir, RUN_CONFIG)):
+        return
+    had = int(load_run_config(run_dir)["model"].get("channels", 1))
+    if had != config.channels:
+        raise RunConfigError(f"{os.path.join(run_dir, RUN_CONFIG)}: the run was trained with context_slices="
+                             f"{(had - 1) // 2} ({had} channels per image) but {records} has context_slices="
+                             f"{(config.channels - 1) // 2} ({config.channels} channels); use another --out")
+
+
 # tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into
 # ``ckpt-N.index`` + ``ckpt-N.data-*``; a kill in between leaves the folder behind.
 _CHECKPOINT_TEMP = re.compile(r".+_temp(_[0-9a-f]{32})?\Z")

@@ -252,7 +252,9 @@ class RemotePredictor(Predictor):
                 "training_iterations": None, "run_config": {}}
 
     def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-        return super().predict01(stack01, min(int(batch_size), self.max_batch), progress)
+        # A 2.5D model's batches travel with 2k neighbours each side (Predictor.predict01): keep them under the cap.
+        room = max(1, self.max_batch - 4 * self.preprocess.context_slices)
+        return super().predict01(stack01, min(int(batch_size), room), progress)
 
 
 def read_preprocess(transport, model: str) -> PreprocessConfig:

@@ -1,8 +1,9 @@
 """tf.data from the dataset spec: one element = unpaired CT, unpaired MR and a paired CT/MR.
 
 Elements keep the records' integer scale (as float32: collective ops, which
-multi-worker fit runs on the batch, take no uint8) and are packed as the four
-channels of one [B, H, W, 4] tensor (order in ``mrgan_tf.model``); the model
+multi-worker fit runs on the batch, take no uint8) and are packed along the
+channels of one [B, H, W, 4C] tensor (``pack`` / ``unpack``, order ``PACKED``;
+C = the spec's channels per image, 1 for 2-D, 2k+1 for 2.5D); the model
 rescales and augments them on the device. Streams are independently shuffled and repeated,
 so an element's unpaired CT and MR come from unrelated slices (Alg. 1 lines 3-4).
 """
@@ -12,35 +13,63 @@ import itertools
 
 import tensorflow as tf
 
-from mrgan_tf.model import MODES
-from mrgan_tf.spec import DatasetSpec
+from mrgan_tf.spec import DatasetSpec, SpecError
 from tfrecords_tools import reader
+
+# The packed batch's images, in channel order; each takes C channels.
+PACKED = ("unpaired_ct", "unpaired_mr", "paired_ct", "paired_mr")
+
+
+def pack(unpaired_ct, unpaired_mr, paired_ct, paired_mr):
+    """Four [..., C] images -> one [..., 4C] tensor in ``PACKED`` order (plain tensors for every strategy)."""
+    return tf.concat([unpaired_ct, unpaired_mr, paired_ct, paired_mr], axis=-1)
+
+
+def unpack(batch, channels: int) -> tuple:
+    """Inverse of ``pack``: [..., 4C] -> (unpaired_ct, unpaired_mr, paired_ct, paired_mr), each [..., C]."""
+    if batch.shape[-1] != len(PACKED) * channels:
+        raise ValueError(f"a packed batch of {channels}-channel images has {len(PACKED) * channels} channels, "
+                         f"got {batch.shape[-1]}")
+    return tuple(batch[..., i * channels:(i + 1) * channels] for i in range(len(PACKED)))
+
+
+def check_channels(spec: DatasetSpec, channels: int) -> None:
+    """Refuse records whose images have another stack depth than the model, naming both."""
+    if spec.preprocess.channels != channels:
+        raise SpecError(f"{spec.root}: records have context_slices={spec.preprocess.context_slices} "
+                        f"({spec.preprocess.channels} channels per image) but the model takes "
+                        f"{channels} channels (context_slices={(channels - 1) // 2})")
 
 
 def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int, shuffle_buffer: int):
-    """An endless shuffled stream of [S, S, len(fields)] images from one shard set."""
+    """An endless shuffled stream of [S, S, C * len(fields)] images from one shard set."""
     spec.require(set_name)
-    s = spec.preprocess.image_size
+    s, c = spec.preprocess.image_size, spec.preprocess.channels
     ds = reader.make_dataset(spec.root, set_name, shuffle_files=True, seed=seed)
-    ds = ds.map(lambda ex: tf.ensure_shape(tf.concat([ex[f] for f in fields], axis=-1), [s, s, len(fields)]),
+    ds = ds.map(lambda ex: tf.ensure_shape(tf.concat([ex[f] for f in fields], axis=-1), [s, s, c * len(fields)]),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
 
 
 def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, seed: int = 0,
                      shuffle_buffer: int = 2048, skip_batches: int = 0,
-                     unpaired_from_paired: bool = False) -> tf.data.Dataset:
-    """Endless batches [global_batch, S, S, 4] for ``mode``; channels a mode does not use are zero.
+                     unpaired_from_paired: bool = False, channels: int | None = None) -> tf.data.Dataset:
+    """Endless batches [global_batch, S, S, 4C] for ``mode``; images a mode does not use are zero.
 
     ``skip_batches`` replays the stream to where a resumed run left off (the
     streams are seeded, so the resumed run sees what the uninterrupted one would).
     ``unpaired_from_paired`` also feeds the paired training slices to the
-    unpaired streams (each modality shuffled independently).
+    unpaired streams (each modality shuffled independently). ``channels``: the
+    model's channels per image, checked against the records' (None: the records').
     """
+    from mrgan_tf.model import MODES     # model imports this module for the batch layout
+
     m = MODES[mode]
-    s = spec.preprocess.image_size
+    if channels is not None:
+        check_channels(spec, channels)
+    s, c = spec.preprocess.image_size, spec.preprocess.channels
     dtype = tf.uint8 if spec.preprocess.bits == 8 else tf.uint16
-    zeros = tf.data.Dataset.from_tensors(tf.zeros([s, s, 1], dtype)).repeat()
+    zeros = tf.data.Dataset.from_tensors(tf.zeros([s, s, c], dtype)).repeat()
 
     def unpaired(modality: str, salt: int):
         if not m.unpaired:
@@ -56,7 +85,7 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     paired = (_stream(spec, "paired_train", ("ct", "mr"), seed + 3, shuffle_buffer) if m.paired
               else zeros.map(lambda z: tf.concat([z, z], axis=-1)))
     ds = tf.data.Dataset.zip(unpaired("ct", 1), unpaired("mr", 2), paired)
-    ds = ds.map(lambda ct, mr, pair: tf.cast(tf.concat([ct, mr, pair], axis=-1), tf.float32),
+    ds = ds.map(lambda ct, mr, pair: tf.cast(pack(ct, mr, pair[..., :c], pair[..., c:]), tf.float32),
                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(global_batch_size, drop_remainder=True)
     if skip_batches:
@@ -70,7 +99,7 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
 def fixed_slices(spec: DatasetSpec, n: int, set_name: str | None = None) -> dict[str, tf.Tensor]:
     """``n`` slices spread over a paired set (test, else train), for image summaries.
 
-    Returns float images in [-1, 1] under keys ct and mr, [n, S, S, 1].
+    Returns float images in [-1, 1] under keys ct and mr, [n, S, S, C].
     """
     name = set_name or ("paired_test" if spec.count("paired_test") else "paired_train")
     spec.require(name)

@@ -44,6 +44,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from mrgan_tf import cli, figures, metrics
+from mrgan_tf.context import centre_slice
 from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig, denormalise_mr, dequantise
 from mrgan_tf.synthesize import AIR_HU, Predictor, load_predictors
@@ -109,7 +110,7 @@ def load_records_patients(records_dir: str) -> tuple[dict[str, TestPatient], Pre
     out = {}
     for pid, exs in grouped.items():
         exs.sort(key=lambda e: int(e["slice_index"]))
-        stack = lambda key: np.stack([np.asarray(e[key])[..., 0] for e in exs])  # noqa: E731
+        stack = lambda key: np.stack([centre_slice(np.asarray(e[key]))[..., 0] for e in exs])  # noqa: E731
         reg = (spec.patients.get(pid) or {}).get("registration") or {}
         out[pid] = TestPatient(pid, dequantise(stack("ct"), bits), dequantise(stack("mr"), bits),
                                stack("mask") > 0, np.stack([np.asarray(e["mr_range"], np.float64) for e in exs]),
@@ -362,9 +363,9 @@ def evaluate_on_grid(loaded: Mapping[str, Mapping[str, Predictor]], patients: Ma
 def check_preprocessing(models: Mapping[str, str], loaded: Mapping[str, Mapping[str, Predictor]],
                         cfg: PreprocessConfig, dataset: str) -> None:
     """Every model must have been trained with the test data's preprocessing; the error names both values."""
-    want = cfg.to_dict()
+    want = cfg.to_dict(complete=True)
     for name, preds in loaded.items():
-        have = next(iter(preds.values())).preprocess.to_dict()
+        have = next(iter(preds.values())).preprocess.to_dict(complete=True)
         diff = [f"{k} {have.get(k)!r} (model) vs {want.get(k)!r} (test data)"
                 for k in sorted(set(want) | set(have)) if k not in SELECTION_ONLY and have.get(k) != want.get(k)]
         if diff:

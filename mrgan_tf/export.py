@@ -292,6 +292,9 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
     if cfg.image_size != model.config.image_size:
         raise ExportError(f"{export_dir}: dataset image_size {cfg.image_size} != model image_size "
                           f"{model.config.image_size}")
+    if cfg.channels != model.config.channels:
+        raise ExportError(f"{export_dir}: dataset context_slices={cfg.context_slices} ({cfg.channels} channels) "
+                          f"but the model takes {model.config.channels} channels per image")
     from tfrecords_tools.atomic import remove_stale_temporaries
 
     batching = batching or BatchingConfig()

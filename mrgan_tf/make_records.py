@@ -31,11 +31,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from mrgan_tf import plausibility
+from mrgan_tf import context, plausibility
 from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.plausibility import PlausibilityConfig
-from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
+from mrgan_tf.preprocess import SLICE_AXES, PreprocessConfig, prepare_patient
 from mrgan_tf.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
 from tfrecords_tools import atomic
 
@@ -340,10 +340,14 @@ def convert_patient(task: PatientTask, cfg: PreprocessConfig, checks: Plausibili
         return PatientResult(task, error=f"{who}: " + str(plausibility.no_slices_problem(prep.shape, source,
                                                                                           cfg.min_foreground)),
                              problem_kinds=(plausibility.NO_SLICES,) + ((plausibility.PARTIAL_MR,) if dropped else ()))
+    depth = context.depth_problem(prep.shape[2], cfg.context_slices, cfg.slice_axis)
+    if depth:
+        return PatientResult(task, error=f"{who}: {task.ct or task.mr}: {depth}")
     images = {"mask": prep.mask[keep]}
     for name in ("ct", "mr"):
-        if getattr(prep, name) is not None:
-            images[name] = getattr(prep, name)[keep]
+        if getattr(prep, name) is not None:   # 2.5D: each kept slice with its neighbours of the whole volume
+            images[name] = (context.neighbour_stack(getattr(prep, name), cfg.context_slices, keep)
+                            if cfg.context_slices else getattr(prep, name)[keep])
     kinds = ((plausibility.UNSUPPORTED_FILE,) * bool(task.warnings) + tuple(p.kind for p in accepted)
              + ((plausibility.PARTIAL_MR,) if dropped else ()))
     return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
@@ -395,13 +399,13 @@ class _Results:
 # --------------------------------------------------------------------------- records
 
 
-def set_fields(set_name: str, bits: int) -> dict:
-    """The record schema of one shard set."""
+def set_fields(set_name: str, bits: int, channels: int = 1) -> dict:
+    """The record schema of one shard set: ct and mr take ``channels`` (a 2.5D stack), the mask one (its centre)."""
     from tfrecords_tools import schema
 
     image_dtype = "uint8" if bits == 8 else "uint16"
-    fields = {name: schema.Image("uint8" if name == "mask" else image_dtype, channels=1)
-              for name in SET_IMAGES[set_name]}
+    fields = {name: schema.Image("uint8", channels=1) if name == "mask"
+              else schema.Image(image_dtype, channels=channels) for name in SET_IMAGES[set_name]}
     fields.update(patient_id=schema.String(), slice_index=schema.Int(), num_slices=schema.Int(),
                   placement=schema.Float(length=5), mr_range=schema.Float(length=2),
                   affine=schema.Float(length=16), volume_shape=schema.Int(length=3))
@@ -419,7 +423,8 @@ def patient_records(result: PatientResult) -> Iterator[dict[str, Any]]:
     for i, k in enumerate(result.slice_index):
         record = dict(common, slice_index=int(k))
         for name in names:
-            record[name] = result.images[name][i][:, :, None]
+            image = result.images[name][i]
+            record[name] = image if image.ndim == 3 else image[:, :, None]   # a 2.5D stack is (S, S, C) already
         yield record
 
 
@@ -524,7 +529,8 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
 
             names = SET_NAMES + ((VAL_SET,) if any(t.set_name == VAL_SET for t in tasks) else ())
-            writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name, set_fields(name, cfg.bits),
+            writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name,
+                                                                  set_fields(name, cfg.bits, cfg.channels),
                                                                   examples_per_shard=examples_per_shard,
                                                                   compression_level=COMPRESSION_LEVEL))
                        for name in names}
@@ -710,6 +716,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "registration metric.", flag_values=fv)
     flags.DEFINE_enum("register_model", d.register_model, ["rigid", "affine"], "Registration transform "
                       "(the paper used affine).", flag_values=fv)
+    flags.DEFINE_integer("context_slices", d.context_slices, "2.5D: every record carries its slice and the k "
+                         "neighbouring slices on each side (2k+1 channels, clamped at the volume's ends).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("slice_axis", d.slice_axis, list(SLICE_AXES), "Plane the images are cut in (of the "
+                      "canonical RAS+ volume; docs/DESIGN.md).", flag_values=fv)
 
 
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:

@@ -1,9 +1,12 @@
 """MR-GAN as a ``keras.Model`` whose ``train_step`` is the paper's Algorithm 1.
 
-One batch carries four images packed as channels of one [B, H, W, 4] tensor
-(unpaired CT, unpaired MR, paired CT, paired MR) in the records' integer scale;
-packing keeps every tf.distribute strategy, multi-worker included, on plain
-tensors. Decoding to [-1, 1] and augmentation happen here, on the replica.
+One batch carries four images packed as channels of one [B, H, W, 4C] tensor
+(unpaired CT, unpaired MR, paired CT, paired MR; layout owned by
+``mrgan_tf.data``) in the records' integer scale; packing keeps every
+tf.distribute strategy, multi-worker included, on plain tensors. Each image is
+C = ``channels`` slices (1, or a 2.5D stack of 2k+1): generators map a stack to
+a stack, so the cycle's way back sees a stack too; the unpaired discriminator
+judges a stack, the paired one a (source stack, result stack) pair. Decoding to [-1, 1] and augmentation happen here, on the replica.
 
 The mode (MR-GAN, paired-only pix2pix, unpaired-only CycleGAN) is chosen in
 one place, ``MODES``; the three rows of Table I come from this one class.
@@ -16,12 +19,9 @@ import keras
 import tensorflow as tf
 
 from mrgan_tf import augment as augment_lib
-from mrgan_tf import losses, networks
+from mrgan_tf import data, losses, networks
 from mrgan_tf.fused_adam import FusedAdam
 from mrgan_tf.schedule import ConstantThenLinearDecay
-
-# Channel order of the packed batch produced by mrgan_tf.data.
-UNPAIRED_CT, UNPAIRED_MR, PAIRED_CT, PAIRED_MR = range(4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,7 @@ class MRGANConfig:
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
     seed: int = 0
     paired_baseline_direction: str = "ct2mr"   # the paired baseline's generator: ct2mr (paper) | mr2ct (sCT)
+    channels: int = 1              # slices per image: 1 (2-D) or 2k+1 (2.5D, the records' context_slices)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -71,6 +72,8 @@ class MRGANConfig:
                              f"got {self.paired_baseline_direction!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
+        if self.channels < 1 or self.channels % 2 == 0:
+            raise ValueError(f"channels must be odd (a slice and k neighbours each side), got {self.channels}")
 
     @property
     def mode_spec(self) -> Mode:
@@ -142,14 +145,16 @@ class MRGAN(keras.Model):
         super().__init__(name="mrgan", **kwargs)
         self.config = config
         self.mode = config.mode_spec
-        s = config.image_size
-        self.syn_mr = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_mr")
-        self.syn_ct = networks.build_generator(config.ngf, config.n_blocks, s, name="syn_ct")
-        self.dis_mr = networks.DualHeadDiscriminator(config.discriminator, s, ndf_scale=config.ndf_scale,
-                                                     name="dis_mr")
-        self.dis_ct = networks.DualHeadDiscriminator(config.discriminator, s, ndf_scale=config.ndf_scale,
-                                                     name="dis_ct")
-        pools = {d: FakePool(config.pool_size, (s, s, 1), name=f"pool_{d}") if config.pool_size else None
+        s, c = config.image_size, config.channels
+        self.syn_mr = networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c,
+                                               name="syn_mr")
+        self.syn_ct = networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c,
+                                               name="syn_ct")
+        self.dis_mr = networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c,
+                                                     ndf_scale=config.ndf_scale, name="dis_mr")
+        self.dis_ct = networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c,
+                                                     ndf_scale=config.ndf_scale, name="dis_ct")
+        pools = {d: FakePool(config.pool_size, (s, s, c), name=f"pool_{d}") if config.pool_size else None
                  for d in ("mr", "ct")}
         self.to_mr = _Direction("mr", self.syn_mr, self.syn_ct, self.dis_mr, pools["mr"])
         self.to_ct = _Direction("ct", self.syn_ct, self.syn_mr, self.dis_ct, pools["ct"])
@@ -202,14 +207,13 @@ class MRGAN(keras.Model):
         autograph is not needed; skipping its source conversion of this and every
         function it calls (~350 of them, Keras layers included) saves seconds of tracing.
         """
-        ct, mr, pair = self._decode_and_augment(batch)
+        ct, mr, (p_ct, p_mr) = self._decode_and_augment(batch)
         logs = {}
         for _ in range(self.config.n_iter):
             if self.mode.unpaired:                                     # lines 2-9
                 logs.update(self._update(self.to_mr, src=ct, real=mr, phase="unpaired"))   # lines 5-6
                 logs.update(self._update(self.to_ct, src=mr, real=ct, phase="unpaired"))   # lines 7-8
             if self.mode.paired:                                       # lines 10-16
-                p_ct, p_mr = pair[..., :1], pair[..., 1:]
                 for _ in range(self.config.paired_repeats):
                     if "mr" in self.mode.paired_directions:
                         logs.update(self._update(self.to_mr, src=p_ct, real=p_mr, phase="paired"))  # 12-13
@@ -272,12 +276,14 @@ class MRGAN(keras.Model):
         return tf.cast(q, tf.float32) * (2.0 / self.config.input_max) - 1.0
 
     def _decode_and_augment(self, batch):
-        x = self.decode(batch)
+        """Unpaired CT, unpaired MR and the (CT, MR) pair in [-1, 1], augmented (one map for the pair)."""
+        c = self.config.channels
+        u_ct, u_mr, p_ct, p_mr = data.unpack(self.decode(batch), c)
         aug = self.config.augment
-        ct = augment_lib.augment(x[..., UNPAIRED_CT:UNPAIRED_CT + 1], self._seed(1), aug)
-        mr = augment_lib.augment(x[..., UNPAIRED_MR:UNPAIRED_MR + 1], self._seed(2), aug)
-        pair = augment_lib.augment(x[..., PAIRED_CT:PAIRED_MR + 1], self._seed(3), aug)  # same map for both
-        return ct, mr, pair
+        ct = augment_lib.augment(u_ct, self._seed(1), aug)
+        mr = augment_lib.augment(u_mr, self._seed(2), aug)
+        pair = augment_lib.augment(tf.concat([p_ct, p_mr], axis=-1), self._seed(3), aug)  # same map for both
+        return ct, mr, (pair[..., :c], pair[..., c:])
 
     def _format_logs(self, logs):
         # MultiWorkerMirroredStrategy reduces logs along axis 0, so give them one

@@ -102,13 +102,15 @@ def _residual_block(x, filters: int, name: str):
 
 
 def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 256,
-                    channels: int = 1, name: str = "generator") -> keras.Model:
-    """Johnson et al.'s ResNet generator: c7s1-ngf, d2ngf, d4ngf, n x R4ngf, u2ngf, ungf, c7s1-1.
+                    input_nc: int = 1, output_nc: int = 1, name: str = "generator") -> keras.Model:
+    """Johnson et al.'s ResNet generator: c7s1-ngf, d2ngf, d4ngf, n x R4ngf, u2ngf, ungf, c7s1-output_nc.
 
-    Input and output are [B, H, W, channels] in [-1, 1]; H and W must be
-    multiples of 4. With ngf=64, 9 blocks and 1 channel it has 11,376,129 weights.
+    Input [B, H, W, input_nc] and output [B, H, W, output_nc] are in [-1, 1]
+    (as pytorch-CycleGAN-and-pix2pix's factories; a 2.5D stack only widens the
+    first and last conv); H and W must be multiples of 4. With ngf=64, 9 blocks
+    and 1 channel in and out it has 11,376,129 weights.
     """
-    inp = keras.Input((image_size, image_size, channels), name="image")
+    inp = keras.Input((image_size, image_size, input_nc), name="image")
     x = ReflectionPad2D(3)(inp)
     x = NarrowConv2D(ngf, 7, name="c7s1")(x)
     x = layers.ReLU()(instance_norm("c7s1_in")(x))
@@ -121,7 +123,7 @@ def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 2
         x = layers.Conv2DTranspose(f, 3, strides=2, padding="same", name=f"up{i}")(x)
         x = layers.ReLU()(instance_norm(f"up{i}_in")(x))
     x = ReflectionPad2D(3)(x)
-    x = NarrowConv2D(channels, 7, name="out_conv")(x)
+    x = NarrowConv2D(output_nc, 7, name="out_conv")(x)
     out = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     return keras.Model(inp, out, name=name)
 
@@ -146,12 +148,12 @@ def _conv_stack(filters, strides: int, first_plain: bool, last_plain: bool, name
 class DualHeadDiscriminator(keras.Model):
     """PatchGAN with an extra head and tail per input kind (paper Fig. 4).
 
-    ``unpaired(x)`` judges one image (1 channel); ``paired(cond, x)`` judges a
-    (condition, image) pair (2 channels). Both share the strided body; each
-    returns patch logits [B, h, w, 1] in float32.
+    ``unpaired(x)`` judges one image (``input_nc`` channels); ``paired(cond, x)``
+    judges a (condition, image) pair (2 x ``input_nc`` channels). Both share the
+    strided body; each returns patch logits [B, h, w, 1] in float32.
     """
 
-    def __init__(self, variant: str = "D1", image_size: int | None = 256, channels: int = 1,
+    def __init__(self, variant: str = "D1", image_size: int | None = 256, input_nc: int = 1,
                  ndf_scale: float = 1.0, name: str = "discriminator", **kwargs):
         super().__init__(name=name, **kwargs)
         if variant not in DISCRIMINATOR_VARIANTS:
@@ -174,10 +176,11 @@ class DualHeadDiscriminator(keras.Model):
         self.unpaired_head, self.paired_head = self.heads["unpaired"], self.heads["paired"]
         self.unpaired_tail, self.paired_tail = self.tails["unpaired"], self.tails["paired"]
         s = image_size
-        self.unpaired_head.build((None, s, s, channels))
-        self.paired_head.build((None, s, s, 2 * channels))
-        self.body.build(self.unpaired_head.compute_output_shape((None, s, s, channels)))
-        body_out = self.body.compute_output_shape(self.unpaired_head.compute_output_shape((None, s, s, channels)))
+        self.unpaired_head.build((None, s, s, input_nc))
+        self.paired_head.build((None, s, s, 2 * input_nc))
+        head_out = self.unpaired_head.compute_output_shape((None, s, s, input_nc))
+        self.body.build(head_out)
+        body_out = self.body.compute_output_shape(head_out)
         self.unpaired_tail.build(body_out)
         self.paired_tail.build(body_out)
         self.built = True

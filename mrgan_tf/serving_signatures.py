@@ -23,6 +23,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from mrgan_tf.context import volume_generator
 from mrgan_tf.export import SERVING_NAMES, _as_nhw1, fit_tf, request_mr_range, unfit_tf
 from mrgan_tf.intensity import (ct_from_unit_tf, ct_to_unit_tf, from_model_range, normalise_mr_tf, quantised_tf,
                                 to_model_range)
@@ -37,7 +38,7 @@ class ServingModule(tf.Module):
     ``extra_signatures``.
 
     Args:
-        generator: the trained Keras generator ([N, S, S, 1] in [-1, 1] -> same).
+        generator: the trained Keras generator ([N, S, S, C] in [-1, 1] -> same; C = cfg.channels).
         cfg: the dataset's PreprocessConfig (window / range, fit, bits, image size).
         asset_path: ``preprocess.json`` to ship as ``assets/preprocess.json``.
     """
@@ -54,7 +55,10 @@ class ServingModule(tf.Module):
         # the TF1-style loader (TF Serving, saved_model_cli run) restore them. The closure keeps
         # the model itself out of the tracked attributes.
         self.generator_variables = [v.value for v in generator.variables]
-        self._generate = lambda x: tf.cast(generator(x, training=False), tf.float32)
+        # Ordered slices in, one prediction per slice out: a 2.5D generator gets its neighbour
+        # stacks built and its overlapping predictions averaged here, so no client needs k.
+        self._generate = volume_generator(lambda x: tf.cast(generator(x, training=False), tf.float32),
+                                          cfg.context_slices)
         self.preprocess_asset = tf.saved_model.Asset(asset_path)
 
     # ----------------------------------------------------------------- shared steps

@@ -4,11 +4,15 @@
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --root=DATASET --out_dir=DIR
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --mr=mr.nii.gz --out=syn_ct.mha
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --ct=ct_dicom/ --out=syn_mr_dicom/ --send=PACS@host:104
+    python -m mrgan_tf.synthesize --model=AXIAL --model=CORONAL --model=SAGITTAL --ct=ct.nii.gz --out=fused.nii.gz
 
 The input is read with the same readers and sliced with the same preprocessing
 as make_records (``prepare_patient`` with the model's stored PreprocessConfig),
-every axial slice goes through the generator, and the slices are put back on
-the input's exact grid (shape and affine) with ``restack_to_grid``.
+every slice of the model's plane goes through the generator (a 2.5D model gets
+its neighbour stacks built and its overlapping predictions averaged), and the
+slices are put back on the input's exact grid (shape and affine) with
+``restack_to_grid``. Several ``--model`` (one per plane, or several of one
+plane) are fused there voxel by voxel (``--fusion=median|mean``, ``Fusion``).
 
 Output scales: synthetic CT in HU as int16, over the CT interval the model's
 records stored (the paper's 40/80 window, or a full range such as -1024..3000 HU
@@ -42,6 +46,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from mrgan_tf import cli
+from mrgan_tf.context import depth_problem, volume_generator
 from mrgan_tf.errors import UserError
 from mrgan_tf.export import (DIRECTIONS, SERVING_NAMES, ExportError, load_exported, read_info,
                              resolve_version_dir)
@@ -84,7 +89,7 @@ class OutputOptions:
 
 @dataclasses.dataclass
 class Predictor:
-    """One direction's generator on [N, S, S, 1] in [-1, 1], plus the preprocessing it was trained with."""
+    """One direction's generator on ordered [N, S, S, 1] slices in [-1, 1], plus its preprocessing."""
 
     name: str                                   # ct2mr | mr2ct
     preprocess: PreprocessConfig
@@ -97,7 +102,12 @@ class Predictor:
         return provenance.model_record(self.source, self.name)
 
     def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-        """(Z, S, S) on 0..1 -> (Z, S, S) on 0..1, in batches (tqdm bar when ``progress``)."""
+        """(Z, S, S) ordered slices on 0..1 -> (Z, S, S) on 0..1, in batches (tqdm bar when ``progress``).
+
+        ``fn`` stacks neighbours itself (2.5D), so each batch is sent with ``2k`` slices of
+        its neighbours on each side and only its own slices are kept: the result is the
+        one of the whole volume at once.
+        """
         from tqdm import tqdm
 
         stack01 = np.asarray(stack01, np.float32)
@@ -105,11 +115,68 @@ class Predictor:
         if stack01.ndim != 3 or stack01.shape[1:] != (s, s):
             raise ValueError(f"expected a (Z, {s}, {s}) stack, got {stack01.shape}")
         out = np.empty_like(stack01)
-        starts = range(0, len(stack01), max(1, int(batch_size)))
+        batch_size, margin = max(1, int(batch_size)), 2 * self.preprocess.context_slices
+        starts = range(0, len(stack01), batch_size)
         for i in tqdm(starts, desc=f"{self.name} slices", unit="batch", disable=not progress, leave=False):
-            x = to_model_range(stack01[i:i + batch_size, ..., None])
-            out[i:i + batch_size] = from_model_range(np.asarray(self.fn(x), np.float32)[..., 0])
+            lo, hi = max(0, i - margin), min(len(stack01), i + batch_size + margin)
+            y = np.asarray(self.fn(to_model_range(stack01[lo:hi, ..., None])), np.float32)
+            out[i:i + batch_size] = from_model_range(y[i - lo:i - lo + batch_size, ..., 0])
         return np.clip(out, 0.0, 1.0)
+
+
+FUSIONS = {"median": np.median, "mean": np.mean}
+
+
+@dataclasses.dataclass
+class Fusion:
+    """Several models of one direction (one per plane, or several of one plane) fused voxel by voxel.
+
+    Each member synthesizes the whole volume on the input grid (a 2.5D member has
+    already averaged its overlapping stack predictions), then the volumes are
+    fused by ``method``: median (Spadea et al.'s choice; robust to one plane's
+    artefact) or mean. Members must share their preprocessing except the plane
+    and the stack depth, so their volumes are in the same units on the same body.
+    """
+
+    members: tuple[Predictor, ...]
+    method: str = "median"
+
+    def __post_init__(self):
+        self.members = tuple(self.members)
+        if self.method not in FUSIONS:
+            raise SynthesisError(f"--fusion must be one of {', '.join(FUSIONS)}, got {self.method!r}")
+        if len(self.members) < 2:
+            raise SynthesisError(f"fusion needs at least two models, got {len(self.members)} "
+                                 f"({', '.join(p.source for p in self.members) or 'none'}): give --model once "
+                                 "per model")
+        first = self.members[0]
+        want = first.preprocess.without_layout()
+        for p in self.members[1:]:
+            if p.name != first.name:
+                raise SynthesisError(f"{p.source}: a {p.name} model cannot be fused with the {first.name} model "
+                                     f"{first.source}")
+            have = p.preprocess.without_layout()
+            diff = [f"{k}={have.get(k)!r} vs {want.get(k)!r}" for k in sorted(set(want) | set(have))
+                    if have.get(k) != want.get(k)]
+            if diff:
+                raise SynthesisError(f"{p.source}: trained with other preprocessing than {first.source} "
+                                     f"({'; '.join(diff)}); fused models may differ only in slice_axis and "
+                                     "context_slices")
+
+    @property
+    def name(self) -> str:
+        return self.members[0].name
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.members[0].preprocess
+
+    def model_record(self) -> dict:
+        """The provenance of a fused volume: every member's record and the method."""
+        records = [p.model_record() for p in self.members]
+        return {"path": ", ".join(str(r.get("path")) for r in records), "kind": "fusion", "direction": self.name,
+                "version": f"{self.method} of {len(records)}", "training_iterations": None,
+                "fusion": self.method, "models": records}
 
 
 def _is_run_dir(path: str) -> bool:
@@ -118,11 +185,13 @@ def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RUN_CONFIG))
 
 
-def _keras_fn(generator, size: int):
+def _keras_fn(generator, cfg: PreprocessConfig):
+    """A run's generator as ordered [N, S, S, 1] slices -> [N, S, S, 1] (2.5D stacking in the graph)."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: generator(x, training=False), input_signature=[
-        tf.TensorSpec([None, size, size, 1], tf.float32)])
+    size = cfg.image_size
+    fn = tf.function(volume_generator(lambda x: generator(x, training=False), cfg.context_slices),
+                     input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     return lambda x: fn(tf.constant(x, tf.float32)).numpy()
 
 
@@ -170,7 +239,7 @@ def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str
         wanted = check(tuple(SERVING_NAMES[d] for d in model.trained_directions))
         cfg = DatasetSpec.load(run_cfg["records"]).preprocess
         gens = {"ct2mr": model.syn_mr, "mr2ct": model.syn_ct}
-        return {n: Predictor(n, cfg, path, _keras_fn(gens[n], cfg.image_size)) for n in wanted}
+        return {n: Predictor(n, cfg, path, _keras_fn(gens[n], cfg)) for n in wanted}
     out = {}
     for n in check(exported_models(path)):
         exported = load_exported(path, n)
@@ -198,11 +267,11 @@ def prepare_input(predictor: Predictor, vol: Volume):
     """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
     raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
     cfg = predictor.preprocess
-    if predictor.name == "ct2mr":
-        prep = prepare_patient(vol, None, None, cfg)
-        return prep, dequantise(prep.ct, cfg.bits)
-    prep = prepare_patient(None, vol, None, cfg)
-    return prep, dequantise(prep.mr, cfg.bits)
+    prep = prepare_patient(vol, None, None, cfg) if predictor.name == "ct2mr" else prepare_patient(None, vol, None, cfg)
+    depth = depth_problem(prep.shape[2], cfg.context_slices, cfg.slice_axis)
+    if depth:
+        raise VolumeError(vol.source, depth)
+    return prep, dequantise(prep.ct if predictor.name == "ct2mr" else prep.mr, cfg.bits)
 
 
 def output_units(predictor: Predictor, mr_range: tuple[float, float] | None = None) -> str:
@@ -230,31 +299,49 @@ def to_output_units(predictor: Predictor, out01: np.ndarray,
     return ct_from_unit(out01, predictor.preprocess), AIR_HU
 
 
-def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16, progress: bool = False,
+def synthesize_volume(predictor: Predictor | Fusion, vol: Volume, batch_size: int = 16, progress: bool = False,
                       mr_range: tuple[float, float] | None = None) -> tuple[Volume, dict]:
-    """Synthesize every axial slice of ``vol``; returns the volume on ``vol``'s grid and an info dict.
+    """Synthesize every slice of ``vol`` (in the model's plane; each member's, fused, for a ``Fusion``);
+    returns the volume on ``vol``'s grid and an info dict.
 
     A synthetic CT comes back as int16 HU; a synthetic MR as float32 on 0-255 or, with
     ``mr_range``, in the reference's units. The info dict holds timings, the units and how
     much of the body fell outside the model's canvas.
     """
-    t0 = time.perf_counter()
-    prep, stack01 = prepare_input(predictor, vol)
-    t1 = time.perf_counter()
-    out01 = predictor.predict01(stack01, batch_size, progress)
-    t2 = time.perf_counter()
-    values, fill = to_output_units(predictor, out01, mr_range)
-    out = restack_to_grid(values, prep.geometry, vol, order=1, fill=fill)
+    members = predictor.members if isinstance(predictor, Fusion) else (predictor,)
+    seconds = dict.fromkeys(("prepare_s", "model_s", "restack_s"), 0.0)
+    volumes, slices, lost = [], 0, None
+    for member in members:
+        t0 = time.perf_counter()
+        prep, stack01 = prepare_input(member, vol)
+        t1 = time.perf_counter()
+        out01 = member.predict01(stack01, batch_size, progress)
+        t2 = time.perf_counter()
+        values, fill = to_output_units(member, out01, mr_range)
+        volumes.append(restack_to_grid(values, prep.geometry, vol, order=1, fill=fill))
+        for key, dt in zip(seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+            seconds[key] += dt
+        slices += int(len(stack01))
+        problem = prep.body_loss_problem(member.preprocess, vol.source)
+        if problem:
+            logging.warning("%s; those voxels get the fill value", problem)
+        if lost is None or prep.body_lost_fraction > lost.body_lost_fraction:
+            lost = prep
+    out = volumes[0]
+    if len(volumes) > 1:
+        t0 = time.perf_counter()
+        fused = FUSIONS[predictor.method](np.stack([v.data for v in volumes]), axis=0).astype(np.float32)
+        out = Volume(fused, out.affine, out.source)
+        seconds["restack_s"] += time.perf_counter() - t0
     if predictor.name == "mr2ct":
         out = Volume(np.rint(out.data).astype(np.int16), out.affine, out.source)
-    t3 = time.perf_counter()
-    problem = prep.body_loss_problem(predictor.preprocess, vol.source)
-    if problem:
-        logging.warning("%s; those voxels get the fill value", problem)
-    return out, {"slices": int(len(stack01)), "prepare_s": t1 - t0, "model_s": t2 - t1, "restack_s": t3 - t2,
-                 "total_s": t3 - t0, "units": output_units(predictor, mr_range),
-                 "body_voxels_outside": prep.body_voxels_outside,
-                 "body_lost_fraction": round(prep.body_lost_fraction, 6)}
+    info = {"slices": slices, **seconds, "total_s": sum(seconds.values()), "units": output_units(predictor, mr_range),
+            "body_voxels_outside": lost.body_voxels_outside, "body_lost_fraction": round(lost.body_lost_fraction, 6)}
+    if len(members) > 1:
+        info["fusion"] = {"method": predictor.method, "models": len(members),
+                          "planes": [m.preprocess.slice_axis for m in members],
+                          "context_slices": [m.preprocess.context_slices for m in members]}
+    return out, info
 
 
 def _series_info(predictor: Predictor, vol: Volume, model: dict, options: OutputOptions):
@@ -355,8 +442,11 @@ def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: i
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """CLI flags, defined only when run as a program (importers' flags never collide)."""
-    flags.DEFINE_string("model", None, "Export dir (holding ct2mr/<version>), a SavedModel model/version dir, "
-                        "or a training run dir.", flag_values=fv)
+    flags.DEFINE_multi_string("model", None, "Export dir (holding ct2mr/<version>), a SavedModel model/version "
+                              "dir, or a training run dir. Repeat it to fuse several models (e.g. one per plane).",
+                              flag_values=fv)
+    flags.DEFINE_enum("fusion", None, list(FUSIONS), "How the volumes of several --model are fused, voxel by "
+                      "voxel (default median); needs at least two --model.", flag_values=fv)
     flags.DEFINE_string("ct", None, "Input CT: NIfTI, .mha/.nrrd or a DICOM folder (ct2mr).", flag_values=fv)
     flags.DEFINE_string("mr", None, "Input MR (mr2ct).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output: .nii.gz/.nii, .mha, .nrrd, or a folder name (no suffix) for a DICOM "
@@ -409,11 +499,13 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
-def _load(fv, direction: str) -> Predictor:
+def _load(fv, direction: str) -> Predictor | Fusion:
     if fv.server:
         from mrgan_tf.client import ClientConfig, connect
         return connect(ClientConfig(fv.server), direction)
-    return load_predictor(fv.model, direction)
+    if len(fv.model) > 1 or fv.fusion:   # Fusion refuses a single model
+        return Fusion(tuple(load_predictor(m, direction) for m in fv.model), fv.fusion or "median")
+    return load_predictor(fv.model[0], direction)
 
 
 def main(argv):
@@ -423,6 +515,8 @@ def main(argv):
     single = bool(fv.ct or fv.mr)
     if bool(fv.model) == bool(fv.server):
         raise app.UsageError("give --model or --server (one of them)")
+    if fv.fusion and len(fv.model or ()) < 2:
+        raise app.UsageError(f"--fusion={fv.fusion} needs at least two --model, got {len(fv.model or ())}")
     if single == bool(fv.root):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:

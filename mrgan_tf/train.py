@@ -78,7 +78,8 @@ def model_config_from_flags(spec):
                        adversarial=FLAGS.adversarial, cycle_weight=FLAGS.cycle_weight, l1_weight=FLAGS.l1_weight,
                        n_iter=FLAGS.n_iter, paired_repeats=FLAGS.paired_repeats, real_label=FLAGS.real_label,
                        pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed,
-                       paired_baseline_direction=FLAGS.paired_baseline_direction)
+                       paired_baseline_direction=FLAGS.paired_baseline_direction,
+                       channels=spec.preprocess.channels)
 
 
 class CorruptRecordsError(ValueError):
@@ -160,6 +161,7 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     elif FLAGS.export_checkpoint == "best":
         raise ValueError("--export_checkpoint=best needs --val_every (the best checkpoint is chosen on validation)")
     config = model_config_from_flags(spec)
+    checkpoints.check_resume_layout(out, config, records)
     total = FLAGS.steps if FLAGS.steps is not None else FLAGS.decay_start + FLAGS.decay_steps
     run_dir = out if chief else os.path.join(out, "workers", f"{os.getpid()}")   # non-chief: scratch
 
@@ -177,7 +179,8 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     replicas = strategy.num_replicas_in_sync
     # The data pipeline opens every shard set it needs: a missing one fails here, before any write.
     ds = data.training_dataset(spec, config.mode, FLAGS.batch_size * replicas, seed=FLAGS.seed,
-                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired)
+                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired,
+                               channels=config.channels)
     fixed = None
     if chief and (spec.count("paired_test") or spec.count("paired_train")):
         fixed = data.fixed_slices(spec, FLAGS.image_slices)

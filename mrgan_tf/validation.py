@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from mrgan_tf import metrics
+from mrgan_tf.context import centre_slice
 from mrgan_tf.intensity import ct_from_unit, from_model_range, to_model_range
 from mrgan_tf.spec import VAL_SET, DatasetSpec, SpecError
 from tfrecords_tools import reader
@@ -37,7 +38,7 @@ def selection_key(spec: DatasetSpec, select: str = "auto") -> str:
 
 @dataclasses.dataclass
 class _Patient:
-    ct01: np.ndarray    # (Z, S, S) in [0, 1]
+    ct01: np.ndarray    # (Z, S, S, C) in [0, 1]: each record's stack (C = 1 for 2-D)
     mr01: np.ndarray
     mask: np.ndarray    # (Z, S, S) bool
 
@@ -66,7 +67,7 @@ class ValidationSet:
         self.patients = {}
         for pid, exs in sorted(slices.items()):
             exs.sort(key=lambda e: int(e["slice_index"]))
-            self.patients[pid] = _Patient(*(np.stack([e[k][..., 0] for e in exs]).astype(np.float32) * scale
+            self.patients[pid] = _Patient(*(np.stack([e[k] for e in exs]).astype(np.float32) * scale
                                             for k in ("ct", "mr")),
                                           np.stack([e["mask"][..., 0] for e in exs]) > 0)
 
@@ -79,6 +80,7 @@ class ValidationSet:
             for d in directions or model.trained_directions:
                 gen, src, ref01 = (model.syn_mr, p.ct01, p.mr01) if d == "mr" else (model.syn_ct, p.mr01, p.ct01)
                 pred01 = _predict01(gen, src, batch_size)
+                ref01 = centre_slice(ref01)[..., 0]
                 if d == "mr":
                     ref, pred, data_range = ref01 * 255.0, pred01 * 255.0, 255.0
                 else:
@@ -91,9 +93,10 @@ class ValidationSet:
         return {k: float(np.mean(v)) for k, v in sorted(per.items())}
 
 
-def _predict01(generator, stack01: np.ndarray, batch_size: int) -> np.ndarray:
+def _predict01(generator, stacks01: np.ndarray, batch_size: int) -> np.ndarray:
+    """(Z, S, S, C) record stacks -> (Z, S, S): each stack's prediction of its own (centre) slice."""
     out = []
-    for i in range(0, len(stack01), batch_size):
-        y = np.asarray(generator(to_model_range(stack01[i:i + batch_size, ..., None]), training=False), np.float32)
-        out.append(from_model_range(y[..., 0]))
-    return np.concatenate(out) if out else np.zeros((0,) + stack01.shape[1:], np.float32)
+    for i in range(0, len(stacks01), batch_size):
+        y = np.asarray(generator(to_model_range(stacks01[i:i + batch_size]), training=False), np.float32)
+        out.append(from_model_range(centre_slice(y)[..., 0]))
+    return np.concatenate(out) if out else np.zeros(stacks01.shape[:-1], np.float32)

@@ -335,3 +335,59 @@ def test_cli_client_and_synthesize_server_flag(servers, tmp_path):
     assert read_volume(tmp_path / "syn.nii.gz").shape == (24, 28, 20)
     assert bad.returncode == 1 and f"127.0.0.1:{closed}: server unreachable" in bad_err
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+# --------------------------------------------------------------------------- 2.5D: stacking inside the graph
+
+
+@pytest.fixture(scope="module")
+def stack_export(tmp_path_factory):
+    """A tiny 2.5D (k = 1) model exported with its preprocessing: clients send ordered slices."""
+    from mrgan_tf import export
+    from mrgan_tf.model import MRGAN, MRGANConfig
+    from mrgan_tf.preprocess import PreprocessConfig
+    model = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=2, channels=3))
+    out = str(tmp_path_factory.mktemp("stack_export"))
+    export.export_model(model, PreprocessConfig(image_size=32, context_slices=1), out)
+    return out, model
+
+
+def test_stack_model_serves_an_ordered_volume_and_overlapping_chunks(stack_export):
+    from mrgan_tf import context
+    out, model = stack_export
+    sig = tf.saved_model.load(os.path.join(out, "ct2mr", "1")).signatures["serving_default"]
+    hu = np.random.default_rng(3).uniform(-100, 120, (9, 30, 28)).astype(np.float32)
+    whole = sig(ct=tf.constant(hu))["mr"].numpy()
+    assert whole.shape == hu.shape
+    # The documented chunking (docs/SERVING.md): 2k slices of overlap each side, their outputs dropped.
+    k, parts = 1, []
+    for lo, hi in ((0, 4), (4, 7), (7, 9)):
+        a, b = max(0, lo - 2 * k), min(len(hu), hi + 2 * k)
+        parts.append(sig(ct=tf.constant(hu[a:b]))["mr"].numpy()[lo - a:lo - a + hi - lo])
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-5)
+    # The graph is the Keras generator on edge-clamped stacks, its predictions averaged back.
+    normalised = tf.saved_model.load(os.path.join(out, "ct2mr", "1")).signatures["normalised"]
+    x = np.random.default_rng(4).uniform(-1, 1, (5, 32, 32, 1)).astype(np.float32)
+    stacks = context.neighbour_stack(x[..., 0], k)
+    want = context.average_overlaps(model.syn_mr(stacks, training=False).numpy(), k)
+    np.testing.assert_allclose(normalised(ct=tf.constant(x))["mr"].numpy()[..., 0], want, atol=1e-5)
+    params = tf.saved_model.load(os.path.join(out, "ct2mr", "1")).signatures["preprocessing_parameters"]()
+    assert json.loads(params["preprocess_json"].numpy())["context_slices"] == 1
+
+
+def test_stack_model_runs_in_saved_model_cli_and_synthesize(stack_export, tmp_path):
+    out, _ = stack_export
+    version_dir = os.path.join(out, "ct2mr", "1")
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    run = subprocess.run([cli, "run", "--dir", version_dir, "--tag_set", "serve", "--signature_def",
+                          "serving_default", "--input_exprs", "ct=" + json.dumps(np.full((4, 3, 3), 40.0).tolist())],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Result for output key mr_255" in run.stdout
+    pred = synthesize.load_predictor(out, "ct2mr")
+    assert pred.preprocess.context_slices == 1
+    ct = Volume(_head_ct((20, 24, 12)), _oblique_lps_affine(), str(tmp_path / "ct.nii.gz"))
+    syn, info = synthesize.synthesize_volume(pred, ct, batch_size=3)
+    whole, _ = synthesize.synthesize_volume(pred, ct, batch_size=64)
+    np.testing.assert_allclose(syn.data, whole.data, atol=1e-3)
+    assert syn.shape == ct.shape and info["slices"] > 0

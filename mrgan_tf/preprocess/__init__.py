@@ -15,9 +15,10 @@ Everything is importable from here, as before the split.
 from mrgan_tf.intensity import (  # noqa: F401
     ct_from_unit, ct_to_unit, denormalise_mr, dequantise, from_model_range, mr_range, normalise_mr, quantise,
     to_model_range, unwindow_ct, unwindow_ct_tf, window_ct, window_ct_tf)
-from mrgan_tf.preprocess.config import FIT_MODES, PreprocessConfig  # noqa: F401
+from mrgan_tf.preprocess.config import FIT_MODES, SLICE_AXES, PreprocessConfig  # noqa: F401
 from mrgan_tf.preprocess.geometry import (  # noqa: F401
-    overlap_fraction, resample_like, resample_to_spacing, to_canonical)
+    PLANE_AXES, from_plane, from_plane_array, overlap_fraction, resample_like, resample_to_spacing, to_canonical,
+    to_plane, to_plane_array)
 from mrgan_tf.preprocess.masks import body_mask_from_ct, body_mask_from_mr  # noqa: F401
 from mrgan_tf.preprocess.patients import (  # noqa: F401
     PreparedPatient, SliceGeometry, prepare_patient, restack_to_grid)

@@ -6,7 +6,13 @@ from typing import Any
 
 import numpy as np
 
+from mrgan_tf.context import channels_for
+
 FIT_MODES = ("pad", "resize")
+SLICE_AXES = ("axial", "coronal", "sagittal")
+# Layout fields written into a spec only when they differ from these defaults, so a default
+# dataset.json / preprocess.json stays byte-identical to those written before 2.5D and planes.
+LAYOUT_DEFAULTS = {"context_slices": 0, "slice_axis": "axial"}
 
 
 @dataclasses.dataclass
@@ -32,6 +38,10 @@ class PreprocessConfig:
     register: bool = False
     register_skull_hu: float = 300.0
     register_model: str = "rigid"  # or "affine" (the paper); see registration.register_affine
+    # 2.5D: each image carries its k neighbouring slices on each side as channels (0: one slice).
+    context_slices: int = 0
+    # The plane images are cut in, in the canonical (RAS+) orientation (docs/DESIGN.md).
+    slice_axis: str = "axial"
 
     def __post_init__(self):
         self.mr_percentiles = tuple(float(p) for p in self.mr_percentiles)
@@ -64,9 +74,19 @@ class PreprocessConfig:
             problems.append(f"min_foreground must be in [0, 1], got {self.min_foreground}")
         if not 0 <= self.max_body_loss <= 1:
             problems.append(f"max_body_loss must be in [0, 1], got {self.max_body_loss}")
+        if int(self.context_slices) != self.context_slices or self.context_slices < 0:
+            problems.append(f"context_slices must be an integer >= 0, got {self.context_slices}")
+        if self.slice_axis not in SLICE_AXES:
+            problems.append(f"slice_axis must be one of {SLICE_AXES}, got {self.slice_axis!r}")
         if problems:
             raise ValueError("invalid PreprocessConfig: " + "; ".join(problems))
         self.image_size = int(self.image_size)
+        self.context_slices = int(self.context_slices)
+
+    @property
+    def channels(self) -> int:
+        """Channels of one image in records and networks: the slice and its neighbours (2k+1)."""
+        return channels_for(self.context_slices)
 
     @property
     def ct_hu_range(self) -> tuple[float, float]:
@@ -80,11 +100,19 @@ class PreprocessConfig:
         """True when CT is stored over a full HU range rather than the paper's display window."""
         return self.ct_range is not None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, complete: bool = False) -> dict[str, Any]:
+        """The spec's dict; ``complete`` keeps layout fields at their defaults too (for comparisons)."""
         d = dataclasses.asdict(self)
         d["mr_percentiles"] = list(self.mr_percentiles)
         d["ct_range"] = None if self.ct_range is None else list(self.ct_range)
+        for key, default in LAYOUT_DEFAULTS.items():
+            if d[key] == default and not complete:
+                del d[key]
         return d
+
+    def without_layout(self) -> dict[str, Any]:
+        """``to_dict`` less the slice layout (k, plane): what models must share to be fused."""
+        return {k: v for k, v in self.to_dict().items() if k not in LAYOUT_DEFAULTS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":

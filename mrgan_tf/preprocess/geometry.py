@@ -1,4 +1,4 @@
-"""Geometry steps: canonical orientation, resampling to a spacing or onto another grid, overlap."""
+"""Geometry steps: canonical orientation, the slice plane, resampling to a spacing or onto another grid, overlap."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,6 +19,47 @@ def to_canonical(vol: Volume) -> Volume:
     data = np.ascontiguousarray(orientations.apply_orientation(vol.data, ornt))
     affine = vol.affine @ orientations.inv_ornt_aff(ornt, vol.shape)
     return Volume(data, affine, vol.source)
+
+
+# The canonical volume's axes, reordered so that a plane's slices run along the last axis; the
+# image of slice k is then ``axial_image`` of the reordered volume (rows = its second axis,
+# flipped; columns = its first). Axial: rows anterior->posterior, columns left->right;
+# coronal: rows superior->inferior, columns left->right; sagittal: rows superior->inferior,
+# columns posterior->anterior.
+PLANE_AXES = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
+
+
+def to_plane_array(data: np.ndarray, axis: str) -> np.ndarray:
+    """A canonical (X, Y, Z) array with ``axis``'s slices on its last axis (a view)."""
+    return np.asarray(data).transpose(PLANE_AXES[axis])
+
+
+def from_plane_array(data: np.ndarray, axis: str) -> np.ndarray:
+    """Inverse of ``to_plane_array``."""
+    return np.asarray(data).transpose(np.argsort(PLANE_AXES[axis]))
+
+
+def _permuted_affine(affine: np.ndarray, order) -> np.ndarray:
+    """The affine of an array transposed by ``order``: new voxel axis j is old axis order[j]."""
+    p = np.zeros((4, 4))
+    p[list(order) + [3], list(range(3)) + [3]] = 1.0
+    return np.asarray(affine, np.float64) @ p
+
+
+def to_plane(vol: Volume, axis: str) -> Volume:
+    """A canonical volume with ``axis``'s slices on its last axis: same voxels, same world positions."""
+    if axis == "axial":
+        return vol
+    return Volume(np.ascontiguousarray(to_plane_array(vol.data, axis)),
+                  _permuted_affine(vol.affine, PLANE_AXES[axis]), vol.source)
+
+
+def from_plane(vol: Volume, axis: str) -> Volume:
+    """Inverse of ``to_plane``: back to the canonical axis order."""
+    if axis == "axial":
+        return vol
+    return Volume(np.ascontiguousarray(from_plane_array(vol.data, axis)),
+                  _permuted_affine(vol.affine, np.argsort(PLANE_AXES[axis])), vol.source)
 
 
 def _voxel_to_voxel(out_affine: np.ndarray, in_affine: np.ndarray, transform: np.ndarray | None = None):

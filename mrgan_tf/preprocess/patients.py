@@ -13,7 +13,8 @@ import numpy as np
 from mrgan_tf.intensity import ct_to_unit, mr_range, normalise_mr, quantise
 from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.preprocess.config import PreprocessConfig
-from mrgan_tf.preprocess.geometry import overlap_fraction, resample_like, resample_to_spacing, to_canonical
+from mrgan_tf.preprocess.geometry import (overlap_fraction, resample_like, resample_to_spacing, to_canonical,
+                                          to_plane, to_plane_array)
 from mrgan_tf.preprocess.masks import body_mask_from_ct, body_mask_from_mr
 from mrgan_tf.preprocess.slices import (Placement, axial_stack, body_box, fit_to_size, keep_slices, unfit,
                                         volume_from_axial_stack)
@@ -133,7 +134,7 @@ def prepare_patient(ct: Volume | None, mr: Volume | None, mask: Volume | None,
     """Canonical, resampled, aligned, masked, mapped, fitted and quantised slices of one patient.
 
     The CT grid (after ``to_canonical`` + ``resample_to_spacing``) is the reference;
-    MR-only patients use the MR grid. MR is put on the CT grid by world coordinates,
+    MR-only patients use the MR grid; slices are cut in ``cfg.slice_axis`` (``to_plane``). MR is put on the CT grid by world coordinates,
     or by affine MI registration when ``cfg.register``.
     """
     if ct is None and mr is None:
@@ -145,8 +146,11 @@ def prepare_patient(ct: Volume | None, mr: Volume | None, mask: Volume | None,
         mr_on, reg = mr_on_grid(mr, ct, ref, body, cfg)
     if body is None:
         body = body_mask_from_mr(mr_on.data)
-    return to_slices(ref, ref.data if ct is not None else None, None if mr_on is None else mr_on.data, body,
-                     cfg, reg)
+    # The body is found in the canonical orientation, so every plane slices the same mask.
+    axis = cfg.slice_axis
+    turn = lambda a: None if a is None else to_plane_array(a, axis)  # noqa: E731
+    return to_slices(to_plane(ref, axis), turn(ref.data) if ct is not None else None,
+                     turn(None if mr_on is None else mr_on.data), turn(body), cfg, reg)
 
 
 def restack_to_grid(stack01, geometry, target: Volume, order: int = 1, fill: float = 0.0,

@@ -1,0 +1,88 @@
+"""Stacks of neighbouring slices (2.5D input): build them, take their centre, average predictions back.
+
+The stack of slice z holds slices z-k .. z+k of its volume as channels (2k+1 of
+them), clamped at the volume's ends. A generator maps a stack to a stack, so
+every slice is predicted 2k+1 times (once per stack that holds it);
+``average_overlaps`` puts those predictions back on one slice each. The numpy
+functions serve make_records and synthesize; the ``_tf`` twins run inside the
+serving graph, so a client sends an ordered volume and never needs k.
+With k = 0 every function is the identity on the 1-channel layout.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def channels_for(context_slices: int) -> int:
+    """Channels of one image: the slice and its k neighbours on each side."""
+    return 2 * int(context_slices) + 1
+
+
+def centre_slice(x):
+    """The middle channel of [..., C] stacks, kept as [..., 1] (numpy or TF): where one image is needed."""
+    c = x.shape[-1] // 2
+    return x[..., c:c + 1]
+
+
+def neighbour_indices(n: int, k: int) -> np.ndarray:
+    """(n, 2k+1) slice indices of every stack, edge-clamped."""
+    return np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+
+
+def neighbour_stack(stack: np.ndarray, k: int, centres=None) -> np.ndarray:
+    """(Z, H, W) ordered slices -> (Z, H, W, 2k+1) stacks (only those of ``centres`` when given)."""
+    stack = np.asarray(stack)
+    idx = neighbour_indices(len(stack), k)
+    return np.moveaxis(stack[idx if centres is None else idx[np.asarray(centres)]], 1, -1)
+
+
+def depth_problem(n_slices: int, k: int, axis: str = "axial") -> str | None:
+    """What is wrong when a volume has fewer slices than one stack needs (None when it has enough)."""
+    if channels_for(k) <= n_slices:
+        return None
+    return f"--context_slices={k} needs stacks of {channels_for(k)} slices but the volume has {n_slices} {axis} slices"
+
+
+def average_overlaps(pred: np.ndarray, k: int) -> np.ndarray:
+    """(Z, H, W, 2k+1) predicted stacks -> (Z, H, W): each slice the mean of its 2k+1 predictions."""
+    pred = np.asarray(pred, np.float32)
+    if k == 0:
+        return pred[..., 0]
+    n = len(pred)
+    out = np.zeros((n,) + pred.shape[1:3], np.float32)
+    count = np.zeros(n, np.float32)
+    idx = neighbour_indices(n, k)
+    for j in range(idx.shape[1]):
+        np.add.at(out, idx[:, j], pred[..., j])
+        np.add.at(count, idx[:, j], 1.0)
+    return out / count[:, None, None]
+
+
+def neighbour_stack_tf(x, k: int):
+    """TF twin of ``neighbour_stack`` for [N, H, W, 1] ordered slices -> [N, H, W, 2k+1]."""
+    import tensorflow as tf
+
+    if k == 0:
+        return x
+    n = tf.shape(x)[0]
+    idx = tf.clip_by_value(tf.range(n)[:, None] + tf.range(-k, k + 1)[None, :], 0, n - 1)
+    return tf.concat([tf.gather(x, idx[:, j]) for j in range(2 * k + 1)], axis=-1)
+
+
+def average_overlaps_tf(y, k: int):
+    """TF twin of ``average_overlaps`` for [N, H, W, 2k+1] -> [N, H, W, 1]."""
+    import tensorflow as tf
+
+    if k == 0:
+        return y
+    n = tf.shape(y)[0]
+    idx = tf.clip_by_value(tf.range(n)[:, None] + tf.range(-k, k + 1)[None, :], 0, n - 1)
+    data = tf.reshape(tf.transpose(y, [0, 3, 1, 2]), tf.concat([[-1], tf.shape(y)[1:3]], 0))   # [N*C, H, W]
+    return tf.math.unsorted_segment_mean(data, tf.reshape(idx, [-1]), n)[..., None]
+
+
+def volume_generator(generate, k: int):
+    """Wrap a stack->stack ``generate`` as ordered [N, H, W, 1] slices -> [N, H, W, 1] (TF); k = 0: unchanged."""
+    if k == 0:
+        return generate
+    return lambda x: average_overlaps_tf(generate(neighbour_stack_tf(x, k)), k)

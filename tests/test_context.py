@@ -1,0 +1,85 @@
+"""2.5D stacks: neighbour stacking and overlap averaging (numpy and TF twins), the packed batch, a stack model."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mrgan_tf import context, data
+from mrgan_tf.preprocess import PreprocessConfig
+
+
+def volume(n=5, s=4):
+    return np.arange(n * s * s, dtype=np.float32).reshape(n, s, s)
+
+
+def test_neighbour_stack_is_edge_clamped():
+    v = volume()
+    st = context.neighbour_stack(v, 1)
+    assert st.shape == (5, 4, 4, 3)
+    np.testing.assert_array_equal(st[0, ..., 0], v[0])      # clamped below
+    np.testing.assert_array_equal(st[0, ..., 2], v[1])
+    np.testing.assert_array_equal(st[2, ..., 0], v[1])
+    np.testing.assert_array_equal(st[4, ..., 2], v[4])      # clamped above
+    np.testing.assert_array_equal(context.centre_slice(st)[..., 0], v)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_average_overlaps_inverts_stacking_and_tf_twins_agree(k):
+    v = volume(6)
+    st = context.neighbour_stack(v, k)
+    np.testing.assert_allclose(context.average_overlaps(st, k), v)
+    st_tf = context.neighbour_stack_tf(tf.constant(v[..., None]), k).numpy()
+    np.testing.assert_array_equal(st_tf, st)
+    noisy = st + np.random.default_rng(0).normal(size=st.shape).astype(np.float32)
+    np.testing.assert_allclose(context.average_overlaps_tf(tf.constant(noisy), k).numpy()[..., 0],
+                               context.average_overlaps(noisy, k), rtol=1e-5, atol=1e-4)
+
+
+def test_average_overlaps_means_each_slice_predictions():
+    pred = np.zeros((3, 1, 1, 3), np.float32)
+    pred[1, ..., 0] = 3.0      # stack 1 says slice 0 is 3; stacks 0 (twice, clamped) say 0
+    assert context.average_overlaps(pred, 1)[0, 0, 0] == pytest.approx(1.0)
+
+
+def test_pack_unpack_round_trip_and_wrong_depth():
+    parts = [tf.fill([2, 4, 4, 3], float(i)) for i in range(4)]
+    batch = data.pack(*parts)
+    assert batch.shape[-1] == 12
+    for got, want in zip(data.unpack(batch, 3), parts):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    with pytest.raises(ValueError, match="1-channel images has 4 channels, got 12"):
+        data.unpack(batch, 1)
+
+
+def test_layout_defaults_stay_out_of_the_spec():
+    assert "context_slices" not in PreprocessConfig().to_dict()
+    assert "slice_axis" not in PreprocessConfig().to_dict()
+    cfg = PreprocessConfig(context_slices=2, slice_axis="coronal")
+    assert cfg.channels == 5
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.without_layout() == PreprocessConfig().without_layout()
+    with pytest.raises(ValueError, match="context_slices must be an integer >= 0"):
+        PreprocessConfig(context_slices=-1)
+    with pytest.raises(ValueError, match="slice_axis must be one of"):
+        PreprocessConfig(slice_axis="oblique")
+
+
+@pytest.fixture(scope="module")
+def stack_model(tiny_model_factory):
+    return tiny_model_factory("mrgan", channels=3)
+
+
+def test_stack_model_maps_stacks_to_stacks_and_trains(stack_model):
+    m = stack_model
+    assert m.syn_mr.input_shape == (None, 32, 32, 3) and m.syn_mr.output_shape == (None, 32, 32, 3)
+    assert m.dis_mr.paired_head.input_shape == (None, 32, 32, 6)
+    batch = tf.random.stateless_uniform([2, 32, 32, 12], [1, 2], 0, 255)
+    before = m.iteration.numpy()
+    logs = m.train_step(batch)
+    assert m.iteration.numpy() == before + 1
+    assert all(np.isfinite(v.numpy()) for v in logs.values())
+
+
+def test_records_of_another_depth_are_refused(tiny_records):
+    with pytest.raises(ValueError, match=r"context_slices=0 \(1 channels per image\) but the model takes 3 "
+                                         r"channels \(context_slices=1\)"):
+        data.training_dataset(tiny_records, "mrgan", 2, channels=3)
