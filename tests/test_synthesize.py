@@ -151,6 +151,25 @@ def test_cli(exported, tmp_path):
     assert not (tmp_path / "bad_out.nii.gz").exists()
 
 
+def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
+    import json
+    src = tmp_path / "ct.nii.gz"
+    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    cmd = [sys.executable, "-m", "mrgan_tf.synthesize", f"--model={exported}", "--noprogress", f"--ct={src}"]
+    fused = subprocess.Popen(cmd + [f"--model={exported}", "--fusion=mean", f"--out={tmp_path / 'fused.nii.gz'}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    one = subprocess.Popen(cmd + ["--fusion=median", f"--out={tmp_path / 'one.nii.gz'}"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    _, fused_err = fused.communicate(timeout=180)
+    _, one_err = one.communicate(timeout=180)
+    assert fused.returncode == 0, fused_err[-2000:]
+    sidecar = json.loads((tmp_path / "fused.nii.gz.json").read_text())
+    assert sidecar["model"]["fusion"] == "mean" and len(sidecar["model"]["models"]) == 2
+    assert sidecar["synthesis"]["fusion"]["models"] == 2
+    assert one.returncode != 0 and "--fusion=median needs at least two --model, got 1" in one_err
+    assert not (tmp_path / "one.nii.gz").exists()
+
+
 def _identity_predictor(name, cfg):
     """A test double of a generator: output = input, so the output units are exactly the mapping's."""
     return synthesize.Predictor(name, cfg, "identity", lambda x: x)
