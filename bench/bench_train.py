@@ -4,7 +4,7 @@
 
 Subcommands (``all`` runs each in its own process, after waiting for a quiet machine):
 
-* ``iteration --size full|demo --precision float32|mixed_bfloat16 [--xla]``: builds
+* ``iteration --size full|demo --precision float32|mixed_bfloat16 [--xla] [--context_slices k]``: builds
   MRGAN (mode mrgan, batch 1), compiles it as train.py does and runs Keras' own
   train function on a fixed batch: the first call (tracing), ``--warmup`` more, then
   ``--iters`` timed ones (wall and process CPU time each). Then, in the same
@@ -15,6 +15,9 @@ Subcommands (``all`` runs each in its own process, after waiting for a quiet mac
 * ``trace --size full|demo``: ops in the traced ``train_step`` (total and per type) and the
   Python tracing time.
 * ``pipeline --size N``: batches/s of ``data.training_dataset`` alone (tiny records).
+* ``context --size full|demo``: ``iteration`` with 2-D images and with 2.5D stacks
+  (``--context_slices 1``: 3 channels per image), alternating, each in its own
+  process; reports the per-iteration ratio (issue 13's target: at most 1.15x).
 * ``curves``: trains the demo config 200 steps in float32 and mixed_bfloat16 on the
   same records and seed, compares the smoothed L1 / cycle terms, writes a PNG overlay.
 """
@@ -100,8 +103,10 @@ BASELINES = {
 }
 
 
-def build_model(size: str, precision: str, xla: bool, baseline: str = "none", augment: bool = True):
-    """MRGAN as train.py builds it; ``baseline`` swaps speed-ups back out for comparison (BASELINES)."""
+def build_model(size: str, precision: str, xla: bool, baseline: str = "none", augment: bool = True,
+                context_slices: int = 0):
+    """MRGAN as train.py builds it; ``baseline`` swaps speed-ups back out for comparison (BASELINES);
+    ``context_slices`` k > 0 builds the 2.5D model (stacks of 2k+1 slices)."""
     import keras
 
     from mrgan_tf import networks
@@ -115,24 +120,24 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none", au
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     aug = AugmentConfig() if augment else AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0)
-    config = MRGANConfig(mode="mrgan", augment=aug, **SIZES[size])
+    config = MRGANConfig(mode="mrgan", augment=aug, channels=2 * context_slices + 1, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     return model
 
 
-def _batch(size: int):
+def _batch(size: int, channels: int = 1):
     import numpy as np
     import tensorflow as tf
-    return tf.constant(np.random.default_rng(0).integers(0, 256, (1, size, size, 4)).astype("float32"))
+    return tf.constant(np.random.default_rng(0).integers(0, 256, (1, size, size, 4 * channels)).astype("float32"))
 
 
 def run_iteration(a) -> dict:
     import tensorflow as tf
 
     from flops import iteration_flops
-    model = build_model(a.size, a.precision, a.xla, a.baseline)
-    it = iter(tf.data.Dataset.from_tensors(_batch(model.config.image_size)).repeat())
+    model = build_model(a.size, a.precision, a.xla, a.baseline, context_slices=a.context_slices)
+    it = iter(tf.data.Dataset.from_tensors(_batch(model.config.image_size, model.config.channels)).repeat())
     model.make_train_function()
 
     def step():
@@ -154,6 +159,7 @@ def run_iteration(a) -> dict:
     peak = {k: v["gflops"] for k, v in conv_peak((key,), reps=a.reps).items()}
     flops = iteration_flops(model)["total"]
     return {"size": a.size, "precision": a.precision, "xla": a.xla, "baseline": a.baseline,
+            "context_slices": a.context_slices,
             "augment": not model.config.augment.is_identity, "jit_compile": model.jit_compile,
             "first_step_s": first_s, "iters": a.iters, "s_per_iter_median": statistics.median(wall),
             "s_per_iter_min": min(wall), "cpu_s_per_iter_median": statistics.median(cpu),
@@ -272,6 +278,33 @@ def run_curves(a) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- 2.5D cost
+def run_context(a) -> dict:
+    """Seconds per iteration of the 2-D and the k = 1 model, alternating runs (each its own process)."""
+    os.makedirs(a.out, exist_ok=True)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(a.rounds):
+        for k in (0, 1):
+            out = os.path.join(a.out, f"context_{a.size}_k{k}_round{r}.json")
+            subprocess.run([sys.executable, __file__, "iteration", "--size", a.size, "--context_slices", str(k),
+                            "--iters", str(a.iters), "--warmup", str(a.warmup), "--reps", "1", "--json", out],
+                           cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                times[k].append(json.load(f)["s_per_iter_median"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"size": a.size, "rounds": a.rounds, "iters": a.iters, "s_per_iter": times,
+            "s_per_iter_median": med, "ratio_k1_over_2d": med[1] / med[0], "target": 1.15,
+            "cpu": _cpu_model(), "loadavg": os.getloadavg()[0]}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 # ---------------------------------------------------------------- driver
 def run_all(a) -> dict:
     """Each measurement in its own process, each after waiting for a quiet machine."""
@@ -336,6 +369,13 @@ def main(argv=None) -> int:
     it.add_argument("--warmup", type=int, default=3)
     it.add_argument("--iters", type=int, default=5)
     it.add_argument("--reps", type=int, default=3, help="conv peak repetitions per pass (best-of)")
+    it.add_argument("--context_slices", type=int, default=0, help="2.5D: k neighbours each side (2k+1 channels)")
+    cx = sub.add_parser("context")
+    cx.add_argument("--size", choices=sorted(SIZES), default="full")
+    cx.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "bench_context"))
+    cx.add_argument("--rounds", type=int, default=2, help="alternating (2-D, k=1) process pairs")
+    cx.add_argument("--iters", type=int, default=5)
+    cx.add_argument("--warmup", type=int, default=2)
     sub.add_parser("census")
     tr = sub.add_parser("trace")
     tr.add_argument("--size", choices=sorted(SIZES), default="demo")
@@ -351,14 +391,14 @@ def main(argv=None) -> int:
     al.add_argument("--only", default="", help="comma-separated job names")
     al.add_argument("--max_busy", type=float, default=1.5, help="wait while others use this many cores")
     al.add_argument("--max_wait_s", type=float, default=600)
-    for sp in (it, sub.choices["census"], tr, pl, cu):
+    for sp in (it, sub.choices["census"], tr, pl, cu, cx):
         sp.add_argument("--json", help="write the result here")
     a = p.parse_args(argv)
     if a.cmd == "all":
         run_all(a)
         return 0
     result = {"iteration": run_iteration, "census": run_census, "trace": run_trace, "pipeline": run_pipeline,
-              "curves": run_curves}[a.cmd](a)
+              "curves": run_curves, "context": run_context}[a.cmd](a)
     text = json.dumps(result, indent=1)
     if a.json:
         tmp = a.json + ".tmp"

@@ -94,7 +94,7 @@ def iteration_flops(model) -> dict:
     s = cfg.image_size
     gens = {"mr": generator_flops(model.syn_mr), "ct": generator_flops(model.syn_ct)}
     dis = {"mr": model.dis_mr, "ct": model.dis_ct}
-    paths = {(n, k): discriminator_flops(dis[n], s, k) for n in dis for k in ("unpaired", "paired")}
+    paths = {(n, k): discriminator_flops(dis[n], s, k, cfg.channels) for n in dis for k in ("unpaired", "paired")}
     back = {"mr": "ct", "ct": "mr"}
     updates = []
     for _ in range(cfg.n_iter):

@@ -299,12 +299,15 @@ def _scores(prefix: str, fns: Mapping, ref, pred, mask, pid: str, notes: list[st
 
 def grid_rows(loaded: Mapping[str, Mapping[str, Predictor]], pid: str, files: Mapping[str, str | None],
               p: TestPatient, cfg: PreprocessConfig, notes: list[str], batch_size: int = 16,
-              progress: bool = False) -> tuple[dict[str, dict[str, float]], str, tuple[float, float] | None]:
+              progress: bool = False, volumes: dict | None = None
+              ) -> tuple[dict[str, dict[str, float]], str, tuple[float, float] | None]:
     """SynthRAD metrics of every model for one patient, on its original CT and MR grids.
 
     SynMR(CT) is put on the MR's grid in the reference's units (the MR range
     the records normalised it with); SynCT(MR), in HU, on the CT's grid.
     Returns ({model: row}, mask source, the MR clip range or None when the reference MR is constant).
+    ``volumes``, when given, receives what was scored on the MR's grid (further measures,
+    figures): ``reference``, ``mask``, ``grid`` (the MR Volume) and each model's SynMR by name.
     """
     from mrgan_tf.io.readers import read_volume
     from mrgan_tf.synthesize import synthesize_volume
@@ -335,8 +338,10 @@ def grid_rows(loaded: Mapping[str, Mapping[str, Predictor]], pid: str, files: Ma
         row = {}
         if "ct2mr" in preds:
             syn_mr, _ = synthesize_volume(preds["ct2mr"], ct, batch_size, progress)   # 0-255 on the CT's grid
-            syn_mr_units = denormalise_mr(syn_mr.data / 255.0, lo, hi)
-            row = _scores("smr", mr_fns, ref_mr, _onto(syn_mr_units, ct, mr, 1, lo, mr_to_ct), mr_mask, pid, notes)
+            syn_mr_units = _onto(denormalise_mr(syn_mr.data / 255.0, lo, hi), ct, mr, 1, lo, mr_to_ct)
+            row = _scores("smr", mr_fns, ref_mr, syn_mr_units, mr_mask, pid, notes)
+            if volumes is not None:
+                volumes.update({"reference": ref_mr, "mask": mr_mask, "grid": mr, name: syn_mr_units})
         if "mr2ct" in preds:
             syn_ct, _ = synthesize_volume(preds["mr2ct"], mr, batch_size, progress)  # HU on the MR's grid
             on_ct = _onto(syn_ct.data, mr, ct, 1, AIR_HU, p.ct_to_mr)

@@ -402,6 +402,20 @@ def synthrad_mr_metrics(ref, pred, mask) -> dict[str, float]:
             "range_lo": lo, "range_hi": hi}
 
 
+def gradient_mae(ref, pred, mask, axis: int) -> float:
+    """Slice consistency: MAE between the intensity differences of neighbouring slices along ``axis``
+    of the reference and of the prediction, over neighbour pairs both inside ``mask``.
+
+    A slice-by-slice synthesis that flickers between slices has through-plane differences
+    the reference does not; this is zero only when the prediction's steps match the reference's.
+    """
+    ref, pred, m = _volume_pair(ref, pred, mask)
+    both = np.logical_and(np.take(m, range(1, m.shape[axis]), axis), np.take(m, range(m.shape[axis] - 1), axis))
+    if not both.any():
+        raise ValueError(f"no neighbouring voxel pair along axis {axis} lies inside the mask")
+    return float(np.mean(np.abs(np.diff(ref, axis=axis) - np.diff(pred, axis=axis))[both]))
+
+
 def patient_metrics(ref_255, pred_255, mask=None) -> dict[str, float]:
     """All 0-255 metrics of one patient: mae, psnr, psnr_paper, ssim (+ *_masked with a mask)."""
     out = {

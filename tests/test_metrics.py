@@ -364,3 +364,16 @@ def test_synthrad_bad_inputs_raise():
         M.synthrad_ssim(np.zeros((8, 8, 6)), np.zeros((8, 8, 6)), np.ones((8, 8, 6)))
     with pytest.raises(ValueError, match="constant"):
         M.synthrad_mr_metrics(vol, vol, np.ones(vol.shape))
+
+
+def test_gradient_mae_sees_flicker_between_slices_not_a_constant_offset():
+    ref = np.tile(np.arange(6, dtype=np.float32)[None, None, :], (4, 4, 1))      # a ramp along axis 2
+    mask = np.ones(ref.shape, bool)
+    assert M.gradient_mae(ref, ref + 7.0, mask, axis=2) == 0.0              # offset: same steps
+    flicker = ref + np.where(np.arange(6) % 2, 1.0, -1.0)[None, None, :]
+    assert M.gradient_mae(ref, flicker, mask, axis=2) == pytest.approx(2.0)
+    assert M.gradient_mae(ref, flicker, mask, axis=0) == 0.0
+    with pytest.raises(ValueError, match="no neighbouring voxel pair along axis 2"):
+        alone = np.zeros(ref.shape, bool)
+        alone[:, :, 0] = True
+        M.gradient_mae(ref, flicker, alone, axis=2)

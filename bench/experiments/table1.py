@@ -123,15 +123,23 @@ class Grid:
     def run_dir(self, mode: str, seed: int) -> str:
         return os.path.join(self.dir, mode, f"seed{seed}")
 
+    def records_for(self, run: str) -> str:
+        """The records a run trains on (one set here; other experiments give each run its own)."""
+        return self.records
+
+    def train_mode(self, run: str) -> str:
+        """The training mode of a run (here the run's name is its mode)."""
+        return run
+
     def command(self, mode: str, seed: int) -> list[str]:
         start, decay = schedule(self.steps)
-        return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.config}", f"--mode={mode}",
-                f"--records={self.records}", f"--out={self.run_dir(mode, seed)}", f"--steps={self.steps}",
+        return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.config}", f"--mode={self.train_mode(mode)}",
+                f"--records={self.records_for(mode)}", f"--out={self.run_dir(mode, seed)}", f"--steps={self.steps}",
                 f"--decay_start={start}", f"--decay_steps={decay}", f"--seed={seed}", *self.train_flags]
 
     def settings(self, mode: str, seed: int) -> dict:
         """What decides a run's result (a change means the run is redone)."""
-        spec = _read_json(os.path.join(self.records, "dataset.json"))
+        spec = _read_json(os.path.join(self.records_for(mode), "dataset.json"))
         return {"mode": mode, "seed": seed, "steps": self.steps, "config": self.config_lines,
                 "train_flags": self.train_flags, "preprocess": spec.get("preprocess")}
 
@@ -184,6 +192,25 @@ class Grid:
                              "iterations_per_second": _steady_rate(run)}
         _write_json(os.path.join(run, "experiment.json"), state)
         _say(f"[{mode} seed {seed}] done in {seconds:.0f} s")
+
+
+    def train_and_evaluate(self, seeds: Sequence[int], runs: Sequence[str], aggregate_only: bool, evaluate,
+                           eval_file: str) -> dict:
+        """Seed-major (an interrupted grid still has whole seeds): train or skip every run of a seed, then
+        ``evaluate(seed)`` once all are finished; with ``aggregate_only`` only seeds already evaluated
+        (``eval/seed<k>/<eval_file>``). Returns {seed: evaluation}."""
+        per_seed = {}
+        for seed in seeds:
+            for run in runs:
+                if self.finished(run, seed):
+                    _say(f"[{run} seed {seed}] finished earlier: skipped")
+                elif not aggregate_only:
+                    self.train(run, seed)
+            if all(self.finished(r, seed) for r in runs):
+                if aggregate_only and not os.path.isfile(os.path.join(self.dir, "eval", f"seed{seed}", eval_file)):
+                    continue
+                per_seed[seed] = evaluate(seed)
+        return per_seed
 
 
 def code_version() -> dict:
@@ -396,18 +423,8 @@ def run_experiment() -> int:
     if not FLAGS.aggregate_only:
         build_inputs(root, FLAGS.config, steps, FLAGS.workers)
     grid = Grid(root, FLAGS.name, FLAGS.config, steps, FLAGS.train_flag)
-    per_seed = {}
-    for seed in seeds:
-        for mode in modes:
-            if grid.finished(mode, seed):
-                _say(f"[{mode} seed {seed}] finished earlier: skipped")
-            elif not FLAGS.aggregate_only:
-                grid.train(mode, seed)
-        if all(grid.finished(m, seed) for m in modes):
-            if FLAGS.aggregate_only and not os.path.isfile(os.path.join(grid.dir, "eval", f"seed{seed}",
-                                                                        "metrics.json")):
-                continue
-            per_seed[seed] = evaluate_seed(grid, seed, modes)
+    per_seed = grid.train_and_evaluate(seeds, modes, FLAGS.aggregate_only, lambda s: evaluate_seed(grid, s, modes),
+                                       "metrics.json")
     if not per_seed:
         raise ExperimentError(f"{grid.dir}: no seed has all of {', '.join(modes)} trained and evaluated")
     agg = aggregate(per_seed)
@@ -417,7 +434,8 @@ def run_experiment() -> int:
     return 0
 
 
-def main(argv):
+def experiment_main(argv, run, name: str, extra_errors: tuple = ()) -> int:
+    """An experiment's main: ``run()``, with every stage's user error as one line naming the experiment."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from mrgan_tf.demo_data import DemoDataError
@@ -425,10 +443,15 @@ def main(argv):
     from mrgan_tf.export import ExportError
     from mrgan_tf.make_records import MakeRecordsError
     try:
-        return run_experiment()
-    except (ExperimentError, demo.DemoError, DemoDataError, MakeRecordsError, ExportError, EvaluationError) as e:
-        print(f"table1: error: {e}", file=sys.stderr)
+        return run()
+    except (ExperimentError, demo.DemoError, DemoDataError, MakeRecordsError, ExportError, EvaluationError,
+            *extra_errors) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv):
+    return experiment_main(argv, run_experiment, "table1")
 
 
 if __name__ == "__main__":
