@@ -60,14 +60,27 @@ def load_run_config(run_dir: str) -> dict:
 
 
 def check_resume_layout(run_dir: str, config: MRGANConfig, records: str) -> None:
-    """A run trained on stacks of another depth cannot resume on these records: refuse, naming both."""
-    if not os.path.isfile(os.path.join(run_dir, RUN_CONFIG)):
+    """A run trained on stacks of another depth, or slices of another plane, cannot resume on these
+    records: refuse, naming both (the plane is read from the run's own records, when they are still there)."""
+    from mrgan_tf.spec import DatasetSpec
+
+    path = os.path.join(run_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
         return
-    had = int(load_run_config(run_dir)["model"].get("channels", 1))
+    run_cfg = load_run_config(run_dir)
+    had = int(run_cfg["model"].get("channels", 1))
     if had != config.channels:
-        raise RunConfigError(f"{os.path.join(run_dir, RUN_CONFIG)}: the run was trained with context_slices="
-                             f"{(had - 1) // 2} ({had} channels per image) but {records} has context_slices="
-                             f"{(config.channels - 1) // 2} ({config.channels} channels); use another --out")
+        raise RunConfigError(f"{path}: the run was trained with context_slices={(had - 1) // 2} ({had} channels "
+                             f"per image) but {records} has context_slices={(config.channels - 1) // 2} "
+                             f"({config.channels} channels); use another --out")
+    try:
+        old = DatasetSpec.load(run_cfg["records"]).preprocess.slice_axis
+    except SpecError:
+        return      # the run's records moved: nothing to compare the plane with
+    new = DatasetSpec.load(records).preprocess.slice_axis
+    if old != new:
+        raise RunConfigError(f"{path}: the run was trained on {old} slices ({run_cfg['records']}) but {records} "
+                             f"holds {new} slices; use another --out")
 
 
 # tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into

@@ -83,3 +83,26 @@ def test_records_of_another_depth_are_refused(tiny_records):
     with pytest.raises(ValueError, match=r"context_slices=0 \(1 channels per image\) but the model takes 3 "
                                          r"channels \(context_slices=1\)"):
         data.training_dataset(tiny_records, "mrgan", 2, channels=3)
+
+
+def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_records):
+    import dataclasses
+    import json
+    import shutil
+
+    from mrgan_tf import checkpoints
+    from mrgan_tf.model import MRGANConfig
+    flat = MRGANConfig(image_size=32)
+    checkpoints.save_run_config(str(tmp_path / "run"), flat, tiny_records.root)
+    checkpoints.check_resume_layout(str(tmp_path / "run"), flat, tiny_records.root)    # same layout: fine
+    with pytest.raises(checkpoints.RunConfigError, match=r"run.json: the run was trained with context_slices=0 "
+                                                         r"\(1 channels per image\) but .* has context_slices=1"):
+        checkpoints.check_resume_layout(str(tmp_path / "run"), dataclasses.replace(flat, channels=3),
+                                        tiny_records.root)
+    coronal = tmp_path / "coronal"
+    shutil.copytree(tiny_records.root, coronal)
+    spec = json.loads((coronal / "dataset.json").read_text())
+    spec["preprocess"]["slice_axis"] = "coronal"
+    (coronal / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(checkpoints.RunConfigError, match=r"trained on axial slices .* holds coronal slices"):
+        checkpoints.check_resume_layout(str(tmp_path / "run"), flat, str(coronal))
