@@ -6,7 +6,8 @@ One batch carries four images packed as channels of one [B, H, W, 4C] tensor
 tf.distribute strategy, multi-worker included, on plain tensors. Each image is
 C = ``channels`` slices (1, or a 2.5D stack of 2k+1): generators map a stack to
 a stack, so the cycle's way back sees a stack too; the unpaired discriminator
-judges a stack, the paired one a (source stack, result stack) pair. Decoding to [-1, 1] and augmentation happen here, on the replica.
+judges a stack, the paired one a (source stack, result stack) pair. Decoding
+to [-1, 1] and augmentation happen here, on the replica.
 
 The mode (MR-GAN, paired-only pix2pix, unpaired-only CycleGAN) is chosen in
 one place, ``MODES``; the three rows of Table I come from this one class.

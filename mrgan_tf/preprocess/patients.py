@@ -134,8 +134,8 @@ def prepare_patient(ct: Volume | None, mr: Volume | None, mask: Volume | None,
     """Canonical, resampled, aligned, masked, mapped, fitted and quantised slices of one patient.
 
     The CT grid (after ``to_canonical`` + ``resample_to_spacing``) is the reference;
-    MR-only patients use the MR grid; slices are cut in ``cfg.slice_axis`` (``to_plane``). MR is put on the CT grid by world coordinates,
-    or by affine MI registration when ``cfg.register``.
+    MR-only patients use the MR grid; slices are cut in ``cfg.slice_axis`` (``to_plane``).
+    MR is put on the CT grid by world coordinates, or by affine MI registration when ``cfg.register``.
     """
     if ct is None and mr is None:
         raise ValueError("prepare_patient needs a CT or an MR volume")
