@@ -106,3 +106,19 @@ def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_rec
     (coronal / "dataset.json").write_text(json.dumps(spec))
     with pytest.raises(checkpoints.RunConfigError, match=r"trained on axial slices .* holds coronal slices"):
         checkpoints.check_resume_layout(str(tmp_path / "run"), flat, str(coronal))
+
+
+def test_image_panel_and_validation_show_a_stack_model_centre_slice(stack_model, tmp_path):
+    import glob
+
+    from mrgan_tf import callbacks, validation
+    fixed = {k: tf.random.stateless_uniform([2, 32, 32, 3], [i, 5], -1, 1) for i, k in enumerate(("ct", "mr"))}
+    monitor = callbacks.TrainingMonitor(str(tmp_path), 1, 1, fixed)
+    monitor.set_model(stack_model)
+    monitor.write_images(1)
+    assert glob.glob(str(tmp_path / "logs" / "train" / "events.out.tfevents.*"))
+    stacks = np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    pred = validation._predict01(stack_model.syn_mr, stacks, batch_size=2)
+    want = (context.centre_slice(stack_model.syn_mr(stacks * 2 - 1, training=False).numpy())[..., 0] + 1) / 2
+    assert pred.shape == (3, 32, 32)
+    np.testing.assert_allclose(pred, want, atol=1e-5)
