@@ -8,15 +8,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def flag_values(monkeypatch, flagfile: str) -> dict:
-    from mrgan_tf import train  # noqa: F401  (defines the flags)
+    from mrgan_tf import train
     monkeypatch.chdir(REPO)     # nested --flagfile paths are relative to the checkout
-    fv = flags.FLAGS
-    fv.unparse_flags()
-    try:
-        fv(["train", f"--flagfile={flagfile}"])
-        return {name: fv[name].value for name in fv if fv[name].present or name in ("mode", "out")}
-    finally:
-        fv.unparse_flags()
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", f"--flagfile={flagfile}"])
+    return {name: fv[name].value for name in fv if fv[name].present or name in ("mode", "out")}
 
 
 @pytest.mark.parametrize("name, differs", [
@@ -43,3 +40,19 @@ def test_synthetic_ct_config(monkeypatch):
     fv(["make_records", "--flagfile=configs/synthrad_sct_records.cfg"])
     pre = make_records.config_from_flags(fv)
     assert pre.ct_hu_range == (-1024.0, 3000.0) and pre.bits == 16 and fv.val_patients == "2"
+
+
+TRAIN_FLAGFILES = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("configs/**/*.cfg"),
+                                                           *REPO.glob("bench/experiments/configs/*.cfg")]
+                         if p.name != "synthrad_sct_records.cfg")   # make_records' flagfile, read above
+
+
+@pytest.mark.parametrize("flagfile", TRAIN_FLAGFILES)
+def test_every_train_flagfile_parses_into_a_train_config(monkeypatch, flagfile):
+    from mrgan_tf import train
+    monkeypatch.chdir(REPO)
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", f"--flagfile={flagfile}"])
+    config = train.train_config_from_flags(fv)
+    assert config.total_steps > 0 and fv["mode"].value in ("mrgan", "paired", "unpaired")
