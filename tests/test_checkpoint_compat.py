@@ -10,12 +10,18 @@ from conftest import TINY
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def one_step_model(separate_phases: bool, pool_size: int):
-    """A tiny MRGAN with its optimizers, after one step (so every optimizer slot exists)."""
+def compiled_model(separate_phases: bool, pool_size: int):
+    """A tiny MRGAN with its optimizers, as a run (re)starting builds it."""
     from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
     cfg = MRGANConfig(mode="mrgan", pool_size=pool_size, **TINY)
     model = MRGAN(cfg)
     model.compile(make_optimizers(cfg, separate_phases=separate_phases))
+    return model
+
+
+def one_step_model(separate_phases: bool, pool_size: int):
+    """After one training step: what the first checkpoint of a run holds."""
+    model = compiled_model(separate_phases, pool_size)
     batch = tf.constant(np.random.default_rng(0).integers(0, 255, (1, 32, 32, 4)), tf.uint8)
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1, steps_per_epoch=1, verbose=0)
     return model
@@ -29,7 +35,7 @@ def test_checkpoint_keys_match_the_earlier_release(tmp_path, name, separate_phas
     keys = [f"{n} {','.join(map(str, s))}" for n, s in tf.train.list_variables(prefix)]
     assert keys == (DATA / f"checkpoint_keys_{name}.txt").read_text().splitlines()
 
-    fresh = one_step_model(separate_phases, pool_size)
+    fresh = compiled_model(separate_phases, pool_size)   # a resumed run's model, before its restore
     checkpoints.checkpoint_for(fresh).restore(prefix).assert_existing_objects_matched()
     for a, b in zip(model.syn_mr.weights, fresh.syn_mr.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
