@@ -82,7 +82,9 @@ def define_field_flags(fv, cls, table: Mapping[str, Flag]) -> None:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for field, flag in table.items():
-        default, kind = fields[field].default, _flag_type(hints[field])
+        f = fields[field]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = _flag_type(hints[field])
         name = flag.name or field
         if flag.choices is not None:
             flags.DEFINE_enum(name, default, list(flag.choices), flag.help, flag_values=fv)
