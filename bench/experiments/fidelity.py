@@ -17,8 +17,9 @@ it used. Each arm and seed is evaluated alone (``<root>/<arm>/eval/seed<k>``) on
   discriminators D1-D3; ``table4``: the paper's losses (LSGAN unpaired, NLL paired)
   with D1-D5 (D1 is the default arm the optimizer grid trains); ``--table_seeds``.
 
-Order is seed-major and, within a seed, the comparisons that decide a verdict
-first, so an interrupted grid still answers something. Differences between arms
+Order: the optimizer arms, then least squares on D1 for every table seed (against
+the default arm it decides NLL vs least squares), then the rest seed-major, so an
+interrupted grid still answers something. Differences between arms
 are taken per seed (same seed = same initial weights, data order and
 augmentation) and summarised by their mean and the combined population sd of the
 two arms (as ``table1.py``); an arm "beats" another only if the mean difference
@@ -76,13 +77,18 @@ flags.DEFINE_list("table_seeds", ["0", "1"], "Seeds of Tables III and IV (--seed
 
 
 def plan(groups: Sequence[str], seeds: Sequence[int], table_seeds: Sequence[int]) -> list[tuple[str, int]]:
-    """(arm, seed) in training order: seed-major, deciding arms first, each pair once."""
+    """(arm, seed) in training order, each pair once: the optimizer arms (interleaved by seed), then
+    least squares on D1 for every seed (with the default arm it decides NLL vs least squares), then the rest seed-major."""
     wanted = {}
     for g in groups:
         for _, arm in GROUPS[g]:
             for s in (seeds if g == "optimizers" else table_seeds):
                 wanted[(arm, s)] = True
-    return sorted(wanted, key=lambda a: (a[1], ORDER.index(a[0])))
+
+    def key(a):
+        arm, seed = a
+        return (0 if arm.startswith("optim") else 1 if arm == "ls_D1" else 2, seed, ORDER.index(arm))
+    return sorted(wanted, key=key)
 
 
 def arm_stats(per_seed: Mapping[int, Mapping]) -> dict:
