@@ -56,3 +56,16 @@ def test_every_train_flagfile_parses_into_a_train_config(monkeypatch, flagfile):
     fv(["train", f"--flagfile={flagfile}"])
     config = train.train_config_from_flags(fv)
     assert config.total_steps > 0 and fv["mode"].value in ("mrgan", "paired", "unpaired")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("loss", ["nll", "lsgan"])
+def test_ablation_cells_differ_in_discriminator_and_paired_loss_only(monkeypatch, k, loss):
+    """Table IV cells are the paper's Eq. 2 with another discriminator; Table III's make the paired term LSGAN."""
+    base = flag_values(monkeypatch, "configs/mrgan.cfg")
+    cfg = flag_values(monkeypatch, f"configs/ablations/D{k}_{loss}.cfg")
+    expected = {"out": f"runs/ablation_D{k}_{loss}", "discriminator": f"D{k}", "adversarial":
+                "lsgan" if loss == "lsgan" else "paper"}
+    differs = {n: v for n, v in cfg.items() if base.get(n) != v}
+    assert differs == {n: v for n, v in expected.items() if base.get(n) != v}
+    assert {n: cfg[n] for n in expected} == expected
