@@ -11,11 +11,12 @@ import tensorflow as tf
 
 from mrgan_tf import figures
 from mrgan_tf.context import centre_slice
+from mrgan_tf.errors import UserError
 from tfrecords_tools import atomic
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """Training diverged (a NaN or infinite loss); the last good checkpoint is kept."""
 
 
 def _iteration(model) -> int:
