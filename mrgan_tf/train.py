@@ -32,9 +32,20 @@ flags.DEFINE_enum("adversarial", "paper", ["paper", "lsgan", "nll"],
                   "paper: LSGAN unpaired + NLL paired (Eq. 2); or every adversarial term LSGAN / NLL.")
 flags.DEFINE_float("cycle_weight", 10.0, "lambda in Eq. (5).")
 flags.DEFINE_float("l1_weight", 100.0, "gamma in Eq. (5).")
-flags.DEFINE_integer("n_iter", 1, "Alg. 1 n_iter: updates per phase per iteration.")
-flags.DEFINE_integer("paired_repeats", 1, "Repeat the paired phase (authors' code: 2; paper: 1).")
+flags.DEFINE_integer("n_iter", 1, "Alg. 1 n_iter: unpaired steps, then paired steps, per iteration, each on "
+                     "a fresh batch (the input pipeline delivers n_iter x batch examples an iteration).")
+flags.DEFINE_integer("paired_repeats", 1, "Repeat each paired step, discriminator and generator updates (paper: 1).")
+flags.DEFINE_integer("paired_generator_repeats", 1, "Generator updates per paired discriminator update "
+                     "(authors' code: 2; paper: 1).")
+flags.DEFINE_bool("paired_cycle", True, "MR-GAN's cycle terms in the paired phase (Eq. 3; the authors' code had "
+                  "none). The baselines keep their mode's behaviour.")
 flags.DEFINE_float("real_label", 1.0, "Real label for discriminators (authors' code: 0.9).")
+flags.DEFINE_float("paired_real_label", None, "Real label for the paired discriminators; default --real_label "
+                   "(authors' code: 1.0, smoothing only the unpaired ones).")
+flags.DEFINE_enum("generator_target", "one", ["one", "real_label"], "Least squares generator target: 1 "
+                  "(LSGAN) or the discriminator's real label (authors' code).")
+flags.DEFINE_bool("first_conv_norm", True, "Instance norm after the discriminator body's first conv "
+                  "(authors' code: none).")
 flags.DEFINE_integer("pool_size", 0, "Pool of past fakes for unpaired discriminators (authors' code: 50).")
 flags.DEFINE_bool("augment", True, "Flip / crop / rotate online (paper III.A).")
 flags.DEFINE_enum("crop_mode", "pad", ["pad", "resize"], "Random crop from the image padded or resized to S+2*margin.")
@@ -77,6 +88,9 @@ def model_config_from_flags(spec):
                        n_blocks=FLAGS.n_blocks, discriminator=FLAGS.discriminator, ndf_scale=FLAGS.ndf_scale,
                        adversarial=FLAGS.adversarial, cycle_weight=FLAGS.cycle_weight, l1_weight=FLAGS.l1_weight,
                        n_iter=FLAGS.n_iter, paired_repeats=FLAGS.paired_repeats, real_label=FLAGS.real_label,
+                       paired_generator_repeats=FLAGS.paired_generator_repeats, paired_cycle=FLAGS.paired_cycle,
+                       paired_real_label=FLAGS.paired_real_label, generator_target=FLAGS.generator_target,
+                       first_conv_norm=FLAGS.first_conv_norm,
                        pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed,
                        paired_baseline_direction=FLAGS.paired_baseline_direction)
 
@@ -177,7 +191,8 @@ def train(records: str, out: str, extra_callbacks=()) -> dict:
     replicas = strategy.num_replicas_in_sync
     # The data pipeline opens every shard set it needs: a missing one fails here, before any write.
     ds = data.training_dataset(spec, config.mode, FLAGS.batch_size * replicas, seed=FLAGS.seed,
-                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired)
+                               skip_batches=start, unpaired_from_paired=FLAGS.unpaired_from_paired,
+                               n_iter=config.n_iter)
     fixed = None
     if chief and (spec.count("paired_test") or spec.count("paired_train")):
         fixed = data.fixed_slices(spec, FLAGS.image_slices)
