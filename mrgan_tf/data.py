@@ -34,8 +34,8 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
 
     One element feeds one iteration of Algorithm 1, whose n_iter inner steps each
     sample a fresh batch (lines 3-4, 11): a distribution strategy gives each replica
-    n_iter x batch consecutive examples and ``MRGAN`` splits them into n_iter steps of
-    batch (so every step's global batch is ``global_batch_size``).
+    n_iter x batch consecutive examples, and ``MRGAN`` gives inner step i every n_iter-th
+    of them from the i-th (so every step's global batch is ``global_batch_size``).
     ``skip_batches`` (iterations done) replays the stream to where a resumed run left off (the
     streams are seeded, so the resumed run sees what the uninterrupted one would).
     ``unpaired_from_paired`` also feeds the paired training slices to the

@@ -254,7 +254,11 @@ class MRGAN(keras.Model):
         return self._format_logs(logs)
 
     def _inner_steps(self, *images):
-        """Splits the replica's batch into n_iter per-step batches (the data holds n_iter x batch examples)."""
+        """The replica's n_iter x batch examples as n_iter per-step batches: step i takes examples i, i + n, ...
+
+        Strided, not contiguous: a replica holds a contiguous chunk of the global batch, so
+        this way each step's examples across replicas are the ones one device would take.
+        """
         n = self.config.n_iter
         if n == 1:
             return [images]
@@ -262,7 +266,7 @@ class MRGAN(keras.Model):
         if size is not None and size % n:
             raise ValueError(f"a replica's batch of {size} examples does not split into n_iter={n} steps: "
                              "build the dataset with data.training_dataset(..., n_iter=n_iter)")
-        return list(zip(*(tf.split(x, n, axis=0) for x in images)))
+        return [tuple(x[i::n] for x in images) for i in range(n)]
 
     def _update(self, d: _Direction, src, real, phase: str, step: int = 0) -> dict:
         """A discriminator update then generator update(s) for one direction and phase.
