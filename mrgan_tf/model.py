@@ -46,6 +46,11 @@ PAIRED_BASELINE = {"ct2mr": ("mr",), "mr2ct": ("ct",)}
 # authors' code did (``MRIGAN.generator_loss_unpair``: (D(G(x)) - 0.9)^2).
 GENERATOR_TARGETS = ("one", "real_label")
 
+# An unpaired generator's cycle terms: its own cycle, G_back(G(src)) ~ src (Alg. 1 lines 6, 8),
+# or both, adding G(G_back(real)) ~ real, as the authors' code summed both cycles into each
+# generator's loss (``MRIGAN.cycle_consistency_loss`` in G_loss_unpair and F_loss_unpair).
+UNPAIRED_CYCLES = ("own", "both")
+
 
 @dataclasses.dataclass(frozen=True)
 class MRGANConfig:
@@ -60,12 +65,14 @@ class MRGANConfig:
     l1_weight: float = 100.0       # gamma, Eq. (5)
     n_iter: int = 1                # Alg. 1 n_iter: fresh batches, unpaired steps, then paired steps
     paired_repeats: int = 1        # repeats of the whole paired step (discriminator and generator)
-    paired_generator_repeats: int = 1   # generator updates per paired D update (authors' code: 2)
-    paired_cycle: bool = True      # MR-GAN's paired cycle terms (Eq. 3); authors' code: none
-    real_label: float = 1.0        # authors' code: 0.9 (one-sided label smoothing)
-    paired_real_label: float | None = None   # paired D's real label; None: real_label (authors': 1.0)
-    generator_target: str = "one"  # LSGAN generator target: one (Mao et al.) | real_label (authors' code)
-    first_conv_norm: bool = True   # instance norm after the discriminator body's first conv (authors': none)
+    # The authors' code (src/mrigan.py, class MRIGAN) as it differs; the defaults are the paper's.
+    paired_generator_repeats: int = 1   # generator updates per paired D update (train_step: 2)
+    paired_cycle: bool = True      # MR-GAN's paired cycle terms (Eq. 3); _pair_net has none
+    real_label: float = 1.0        # 0.9 in discriminator_loss_unpair (one-sided label smoothing)
+    paired_real_label: float | None = None   # paired D's real label, None: real_label (discriminator_loss_pair: 1.0)
+    generator_target: str = "one"  # LSGAN generator target: one (Mao et al.) | real_label (generator_loss_unpair)
+    first_conv_norm: bool = True   # norm after the discriminator body's first conv (Discriminator.share_net: none)
+    unpaired_cycle: str = "own"    # own cycle per generator (Alg. 1 lines 6, 8) | both (cycle_consistency_loss)
     pool_size: int = 0             # authors' code: 50 past fakes for the unpaired discriminators
     input_max: float = 255.0       # integer value of intensity 1.0 in the records (255 or 65535)
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
@@ -81,6 +88,8 @@ class MRGANConfig:
                              f"got {self.paired_baseline_direction!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
+        if self.unpaired_cycle not in UNPAIRED_CYCLES:
+            raise ValueError(f"unpaired_cycle must be one of {list(UNPAIRED_CYCLES)}, got {self.unpaired_cycle!r}")
         if self.generator_target not in GENERATOR_TARGETS:
             raise ValueError(f"generator_target must be one of {list(GENERATOR_TARGETS)}, "
                              f"got {self.generator_target!r}")
@@ -297,6 +306,9 @@ class MRGAN(keras.Model):
                 terms = {"adv": self.adversarial[phase][1](judge(fake))}
                 if phase == "unpaired" or self.mode.paired_cycle:
                     terms["cycle"] = cfg.cycle_weight * losses.l1(d.back(fake, training=True), src)
+                if phase == "unpaired" and cfg.unpaired_cycle == "both":
+                    terms["cycle_back"] = cfg.cycle_weight * losses.l1(
+                        d.gen(d.back(real, training=True), training=True), real)
                 if phase == "paired":
                     terms["l1"] = cfg.l1_weight * losses.l1(fake, real)
                 g_loss = tf.add_n(list(terms.values()))

@@ -46,6 +46,8 @@ flags.DEFINE_enum("generator_target", "one", ["one", "real_label"], "Least squar
                   "(LSGAN) or the discriminator's real label (authors' code).")
 flags.DEFINE_bool("first_conv_norm", True, "Instance norm after the discriminator body's first conv "
                   "(authors' code: none).")
+flags.DEFINE_enum("unpaired_cycle", "own", ["own", "both"], "An unpaired generator's cycle terms: its own "
+                  "cycle (Alg. 1) or both cycles (authors' code).")
 flags.DEFINE_integer("pool_size", 0, "Pool of past fakes for unpaired discriminators (authors' code: 50).")
 flags.DEFINE_bool("augment", True, "Flip / crop / rotate online (paper III.A).")
 flags.DEFINE_enum("crop_mode", "pad", ["pad", "resize"], "Random crop from the image padded or resized to S+2*margin.")
@@ -90,7 +92,7 @@ def model_config_from_flags(spec):
                        n_iter=FLAGS.n_iter, paired_repeats=FLAGS.paired_repeats, real_label=FLAGS.real_label,
                        paired_generator_repeats=FLAGS.paired_generator_repeats, paired_cycle=FLAGS.paired_cycle,
                        paired_real_label=FLAGS.paired_real_label, generator_target=FLAGS.generator_target,
-                       first_conv_norm=FLAGS.first_conv_norm,
+                       first_conv_norm=FLAGS.first_conv_norm, unpaired_cycle=FLAGS.unpaired_cycle,
                        pool_size=FLAGS.pool_size, input_max=spec.input_max, augment=aug, seed=FLAGS.seed,
                        paired_baseline_direction=FLAGS.paired_baseline_direction)
 

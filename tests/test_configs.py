@@ -24,7 +24,8 @@ def flag_values(monkeypatch, flagfile: str) -> dict:
     ("unpaired", {"mode": "unpaired", "out": "runs/unpaired"}),
     ("authors_code", {"out": "runs/mrgan_authors", "real_label": 0.9, "paired_real_label": 1.0,
                       "generator_target": "real_label", "pool_size": 50, "separate_phase_optimizers": True,
-                      "paired_cycle": False, "paired_generator_repeats": 2, "first_conv_norm": False}),
+                      "paired_cycle": False, "paired_generator_repeats": 2, "first_conv_norm": False,
+                      "unpaired_cycle": "both"}),
 ])
 def test_configs_nest_the_paper_settings(monkeypatch, name, differs):
     base = flag_values(monkeypatch, "configs/mrgan.cfg")
@@ -53,7 +54,7 @@ def test_authors_config_yields_the_authors_model(monkeypatch, tiny_records):
     assert eight_optimizers
     assert dataclasses.replace(paper, real_label=0.9, paired_real_label=1.0, generator_target="real_label",
                                pool_size=50, paired_cycle=False, paired_generator_repeats=2,
-                               first_conv_norm=False) == cfg
+                               first_conv_norm=False, unpaired_cycle="both") == cfg
     assert (cfg.real_label_for("unpaired"), cfg.real_label_for("paired")) == (0.9, 1.0)
     assert (cfg.paired_repeats, cfg.mode_spec.paired_cycle) == (1, False)
     assert paper == dataclasses.replace(MRGANConfig(), image_size=paper.image_size, input_max=paper.input_max)

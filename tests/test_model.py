@@ -111,7 +111,7 @@ def test_paired_baseline_for_synthetic_ct_trains_only_syn_ct(tiny_model_factory,
 
 # ---------------------------------------------------------------- the authors' variant, flag by flag
 AUTHORS = dict(paired_cycle=False, paired_generator_repeats=2, real_label=0.9, paired_real_label=1.0,
-               generator_target="real_label", first_conv_norm=False)
+               generator_target="real_label", first_conv_norm=False, unpaired_cycle="both")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,10 @@ def test_discriminator_body_first_conv_without_instance_norm(authors_step, tiny_
 
 
 def frozen_update(phase, **overrides):
-    """One eager update with learning rate 0: its logged losses are those of the networks as they are."""
+    """One eager SynMR/DisMR update with learning rate 0: its logged losses are those of the networks as they are.
+
+    Returns the logs, the model, the source and real images, and DisMR's logits for real and fake.
+    """
     from conftest import TINY
     from mrgan_tf.model import make_optimizers
     cfg = MRGANConfig(mode="mrgan", **TINY, **overrides)
@@ -177,25 +180,41 @@ def frozen_update(phase, **overrides):
     logs = model._update(model.to_mr, src=src, real=real, phase=phase)
     fake = model.syn_mr(src, training=True)
     if phase == "unpaired":
-        return logs, model.dis_mr.unpaired(real, training=True), model.dis_mr.unpaired(fake, training=True)
-    return logs, model.dis_mr.paired(src, real, training=True), model.dis_mr.paired(src, fake, training=True)
+        judged = model.dis_mr.unpaired(real, training=True), model.dis_mr.unpaired(fake, training=True)
+    else:
+        judged = model.dis_mr.paired(src, real, training=True), model.dis_mr.paired(src, fake, training=True)
+    return logs, model, src, real, *judged
 
 
 def test_lsgan_generator_target_is_the_real_label(tiny_records):
     from mrgan_tf import losses
-    logs, real, fake = frozen_update("unpaired", real_label=0.9, generator_target="real_label")
+    logs, _, _, _, real, fake = frozen_update("unpaired", real_label=0.9, generator_target="real_label")
     np.testing.assert_allclose(logs["unpaired/syn_mr_adv"], float(tf.reduce_mean((fake - 0.9) ** 2)), rtol=1e-5)
     assert abs(float(logs["unpaired/syn_mr_adv"]) - float(losses.lsgan_generator(fake))) > 1e-4
     np.testing.assert_allclose(logs["unpaired/dis_mr"], float(losses.lsgan_discriminator(real, fake, 0.9)),
                                rtol=1e-5)
-    logs, _, fake = frozen_update("unpaired", real_label=0.9)           # the paper's default: target 1
+    logs, _, _, _, _, fake = frozen_update("unpaired", real_label=0.9)   # the paper's default: target 1
     np.testing.assert_allclose(logs["unpaired/syn_mr_adv"], float(tf.reduce_mean((fake - 1.0) ** 2)), rtol=1e-5)
+
+
+def test_unpaired_generator_minimises_both_cycles(authors_step):
+    from mrgan_tf import losses
+    logs, model, src, real, _, _ = frozen_update("unpaired", unpaired_cycle="both")
+    back = model.syn_mr(model.syn_ct(real, training=True), training=True)     # MR -> SynCT -> SynMR
+    np.testing.assert_allclose(logs["unpaired/syn_mr_cycle_back"], 10.0 * float(losses.l1(back, real)), rtol=1e-5)
+    np.testing.assert_allclose(logs["unpaired/syn_mr"], sum(float(logs[f"unpaired/syn_mr_{k}"])
+                                                            for k in ("adv", "cycle", "cycle_back")), rtol=1e-5)
+    _, hist = authors_step
+    assert {"unpaired/syn_mr_cycle_back", "unpaired/syn_ct_cycle_back"} <= set(hist)
+    assert not [k for k in hist if k.startswith("paired/") and k.endswith("cycle_back")]
+    logs = frozen_update("unpaired")[0]                                  # the paper's: own cycle only
+    assert "unpaired/syn_mr_cycle_back" not in logs and "unpaired/syn_mr_cycle" in logs
 
 
 def test_paired_real_label_overrides_the_real_label(tiny_records):
     from mrgan_tf import losses
-    logs, real, fake = frozen_update("paired", real_label=0.9, paired_real_label=1.0,
-                                     generator_target="real_label")
+    logs, _, _, _, real, fake = frozen_update("paired", real_label=0.9, paired_real_label=1.0,
+                                              generator_target="real_label")
     np.testing.assert_allclose(logs["paired/dis_mr"], float(losses.nll_discriminator(real, fake, 1.0)), rtol=1e-5)
     assert abs(float(logs["paired/dis_mr"]) - float(losses.nll_discriminator(real, fake, 0.9))) > 1e-4
     np.testing.assert_allclose(logs["paired/syn_mr_adv"], float(losses.nll_generator(fake)), rtol=1e-5)  # NLL: 1
@@ -205,6 +224,8 @@ def test_paired_real_label_overrides_the_real_label(tiny_records):
 def test_authors_options_validation():
     with pytest.raises(ValueError, match="generator_target"):
         MRGANConfig(generator_target="0.9")
+    with pytest.raises(ValueError, match="unpaired_cycle must be one of"):
+        MRGANConfig(unpaired_cycle="dual")
     with pytest.raises(ValueError, match="paired_generator_repeats must be at least 1"):
         MRGANConfig(paired_generator_repeats=0)
     with pytest.raises(ValueError, match="n_iter must be at least 1"):
