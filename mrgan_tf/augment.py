@@ -17,6 +17,10 @@ import math
 import tensorflow as tf
 
 
+# "pad": translate with background fill; "resize": upscale then crop.
+CROP_MODES = ("pad", "resize")
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     flip: bool = True
@@ -26,7 +30,7 @@ class AugmentConfig:
     fill_value: float = -1.0     # background in the network's [-1, 1] range
 
     def __post_init__(self):
-        if self.crop_mode not in ("pad", "resize"):
+        if self.crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode must be 'pad' or 'resize', not {self.crop_mode!r}")
 
     @property

@@ -10,11 +10,12 @@ import numpy as np
 import tensorflow as tf
 
 from mrgan_tf import figures
+from mrgan_tf.errors import UserError
 from tfrecords_tools import atomic
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """Training diverged (a NaN or infinite loss); the last good checkpoint is kept."""
 
 
 def _iteration(model) -> int:

@@ -6,12 +6,18 @@ point is ``run = cli.entry_point(define_flags, main)``. Inside ``main``,
 ``UserError``, a corrupt record, an OS error on a path: missing file, full disk,
 a folder under a regular file) into ``tool: error: <path>: <problem>`` on stderr
 and exit code 1, without a traceback.
+
+A tool whose options are a dataclass derives their flags from it
+(``define_field_flags``): each flag's type and default are the field's, so a
+default lives in one place and a new option is one line of the tool's table.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
-from typing import Callable, Iterator
+import typing
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from mrgan_tf.errors import UserError
 
@@ -51,3 +57,43 @@ def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], in
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
         app.run(main)
     return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one dataclass field appears on the command line; its type and default are the field's."""
+    help: str
+    choices: Iterable[str] | None = None   # an enum flag: e.g. the keys of the table the field names a row of
+    name: str | None = None                # the flag's name where it is not the field's (an older name kept)
+
+
+def _flag_type(hint) -> type:
+    """``int``, ``float``, ``bool`` or ``str`` from a field's type (``int | None`` -> ``int``)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 else hint
+
+
+_DEFINE = {"bool": "DEFINE_bool", "int": "DEFINE_integer", "float": "DEFINE_float", "str": "DEFINE_string"}
+
+
+def define_field_flags(fv, cls, table: Mapping[str, Flag]) -> None:
+    """One flag per ``table`` entry (field name -> ``Flag``), typed and defaulted by that field of ``cls``."""
+    from absl import flags
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for field, flag in table.items():
+        f = fields[field]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = _flag_type(hints[field])
+        name = flag.name or field
+        if flag.choices is not None:
+            flags.DEFINE_enum(name, default, list(flag.choices), flag.help, flag_values=fv)
+        elif kind.__name__ in _DEFINE:
+            getattr(flags, _DEFINE[kind.__name__])(name, default, flag.help, flag_values=fv)
+        else:
+            raise TypeError(f"{cls.__name__}.{field}: no flag type for {kind!r}")
+
+
+def field_values(fv, table: Mapping[str, Flag]) -> dict[str, Any]:
+    """The parsed flags of ``table`` as keyword arguments of its dataclass (field name -> value)."""
+    return {field: fv[flag.name or field].value for field, flag in table.items()}

@@ -18,8 +18,8 @@ Stages (each reused when its output exists and was built with the same settings;
 8. ``<out>/report.md``: commands, times, the Table I-style comparison, the sCT row, figures, paths.
 
 ``run_demo(DemoOptions(...))`` is the importable entry point (tests use it with
-tiny networks). Flags are defined only when this module is the program, so its
-``--out``/``--steps``/``--seed`` never collide with mrgan_tf.train's.
+tiny networks). Flags are defined only when this module is the program
+(``cli.entry_point``), as for every tool.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 
-from mrgan_tf.demo_report import read_history, report_markdown, write_synthesis_png  # noqa: F401
+from mrgan_tf import cli
+from mrgan_tf.demo_report import read_history, stage_report, write_synthesis_png  # noqa: F401  (read_history: tests)
 from mrgan_tf.demo_runs import (  # noqa: F401  (_Child, _cmd_text, ...: used by bench/experiments)
     MODES, DemoError, TrainingStage, _Child, _cmd_text, _history_progress, _say, _worth_showing)
 
@@ -313,50 +314,43 @@ class Demo:
         return ct_only[0], False
 
     def stage_synthesize(self):
+        return CraniumSynthesis(self)()
+
+    # ---- 7. loss curves + report (demo_report)
+    def stage_report(self, stages: Stages):
+        return stage_report(self, stages)
+
+
+class CraniumSynthesis:
+    """Stage 6: the MR-GAN SynMR of the real Cranium CT (or the first CT-only patient) and its PNG."""
+
+    def __init__(self, demo: Demo):
+        self.d = demo
+
+    def __call__(self):
         from mrgan_tf.io.readers import find_modality_file
         from mrgan_tf.synthesize import OutputOptions, load_predictor, synthesize_file
-        pid, real = self.cranium_patient()
-        ct = str(find_modality_file(Path(self.data) / pid, "ct"))
-        out = os.path.join(self.out, SYN_NAME if real else f"{pid}_syn_mr.nii.gz")
+        pid, real = self.d.cranium_patient()
+        ct = str(find_modality_file(Path(self.d.data) / pid, "ct"))
+        out = os.path.join(self.d.out, SYN_NAME if real else f"{pid}_syn_mr.nii.gz")
         png = out.replace(".nii.gz", ".png")
-        model = os.path.join(self.runs["mrgan"], "export")
+        model = os.path.join(self.d.runs["mrgan"], "export")
         cmd = [f"python -m mrgan_tf.synthesize --model={model} --ct={ct} --out={out}"]
-        self.syn = {"patient": pid, "real": real, "ct": ct, "out": out, "png": png}
-        key = {"model": self.exports["mrgan"]["ct2mr"], "ct": ct}
-        if self._reuse("synthesize", key, os.path.isfile(out) and os.path.isfile(png)):
+        self.d.syn = {"patient": pid, "real": real, "ct": ct, "out": out, "png": png}
+        key = {"model": self.d.exports["mrgan"]["ct2mr"], "ct": ct}
+        if self.d._reuse("synthesize", key, os.path.isfile(out) and os.path.isfile(png)):
             _say(f"reusing {out}")
             return "reused", cmd
         if not real:
-            _say(f"WARNING: the real Cranium CT is not in {self.data}; using simulated CT {pid}")
+            _say(f"WARNING: the real Cranium CT is not in {self.d.data}; using simulated CT {pid}")
         predictor = load_predictor(model, "ct2mr")
         info = synthesize_file(predictor, ct, out, options=OutputOptions(overwrite=True))   # a rebuild replaces it
         _say(f"{out}: {info['slices']} slices in {info['total_s']:.1f} s (model {info['model_s']:.1f} s)")
         write_synthesis_png(ct, out, png, predictor.preprocess,
                             title=f"{pid}{' (real Cranium CT)' if real else ''}: CT | SynMR (MR-GAN)")
         _say(f"wrote {png}")
-        self.state.record("synthesize", key)
+        self.d.state.record("synthesize", key)
         return "built", cmd
-
-    # ---- loss curves + report
-    def stage_report(self, stages: Stages):
-        from mrgan_tf import figures
-        os.makedirs(self.figures, exist_ok=True)
-        for mode in MODES:
-            curves = read_history(os.path.join(self.runs[mode], "history.csv"))
-            if curves:
-                self.loss_pngs[mode] = figures.loss_curves(os.path.join(self.figures, f"loss_{mode}.png"), curves,
-                                                           title=f"{mode}: training losses", smooth=0.6)
-        from mrgan_tf import tissue_contrast
-        self.contrast_md = tissue_contrast.demo_markdown(self.data, os.path.join(self.runs["mrgan"], "export"))
-        _say(self.contrast_md)
-        path = os.path.join(self.out, "report.md")
-        from tfrecords_tools.writer import atomic_write_text
-        atomic_write_text(path, self.report(stages))
-        _say(f"wrote {path}")
-        return "built", []
-
-    def report(self, stages: Stages) -> str:
-        return report_markdown(self, stages)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -387,53 +381,41 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             "stages": stages.rows, "options": dataclasses.asdict(opts)}
 
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    """Only when run as a program: mrgan_tf.train (imported in tests) defines --out/--steps/--seed too."""
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """CLI flags, defined only when run as a program (its --out/--steps/--seed are not the trainer's)."""
     d = DemoOptions()
-    flags.DEFINE_string("out", d.out, "Demo output folder.")
-    flags.DEFINE_bool("rebuild", False, "Redo every stage instead of reusing what is built.")
-    flags.DEFINE_integer("steps", None, "Training iterations per mode (default: configs/demo.cfg's --steps).")
+    flags.DEFINE_string("out", d.out, "Demo output folder.", flag_values=fv)
+    flags.DEFINE_bool("rebuild", False, "Redo every stage instead of reusing what is built.", flag_values=fv)
+    flags.DEFINE_integer("steps", None, "Training iterations per mode (default: configs/demo.cfg's --steps).",
+                         flag_values=fv)
     flags.DEFINE_float("size_scale", d.size_scale, "Demo data resolution: voxel size 2 mm / size_scale; "
-                       "also scales the slice size (128 px at 1).")
-    flags.DEFINE_integer("seed", d.seed, "Seed of the demo data and of training.")
-    flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).")
-    flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).")
-    flags.DEFINE_float("spacing_mm", None, "Records voxel size (default: the demo data's).")
-    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records (slower).")
-    flags.DEFINE_multi_string("train_flag", [], "Extra train flag, e.g. --train_flag=--ngf=8 (repeatable).")
-    flags.DEFINE_integer("jobs", d.jobs, "Trainings run at once.")
-    flags.DEFINE_integer("workers", d.workers, "make_records worker processes.")
+                       "also scales the slice size (128 px at 1).", flag_values=fv)
+    flags.DEFINE_integer("seed", d.seed, "Seed of the demo data and of training.", flag_values=fv)
+    flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).", flag_values=fv)
+    flags.DEFINE_float("spacing_mm", None, "Records voxel size (default: the demo data's).", flag_values=fv)
+    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records (slower).",
+                      flag_values=fv)
+    flags.DEFINE_multi_string("train_flag", [], "Extra train flag, e.g. --train_flag=--ngf=8 (repeatable).",
+                              flag_values=fv)
+    flags.DEFINE_integer("jobs", d.jobs, "Trainings run at once.", flag_values=fv)
+    flags.DEFINE_integer("workers", d.workers, "make_records worker processes.", flag_values=fv)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, below
-    opts = DemoOptions(out=FLAGS.out, rebuild=FLAGS.rebuild, steps=FLAGS.steps, size_scale=FLAGS.size_scale,
-                       seed=FLAGS.seed, config=FLAGS.config, image_size=FLAGS.image_size,
-                       spacing_mm=FLAGS.spacing_mm, register=FLAGS.register, train_flags=tuple(FLAGS.train_flag),
-                       jobs=FLAGS.jobs, workers=FLAGS.workers)
-    from mrgan_tf.demo_data import DemoDataError
-    from mrgan_tf.evaluate import EvaluationError
-    from mrgan_tf.export import ExportError
-    from mrgan_tf.io.volumes import VolumeError
-    from mrgan_tf.make_records import MakeRecordsError
-    from mrgan_tf.synthesize import SynthesisError
-    try:
-        run_demo(opts)
-    except (DemoError, DemoDataError, MakeRecordsError, ExportError, EvaluationError, SynthesisError,
-            VolumeError) as e:
-        print(f"demo: error: {e}", file=sys.stderr)
-        return 1
+    fv = flags.FLAGS
+    with cli.user_errors("demo"):
+        run_demo(DemoOptions(out=fv.out, rebuild=fv.rebuild, steps=fv.steps, size_scale=fv.size_scale,
+                             seed=fv.seed, config=fv.config, image_size=fv.image_size, spacing_mm=fv.spacing_mm,
+                             register=fv.register, train_flags=tuple(fv.train_flag), jobs=fv.jobs,
+                             workers=fv.workers))
     return 0
 
 
-def run():
-    _define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,10 +34,11 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from mrgan_tf import cli
 from mrgan_tf.errors import UserError
 from mrgan_tf.io.invesalius import read_inv3
 from mrgan_tf.io.readers import write_nifti
-from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.volumes import Volume
 from tfrecords_tools.atomic import swap_in_directory
 
 log = logging.getLogger(__name__)
@@ -524,39 +524,34 @@ def build_demo_dataset(out_dir, seed: int = 0, n_paired_train: int = 4, n_paired
 
 # --------------------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    """Flags are defined only when this module is the program (see run), so that other
-    CLIs (e.g. the end-to-end demo) can import build_demo_dataset and define their own
-    --out/--seed without a duplicate-flag error."""
-    flags.DEFINE_string("out", None, "Output folder (must be empty or absent unless --overwrite).")
-    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical arrays.")
-    flags.DEFINE_integer("n_paired_train", 4, "Paired CT/MR training patients.")
-    flags.DEFINE_integer("n_paired_test", 2, "Paired CT/MR test patients (base anatomy unseen in training).")
-    flags.DEFINE_integer("n_unpaired_ct", 3, "CT-only training patients (the first is the real Cranium CT).")
-    flags.DEFINE_integer("n_unpaired_mr", 3, "MR-only training patients.")
-    flags.DEFINE_float("size_scale", 1.0, "Resolution factor: voxel size is 2 mm / size_scale.")
-    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder.")
-    flags.mark_flag_as_required("out")
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """CLI flags, defined only when run as a program, so that other CLIs (e.g. the end-to-end demo) can
+    import build_demo_dataset and define their own --out/--seed."""
+    flags.DEFINE_string("out", None, "Output folder (must be empty or absent unless --overwrite).", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical arrays.", flag_values=fv)
+    flags.DEFINE_integer("n_paired_train", 4, "Paired CT/MR training patients.", flag_values=fv)
+    flags.DEFINE_integer("n_paired_test", 2, "Paired CT/MR test patients (base anatomy unseen in training).",
+                         flag_values=fv)
+    flags.DEFINE_integer("n_unpaired_ct", 3, "CT-only training patients (the first is the real Cranium CT).",
+                         flag_values=fv)
+    flags.DEFINE_integer("n_unpaired_mr", 3, "MR-only training patients.", flag_values=fv)
+    flags.DEFINE_float("size_scale", 1.0, "Resolution factor: voxel size is 2 mm / size_scale.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out folder.", flag_values=fv)
+    flags.mark_flag_as_required("out", flag_values=fv)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        summary = build_demo_dataset(
-            FLAGS.out, FLAGS.seed, FLAGS.n_paired_train, FLAGS.n_paired_test, FLAGS.n_unpaired_ct,
-            FLAGS.n_unpaired_mr, FLAGS.size_scale, FLAGS.overwrite)
-    except (DemoDataError, VolumeError) as e:
-        sys.exit(f"error: {e}")
-    print(f"wrote {len(summary['patients'])} patients ({summary['total_bytes'] / 1e6:.1f} MB) to {FLAGS.out}")
+    fv = flags.FLAGS
+    with cli.user_errors("demo_data"):
+        summary = build_demo_dataset(fv.out, fv.seed, fv.n_paired_train, fv.n_paired_test, fv.n_unpaired_ct,
+                                     fv.n_unpaired_mr, fv.size_scale, fv.overwrite)
+    print(f"wrote {len(summary['patients'])} patients ({summary['total_bytes'] / 1e6:.1f} MB) to {fv.out}")
+    return 0
 
 
-def run():
-    _define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import os
 import re
 
-from mrgan_tf.demo_runs import MODES, DemoError
+from mrgan_tf.demo_runs import MODES, DemoError, _say
 
 
 def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -131,3 +131,21 @@ def _test_patients(records: str) -> list[str]:
         return list(json.load(f)["split"]["test"])
 
 
+
+
+def stage_report(demo, stages) -> tuple[str, list]:
+    """The demo's last stage: loss-curve PNGs, the tissue-contrast table, then report.md."""
+    from mrgan_tf import figures, tissue_contrast
+    from tfrecords_tools.writer import atomic_write_text
+    os.makedirs(demo.figures, exist_ok=True)
+    for mode in MODES:
+        curves = read_history(os.path.join(demo.runs[mode], "history.csv"))
+        if curves:
+            demo.loss_pngs[mode] = figures.loss_curves(os.path.join(demo.figures, f"loss_{mode}.png"), curves,
+                                                       title=f"{mode}: training losses", smooth=0.6)
+    demo.contrast_md = tissue_contrast.demo_markdown(demo.data, os.path.join(demo.runs["mrgan"], "export"))
+    _say(demo.contrast_md)
+    path = os.path.join(demo.out, "report.md")
+    atomic_write_text(path, report_markdown(demo, stages))
+    _say(f"wrote {path}")
+    return "built", []

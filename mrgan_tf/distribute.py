@@ -1,16 +1,47 @@
 """Picks the tf.distribute strategy: one device, several local devices, or several workers."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import tensorflow as tf
 from absl import flags
 
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
-                  "default: one device; mirrored: all local GPUs (or --cpu_devices logical CPUs); "
-                  "multiworker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG.")
-flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (0: leave it), so "
-                     "MirroredStrategy can run on a machine without GPUs (tests, debugging).")
+from mrgan_tf import cli
+from mrgan_tf.errors import UserError
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+class DistributeError(UserError, ValueError):
+    """A strategy that cannot run here (unknown, or multi-worker without a cluster)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    strategy: str = "default"    # one of STRATEGIES
+    cpu_devices: int = 0         # logical CPUs to split the CPU into (0: leave it)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise DistributeError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+DISTRIBUTE_FLAGS = {
+    "strategy": cli.Flag("default: one device; mirrored: all local GPUs (or --cpu_devices logical CPUs); "
+                         "multiworker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG.", STRATEGIES),
+    "cpu_devices": cli.Flag("Split the CPU into this many logical devices (0: leave it), so "
+                            "MirroredStrategy can run on a machine without GPUs (tests, debugging)."),
+}
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """--strategy and --cpu_devices, for the tools that train (called by their ``define_flags``)."""
+    cli.define_field_flags(fv, DistributeConfig, DISTRIBUTE_FLAGS)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> DistributeConfig:
+    return DistributeConfig(**cli.field_values(fv, DISTRIBUTE_FLAGS))
 
 
 def split_cpu(n: int) -> None:
@@ -23,7 +54,7 @@ def split_cpu(n: int) -> None:
 def make_strategy(kind: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
     if kind == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy=multiworker needs TF_CONFIG (cluster and task) in the environment")
+            raise DistributeError("--strategy=multiworker needs TF_CONFIG (cluster and task) in the environment")
         split_cpu(cpu_devices)
         return tf.distribute.MultiWorkerMirroredStrategy()
     split_cpu(cpu_devices)

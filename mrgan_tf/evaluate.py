@@ -124,12 +124,12 @@ def _transform(values) -> np.ndarray | None:
 def load_root_patients(root: str, cfg: PreprocessConfig, skip_missing: bool = False) -> dict[str, TestPatient]:
     """Every patient of a dataset root with a CT and an MR, prepared as make_records does (kept slices)."""
     from mrgan_tf.io.readers import read_volume
-    from mrgan_tf.make_records import MakeRecordsError, discover_patients
+    from mrgan_tf.io.layout import LayoutError, discover_patients
     from mrgan_tf.preprocess import prepare_patient
 
     try:
         found = discover_patients(root)
-    except MakeRecordsError as e:
+    except LayoutError as e:
         raise EvaluationError(str(e)) from None
     out = {}
     for pid, f in found.items():
@@ -235,11 +235,11 @@ def source_root(dataset: str, records: bool, root: str | None = None) -> str:
 
 def original_files(root: str, patient_ids) -> dict[str, dict[str, str | None]]:
     """{patient: {ct, mr, mask}} paths in the dataset root; every test patient needs a CT and an MR there."""
-    from mrgan_tf.make_records import MakeRecordsError, discover_patients
+    from mrgan_tf.io.layout import LayoutError, discover_patients
 
     try:
         found = discover_patients(root)
-    except MakeRecordsError as e:
+    except LayoutError as e:
         raise EvaluationError(str(e)) from None
     out = {}
     for pid in patient_ids:
@@ -486,6 +486,17 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     (the paper's conventions) and, with ``grid_metrics``, ``"synthrad": {"per_patient", "summary",
     "mask_source", "notes", "root"}`` (SynthRAD's, on the original grid; original volumes from ``root``
     or, for records, the dataset root they were made from).
+
+    Args:
+        models: ``{name: path}`` of run directories or SavedModel exports, compared side by side.
+        dataset: a records directory (its paired_test set) or a dataset root.
+        out_dir: where metrics.md/.csv/.json and the figures go.
+        batch_size: slices per model call.
+        skip_missing: in a dataset root, skip patients without a reference MR (default: an error).
+        fig_slices: slices per patient in Figs. 5 and 7.
+        progress: show progress bars.
+        root: the dataset root holding the test patients' original volumes (SynthRAD's metrics).
+        grid_metrics: also score SynthRAD's metrics on each patient's original grid.
     """
     if not models:
         raise EvaluationError("no model to evaluate")

@@ -46,6 +46,9 @@ ADVERSARIAL = {
     "nll": (nll_discriminator, nll_generator),
 }
 
+# --adversarial: "paper" (Eq. 2: LSGAN unpaired, NLL paired) or one loss for every term.
+ADVERSARIAL_CHOICES = ("paper", *ADVERSARIAL)
+
 
 def adversarial_kinds(choice: str) -> dict[str, str]:
     """Which adversarial loss each phase uses: "paper" = LSGAN unpaired, NLL paired (Eq. 2)."""

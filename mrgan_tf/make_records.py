@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import csv
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -26,13 +24,16 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from absl import app, flags, logging
 
-from mrgan_tf import plausibility
-from mrgan_tf.io.readers import find_modality_file, read_volume
+from mrgan_tf import cli, plausibility
+from mrgan_tf.errors import UserError
+from mrgan_tf.io.layout import SPLITS, LayoutError, PatientTask, holds_records, plan_patients, unsupported_inputs
+from mrgan_tf.io.problems import split
+from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.plausibility import PlausibilityConfig
 from mrgan_tf.preprocess import PreprocessConfig, prepare_patient
@@ -40,14 +41,7 @@ from mrgan_tf.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
 from tfrecords_tools import atomic
 
 SUMMARY_NAME = "summary.json"
-ROLES = ("paired", "ct", "mr")
-SPLITS = ("train", "test", "val")
-MANIFEST_COLUMNS = ("patient_id", "role", "split")
 ON_ERROR = ("fail", "skip")
-# Which modalities each role reads and which shard set a (role, split) goes to.
-ROLE_MODALITIES = {"paired": ("ct", "mr"), "ct": ("ct",), "mr": ("mr",)}
-SET_OF = {("paired", "train"): "paired_train", ("paired", "test"): "paired_test", ("paired", "val"): "paired_val",
-          ("ct", "train"): "unpaired_ct", ("mr", "train"): "unpaired_mr"}
 SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
               "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask"),
               "paired_val": ("ct", "mr", "mask")}
@@ -58,198 +52,8 @@ COMPRESSION_LEVEL = 1
 _PATIENT_ERRORS = (VolumeError, ValueError, OSError)
 
 
-class MakeRecordsError(ValueError):
+class MakeRecordsError(UserError, ValueError):
     """Bad input or configuration; the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclasses.dataclass
-class PatientTask:
-    """One patient to convert: which files, which role and split."""
-
-    patient_id: str
-    role: str
-    split: str
-    ct: str | None
-    mr: str | None
-    mask: str | None
-    warnings: tuple[str, ...] = ()   # accepted folder problems (e.g. a file no reader takes)
-
-    @property
-    def set_name(self) -> str:
-        return SET_OF[(self.role, self.split)]
-
-
-@dataclasses.dataclass
-class _Found:
-    """What a patient folder holds (paths, or the error that made it unusable)."""
-
-    folder: Path
-    files: dict[str, Path | None]
-    error: str | None = None
-    warnings: tuple[str, ...] = ()
-
-
-def discover_patients(root: str | os.PathLike, accept: Sequence[str] = ()) -> dict[str, _Found]:
-    """Patient folders of ``root`` (sorted; hidden entries and plain files ignored).
-
-    An image file in a patient folder that no reader takes (``ct.img``, a loose ``.dcm``)
-    makes the folder unusable unless ``accept`` holds ``unsupported_file`` (then a warning)."""
-    root = Path(root)
-    if not root.exists():
-        raise MakeRecordsError(f"{root}: --root does not exist")
-    if not root.is_dir():
-        raise MakeRecordsError(f"{root}: --root is not a directory")
-    # A records directory written into the root by an earlier run is not a patient.
-    folders = sorted(p for p in root.iterdir()
-                     if not p.name.startswith(".") and p.is_dir() and not _holds_records(p))
-    if not folders:
-        what = "is empty" if not any(root.iterdir()) else "has no patient folders (<root>/<patient_id>/ct.nii.gz ...)"
-        raise MakeRecordsError(f"{root}: --root {what}")
-    found = {}
-    for folder in folders:
-        try:
-            files = {m: find_modality_file(folder, m) for m in ("ct", "mr", "mask")}
-        except VolumeError as e:
-            found[folder.name] = _Found(folder, {}, str(e))
-            continue
-        error = None
-        errors, warnings = plausibility.split(plausibility.unsupported_inputs(folder), accept)
-        if errors:
-            found[folder.name] = _Found(folder, files, "; ".join(map(str, errors)))
-            continue
-        if files["ct"] is None and files["mr"] is None:
-            error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
-                    ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
-        found[folder.name] = _Found(folder, files, error, tuple(f"{w} (accepted: left out)" for w in warnings))
-    return found
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
-    """``{patient_id: (role, split)}`` from a CSV with columns patient_id,role,split (extra columns ignored)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            header = rows and list(rows[0].keys())
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise MakeRecordsError(f"{path}: cannot read manifest ({e})") from None
-    if not rows:
-        raise MakeRecordsError(f"{path}: manifest has no rows (expected columns {','.join(MANIFEST_COLUMNS)})")
-    missing = [c for c in MANIFEST_COLUMNS if c not in header]
-    if missing:
-        raise MakeRecordsError(f"{path}: manifest lacks column(s) {missing}; has {header}")
-    out: dict[str, tuple[str, str]] = {}
-    for line, row in enumerate(rows, start=2):
-        pid, role, split = ((row.get(c) or "").strip() for c in MANIFEST_COLUMNS)
-        if not (pid or role or split):
-            continue
-        if not pid:
-            raise MakeRecordsError(f"{path}:{line}: empty patient_id")
-        if role not in ROLES:
-            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} has role {role!r}, expected one of {ROLES}")
-        if split not in SPLITS:
-            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} has split {split!r}, expected one of {SPLITS}")
-        if pid in out:
-            raise MakeRecordsError(f"{path}:{line}: patient {pid!r} is listed twice")
-        out[pid] = (role, split)
-    return out
-
-
-def _hash_order(ids: Iterable[str], seed: int) -> list[str]:
-    """Ids in a seeded pseudo-random but reproducible order (independent of listing order)."""
-    return sorted(ids, key=lambda pid: (hashlib.sha256(f"{seed}:{pid}".encode()).hexdigest(), pid))
-
-
-def choose_test_patients(paired: Sequence[str], test_patients: int | Sequence[str], seed: int = 0,
-                         flag: str = "--test_patients", what: str = "test") -> list[str]:
-    """The paired patients held out for testing (or, with ``flag``/``what``, validation):
-    a count (seeded hash order) or explicit ids."""
-    if isinstance(test_patients, (int, np.integer)):
-        n = int(test_patients)
-        if n < 0:
-            raise MakeRecordsError(f"{flag} must be >= 0, got {n}")
-        if n > len(paired) and paired:
-            raise MakeRecordsError(f"{flag}={n} but only {len(paired)} paired patient(s) exist")
-        return sorted(_hash_order(paired, seed)[:n])
-    ids = list(dict.fromkeys(test_patients))
-    not_paired = [pid for pid in ids if pid not in paired]
-    if not_paired:
-        raise MakeRecordsError(f"{flag}: {not_paired} not paired patient(s) (unknown, or CT or MR missing; "
-                               f"{what} patients need both); paired: {sorted(paired)}")
-    return sorted(ids)
-
-
-def choose_val_patients(candidates: Sequence[str], val_patients: int | Sequence[str], seed: int = 0,
-                        test: Iterable[str] = ()) -> list[str]:
-    """Paired patients held out for validation (model selection), disjoint from the test patients."""
-    if not isinstance(val_patients, (int, np.integer)):
-        overlap = sorted(set(val_patients) & set(test))
-        if overlap:
-            raise MakeRecordsError(f"--val_patients: {overlap} are test patients; selecting a model on test "
-                                   "patients is leakage (choose other patients)")
-    return choose_test_patients(candidates, val_patients, seed + 1, flag="--val_patients", what="validation")
-
-
-def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
-                  manifest: str | os.PathLike | None = None, val_patients: int | Sequence[str] = 0,
-                  accept: Sequence[str] = ()) -> tuple[list[PatientTask], dict[str, str], list[str]]:
-    """Decide role and split of every patient folder.
-
-    Returns (tasks, failed {id: error} for folders unusable as found, unlisted ids
-    left out because the manifest does not name them).
-    """
-    found = discover_patients(root, accept)
-    failed = {pid: f.error for pid, f in found.items() if f.error}
-    usable = {pid: f for pid, f in found.items() if not f.error}
-
-    def has(pid: str, modality: str) -> bool:
-        return usable[pid].files.get(modality) is not None
-
-    unlisted: list[str] = []
-    if manifest is not None:
-        listed = read_manifest(manifest)
-        unknown = sorted(set(listed) - set(found))
-        if unknown:
-            raise MakeRecordsError(f"{manifest}: unknown patient(s) {unknown}: no such folder in {root}")
-        unlisted = sorted(set(found) - set(listed))
-        roles = {}
-        for pid, (role, split) in listed.items():
-            if pid in failed:
-                continue
-            lacking = [m for m in ROLE_MODALITIES[role] if not has(pid, m)]
-            if lacking:
-                raise MakeRecordsError(f"{manifest}: patient {pid!r} has role {role!r} but "
-                                       f"{usable[pid].folder} has no {' or '.join(lacking).upper()}")
-            if split in ("test", "val") and role != "paired":
-                what = "test" if split == "test" else "validation"
-                raise MakeRecordsError(f"{manifest}: patient {pid!r} is a {what} patient with role {role!r}; "
-                                       f"{what} patients must be paired")
-            roles[pid] = (role, split)
-        for pid in unlisted:
-            failed.pop(pid, None)
-    else:
-        auto = {pid: "paired" if has(pid, "ct") and has(pid, "mr") else ("ct" if has(pid, "ct") else "mr")
-                for pid in usable}
-        paired = sorted(pid for pid, r in auto.items() if r == "paired")
-        test = set(choose_test_patients(paired, test_patients, split_seed))
-        val = set(choose_val_patients([p for p in paired if p not in test], val_patients, split_seed, test))
-        roles = {pid: (role, "test" if pid in test else "val" if pid in val else "train")
-                 for pid, role in auto.items()}
-    tasks = []
-    for pid in sorted(roles):
-        role, split = roles[pid]
-        files = usable[pid].files
-        wanted = ROLE_MODALITIES[role] + ("mask",)
-        paths = {m: (str(files[m]) if m in wanted and files.get(m) is not None else None) for m in ("ct", "mr", "mask")}
-        tasks.append(PatientTask(pid, role, split, **paths, warnings=usable[pid].warnings))
-    if not any(t.role == "paired" for t in tasks):
-        logging.warning("no paired patients: paired_train and paired_test will be empty")
-    elif not any(t.set_name == "paired_train" for t in tasks):
-        logging.warning("every paired patient is a test patient: paired_train will be empty")
-    return tasks, failed, unlisted
 
 
 # --------------------------------------------------------------------------- worker
@@ -298,7 +102,7 @@ def _read_checked(task: PatientTask, checks: PlausibilityConfig) -> tuple[dict, 
             vols[m] = plausibility.remove_unsigned_offset(vols[m], offset)
             found = [p for p in found if p.kind != plausibility.UNSIGNED_CT] + plausibility.check_volume(vols[m], m)
         problems += found
-    errors, accepted = plausibility.split(problems, checks.accept)
+    errors, accepted = split(problems, checks.accept)
     if errors:
         raise plausibility.ImplausibleInput(errors)
     return vols, accepted, offset
@@ -453,10 +257,6 @@ def _patient_entry(task: PatientTask, result: PatientResult | None, error: str |
 # --------------------------------------------------------------------------- output directory
 
 
-def _holds_records(path: Path) -> bool:
-    return (path / SPEC_NAME).exists() or any(p.name.endswith(".shards.json") for p in path.iterdir())
-
-
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse to clobber records without --overwrite, and anything that is not a records directory."""
     if not out.exists():
@@ -469,7 +269,7 @@ def check_output(out: Path, overwrite: bool) -> None:
         return
     if not out.is_dir():
         raise MakeRecordsError(f"{out}: --out exists and is not a directory")
-    if _holds_records(out):
+    if holds_records(out):
         if not overwrite:
             raise MakeRecordsError(f"{out}: already holds records; pass --overwrite to replace them")
     elif any(out.iterdir()):
@@ -488,11 +288,24 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                  checks: PlausibilityConfig = PlausibilityConfig()) -> dict[str, Any]:
     """Convert ``root`` into the records directory ``out``; returns the summary dict.
 
-    ``checks`` says which plausibility problems are accepted as warnings (``plausibility``).
+    With workers, the caller's script needs the ``if __name__ == "__main__":`` guard
+    (spawned processes). Raises MakeRecordsError (or VolumeError) naming the file on bad
+    input; nothing is left in ``out`` then.
 
-    ``workers=0`` converts in this process (debugging, tests); with workers, the caller's
-    script needs the ``if __name__ == "__main__":`` guard (spawned processes). Raises MakeRecordsError
-    (or VolumeError) naming the file on bad input; nothing is left in ``out`` then.
+    Args:
+        root: the dataset root, ``<root>/<patient_id>/{ct,mr,mask}`` (``io.layout``).
+        out: the records directory to write (created; replaced only with ``overwrite``).
+        cfg: preprocessing (default ``PreprocessConfig()``); written to ``dataset.json``.
+        test_patients: a count of paired patients held out (seeded hash order) or their ids.
+        split_seed: seed of that choice.
+        val_patients: a count or ids of paired validation patients (disjoint from the test ones).
+        manifest: a CSV patient_id,role,split that decides roles and the split instead.
+        on_error: "fail" at the first bad patient, or "skip" it (listed in the summary).
+        overwrite: replace an existing records directory.
+        workers: worker processes preparing patients (0: in this process; debugging, tests).
+        examples_per_shard: records per shard file.
+        progress: show a progress bar.
+        checks: which plausibility problems are accepted as warnings (``plausibility``).
     """
     start = time.perf_counter()
     cfg = cfg or PreprocessConfig()
@@ -503,8 +316,11 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     out = Path(out).absolute()
     check_output(out, overwrite)
     atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
-    tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
-                                            manifest=manifest, val_patients=val_patients, accept=checks.accept)
+    try:
+        tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
+                                                manifest=manifest, val_patients=val_patients, accept=checks.accept)
+    except LayoutError as e:
+        raise MakeRecordsError(str(e)) from None
     if failed and on_error == "fail":
         raise MakeRecordsError(next(iter(failed.values())))
     if not tasks:
@@ -552,7 +368,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
             raise MakeRecordsError(f"{root}: no slices written (failed patients: {sorted(failed) or 'none'}; "
                                    f"slices need a body mask covering >= min_foreground={cfg.min_foreground})")
         for pid, error in failed.items():  # folders that failed before conversion
-            unsupported = plausibility.split(plausibility.unsupported_inputs(Path(root) / pid), checks.accept)[0]
+            unsupported = split(unsupported_inputs(Path(root) / pid), checks.accept)[0]
             patients.setdefault(pid, {"error": error, **({"problems": sorted({p.kind for p in unsupported})}
                                                          if unsupported else {})})
         ok = [t for t in tasks if t.patient_id not in failed]
@@ -767,7 +583,7 @@ def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[
     return ids
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
@@ -776,26 +592,18 @@ def main(argv: Sequence[str]) -> None:
             raise app.UsageError(f"--{name} is required")
     if fv["manifest"].present and fv["test_patients"].present:
         logging.warning("--manifest given: its split column decides the test patients; --test_patients ignored")
-    try:
+    with cli.user_errors("make_records"):
         summary = make_records(fv.root, fv.out, config_from_flags(fv),
                                test_patients=parse_test_patients(fv.test_patients), split_seed=fv.split_seed,
                                val_patients=parse_test_patients(fv.val_patients, "--val_patients"),
                                manifest=fv.manifest, on_error=fv.on_error, overwrite=fv.overwrite,
                                workers=fv.workers, examples_per_shard=fv.examples_per_shard,
                                checks=checks_from_flags(fv))
-    except (MakeRecordsError, VolumeError) as e:
-        print(f"make_records: error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(format_summary(summary))
+    return 0
 
 
-def run() -> None:
-    """Console entry point."""
-    before = set(flags.FLAGS)
-    define_flags()
-    for name in sorted(set(flags.FLAGS) - before):  # so that --help lists them for the program
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

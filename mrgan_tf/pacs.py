@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from mrgan_tf import cli
 from mrgan_tf.errors import UserError
 
 DEFAULT_CALLING_AET = "MRGAN_TF"
@@ -283,13 +284,13 @@ def main(argv):
     if not (fv.echo or fv.send or fv.find_series):
         raise app.UsageError("nothing to do: give --echo, --send=FOLDER or --find_series=UID")
     failed = False
-    try:
+    with cli.user_errors("pacs"):
         peer = parse_peer(fv.peer, "--peer")
         if fv.echo:
             echo(peer, fv.calling_aet, fv.timeout_s)
             print(f"{peer}: C-ECHO ok")
         for series in fv.send:
-            try:
+            try:   # one series that fails does not stop the others
                 print(store_series(series, peer, fv.calling_aet, fv.timeout_s, fv.progress).summary())
             except PacsError as e:
                 print(f"pacs: error: {e}", file=sys.stderr)
@@ -302,15 +303,10 @@ def main(argv):
             if not matches:
                 print(f"pacs: error: {peer}: holds no series {fv.find_series}", file=sys.stderr)
                 failed = True
-    except PacsError as e:
-        print(f"pacs: error: {e}", file=sys.stderr)
-        return 1
     return 1 if failed else 0
 
 
-def run():
-    define_flags()
-    app.run(main)
+run = cli.entry_point(define_flags, main)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,19 @@ The body that does not fit the canvas is ``PreparedPatient.body_loss_problem``
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from absl import logging
 
+from mrgan_tf.io.layout import UNSUPPORTED_FILE  # a folder check, done by discovery
+from mrgan_tf.io.problems import Problem, split  # noqa: F401  (every check returns Problems)
 from mrgan_tf.io.volumes import VolumeError
 
 # Kinds a user may accept (then they are warnings).
 CONSTANT = "constant"                  # empty or constant volume
 OUT_OF_RANGE = "out_of_range"          # values the modality cannot hold
 UNSIGNED_CT = "unsigned_ct"            # CT stored as HU+1024 without its rescale intercept
-UNSUPPORTED_FILE = "unsupported_file"  # an image file in a patient folder that no reader takes
 ACCEPTABLE = (CONSTANT, OUT_OF_RANGE, UNSIGNED_CT, UNSUPPORTED_FILE)
 # Kinds that are always errors of the patient, or always counted and dropped.
 NO_SLICES = "no_slices"                # a volume too small (or too empty) to give any slice
@@ -36,26 +36,6 @@ AIR_SEEN_BELOW_HU = 0.0
 UNSIGNED_OFFSET_HU = 1024.0
 # An MR slice is empty over the body when fewer than this fraction of its body pixels are > 0.
 EMPTY_MR_FRACTION = 0.01
-# Image formats users bring that no reader of this project takes (named, never ignored).
-UNSUPPORTED_SUFFIXES = {".img": "Analyze/NIfTI-pair image", ".hdr": "Analyze/NIfTI-pair header",
-                        ".dcm": "loose DICOM file", ".ima": "loose DICOM file", ".nii.bz2": "bzip2 NIfTI",
-                        ".mnc": "MINC", ".mgz": "FreeSurfer", ".mgh": "FreeSurfer", ".par": "Philips PAR/REC",
-                        ".rec": "Philips PAR/REC", ".gipl": "GIPL", ".vtk": "VTK", ".tif": "TIFF",
-                        ".tiff": "TIFF", ".npy": "NumPy array", ".npz": "NumPy archive", ".zip": "zip archive",
-                        ".tar.gz": "tar archive", ".tgz": "tar archive", ".tar": "tar archive"}
-_HINTS = {".img": "convert the pair to NIfTI (nibabel reads it: nib.save(nib.load('{stem}.hdr'), '{stem}.nii.gz'))",
-          ".hdr": "convert the pair to NIfTI (nibabel reads it: nib.save(nib.load('{stem}.hdr'), '{stem}.nii.gz'))",
-          ".dcm": "put a series' slices in a folder named ct/ or mr/",
-          ".ima": "put a series' slices in a folder named ct/ or mr/"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    kind: str
-    message: str   # starts with the file it is about
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class ImplausibleInput(VolumeError):
@@ -166,40 +146,7 @@ def no_slices_problem(shape: Sequence[int], source: str, min_foreground: float) 
                               "volume is too small or empty); not a usable patient")
 
 
-# --------------------------------------------------------------------------- folders
-
-
-def _suffix(name: str) -> str:
-    lower = name.lower()
-    for long in (".nii.bz2", ".tar.gz"):
-        if lower.endswith(long):
-            return long
-    return Path(lower).suffix
-
-
-def unsupported_inputs(folder: str | Path) -> list[Problem]:
-    """Image files directly in a patient folder that no reader takes (``ct.img``, loose ``.dcm``)."""
-    folder = Path(folder)
-    problems = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        suffix = _suffix(path.name)
-        if suffix in UNSUPPORTED_SUFFIXES:
-            hint = _HINTS.get(suffix, "convert it to NIfTI (.nii.gz), .mha or .nrrd")
-            hint = hint.format(stem=path.name[:-len(suffix)])
-            problems.append(Problem(UNSUPPORTED_FILE, f"{path}: {UNSUPPORTED_SUFFIXES[suffix]} ({suffix}) is not a "
-                                                      f"supported input; {hint}, or pass --accept={UNSUPPORTED_FILE} "
-                                                      "to leave it out"))
-    return problems
-
-
 # --------------------------------------------------------------------------- outcome
-
-
-def split(problems: Iterable[Problem], accept: Iterable[str]) -> tuple[list[Problem], list[Problem]]:
-    """(errors, warnings): accepted kinds are warnings."""
-    accept = set(accept)
-    problems = [p for p in problems if p is not None]
-    return [p for p in problems if p.kind not in accept], [p for p in problems if p.kind in accept]
 
 
 def raise_or_warn(problems: Iterable[Problem], accept: Iterable[str] = ()) -> list[Problem]:

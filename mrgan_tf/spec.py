@@ -11,9 +11,9 @@ import os
 from typing import Any
 
 from mrgan_tf.errors import UserError
+from mrgan_tf.io.layout import SPEC_NAME  # noqa: F401  (discovery must know a records folder too)
 from mrgan_tf.preprocess import PreprocessConfig
 
-SPEC_NAME = "dataset.json"
 FORMAT = 1
 SET_NAMES = ("paired_train", "unpaired_ct", "unpaired_mr", "paired_test")
 # Written only when make_records holds out validation patients (--val_patients).

@@ -237,6 +237,13 @@ def synthesize_volume(predictor: Predictor, vol: Volume, batch_size: int = 16, p
     A synthetic CT comes back as int16 HU; a synthetic MR as float32 on 0-255 or, with
     ``mr_range``, in the reference's units. The info dict holds timings, the units and how
     much of the body fell outside the model's canvas.
+
+    Args:
+        predictor: the model (``load_predictor``: a SavedModel export or a run's checkpoint).
+        vol: the input volume (CT for ct2mr, MR for mr2ct), any orientation and spacing.
+        batch_size: slices per model call.
+        progress: show a progress bar.
+        mr_range: a reference MR's robust (lo, hi) range: the synthetic MR comes out in its units.
     """
     t0 = time.perf_counter()
     prep, stack01 = prepare_input(predictor, vol)
@@ -281,7 +288,16 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
                     mr_range: tuple[float, float] | None = None) -> dict:
     """Synthesize ``vol`` and write ``out`` (any writers format, atomically) plus ``<out>.json``; send if asked.
 
-    ``mr_range``: write a synthetic MR in the units of a reference whose robust range this is.
+    Args:
+        predictor: the model (``load_predictor``).
+        vol: the input volume.
+        out: the output file (or DICOM folder); its name picks the format unless ``options`` says.
+        batch_size: slices per model call.
+        progress: show a progress bar.
+        options: format, dtype, overwrite, DICOM series fields and a PACS to send to (``OutputOptions``).
+        mr_range: write a synthetic MR in the units of a reference whose robust range this is.
+
+    Returns ``synthesize_volume``'s info plus input, output, format, sidecar, clipped (and sent).
     """
     from mrgan_tf import pacs, provenance
 
@@ -312,7 +328,16 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
 
 def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
                     progress: bool = False, options: OutputOptions | None = None) -> dict:
-    """Read ``src`` (any format read_volume knows), synthesize, write ``out``. VolumeError on bad input."""
+    """Read ``src`` (any format read_volume knows), synthesize, write ``out``. VolumeError on bad input.
+
+    Args:
+        predictor: the model (``load_predictor``).
+        src: the input file or DICOM folder.
+        out: the output file or DICOM folder (see ``write_synthesis``).
+        batch_size: slices per model call.
+        progress: show a progress bar.
+        options: how the output is written and where it goes (``OutputOptions``).
+    """
     return write_synthesis(predictor, read_volume(src), out, batch_size, progress, options)
 
 
@@ -323,8 +348,16 @@ def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: i
 
     Bad patients (unreadable input, existing output, a failed send) are reported and
     skipped; returns (done, {patient: error}).
+
+    Args:
+        predictor: the model (``load_predictor``).
+        root: a dataset root, ``<root>/<patient_id>/{ct,mr}`` (``io.layout.discover_patients``).
+        out_dir: where ``<patient_id>/syn_*`` go.
+        batch_size: slices per model call.
+        progress: show progress bars.
+        options: how each output is written and where it goes (``OutputOptions``).
     """
-    from mrgan_tf.make_records import MakeRecordsError, discover_patients
+    from mrgan_tf.io.layout import LayoutError, discover_patients
     from mrgan_tf.pacs import PacsError
 
     options = options or OutputOptions()
@@ -332,7 +365,7 @@ def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: i
 
     try:
         patients = discover_patients(root)
-    except MakeRecordsError as e:
+    except LayoutError as e:
         raise SynthesisError(str(e)) from None
     modality = INPUT_MODALITY[predictor.name]
     todo = {pid: f.files.get(modality) for pid, f in patients.items() if f.files.get(modality) is not None}

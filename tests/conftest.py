@@ -17,6 +17,17 @@ TINY = dict(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125)
 TINY_FLAGS = ["--ngf=4", "--n_blocks=1", "--ndf_scale=0.125"]
 
 
+def train_configs(argv):
+    """The (model, train) configs of a ``python -m mrgan_tf.train`` command line, without global flags."""
+    from absl import flags
+
+    from mrgan_tf import train
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", *argv])
+    return train.configs_from_flags(fv)
+
+
 @pytest.fixture(scope="session")
 def tiny_records(tmp_path_factory):
     from records_factory import write_tiny_records

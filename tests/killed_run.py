@@ -16,6 +16,7 @@ from absl import app, flags
 
 from mrgan_tf import train
 
+train.define_flags()
 flags.DEFINE_integer("kill_at", 1, "Iteration at which the process kills itself (0: never).")
 flags.DEFINE_integer("kill_after_checkpoint", 0, "Kill right after writing checkpoint N (0: never).")
 flags.DEFINE_bool("kill_in_export", False, "Kill at the start of the export's second SavedModel.")
@@ -55,7 +56,7 @@ def arm():
 
 def main(argv):
     arm()
-    train.train(flags.FLAGS.records, flags.FLAGS.out, extra_callbacks=[Kill()])
+    train.train(flags.FLAGS.records, flags.FLAGS.out, *train.configs_from_flags(flags.FLAGS), callbacks=[Kill()])
     print("not killed", file=sys.stderr)
     return 3
 

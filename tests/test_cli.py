@@ -35,3 +35,30 @@ def test_bugs_are_not_hidden():
     with pytest.raises(KeyError):
         with cli.user_errors("tool"):
             raise KeyError("a bug")
+
+
+def test_field_flags_take_type_default_and_choices_from_the_dataclass():
+    import dataclasses
+
+    from absl import flags
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        steps: int | None = None
+        rate: float = 0.5
+        fast: bool = True
+        kind: str = "b"
+        label: str = "x"
+        sizes: tuple = (1, 2)
+
+    table = {"steps": cli.Flag("Steps."), "rate": cli.Flag("Rate."), "fast": cli.Flag("Fast.", name="quick"),
+             "kind": cli.Flag("Kind.", {"a": 1, "b": 2}), "label": cli.Flag("Label.")}
+    fv = flags.FlagValues()
+    cli.define_field_flags(fv, Options, table)
+    fv(["tool", "--steps=3", "--noquick", "--kind=a"])
+    assert Options(**cli.field_values(fv, table)) == Options(steps=3, fast=False, kind="a")
+    assert fv["kind"].parser.enum_values == ["a", "b"] and fv["rate"].default == 0.5
+    with pytest.raises(flags.IllegalFlagValueError):
+        fv(["tool", "--kind=c"])
+    with pytest.raises(TypeError, match="Options.sizes"):
+        cli.define_field_flags(flags.FlagValues(), Options, {"sizes": cli.Flag("Sizes.")})

@@ -8,15 +8,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def flag_values(monkeypatch, flagfile: str) -> dict:
-    from mrgan_tf import train  # noqa: F401  (defines the flags)
+    from mrgan_tf import train
     monkeypatch.chdir(REPO)     # nested --flagfile paths are relative to the checkout
-    fv = flags.FLAGS
-    fv.unparse_flags()
-    try:
-        fv(["train", f"--flagfile={flagfile}"])
-        return {name: fv[name].value for name in fv if fv[name].present or name in ("mode", "out")}
-    finally:
-        fv.unparse_flags()
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", f"--flagfile={flagfile}"])
+    return {name: fv[name].value for name in fv if fv[name].present or name in ("mode", "out")}
 
 
 @pytest.mark.parametrize("name, differs", [
@@ -41,16 +38,13 @@ def test_authors_config_yields_the_authors_model(monkeypatch, tiny_records):
     from mrgan_tf import train
     from mrgan_tf.model import MRGANConfig
     monkeypatch.chdir(REPO)
-    fv = flags.FLAGS
-    fv.unparse_flags()
-    try:
-        fv(["train", "--flagfile=configs/authors_code.cfg"])
-        cfg, eight_optimizers = train.model_config_from_flags(tiny_records), fv.separate_phase_optimizers
-        fv.unparse_flags()
-        fv(["train", "--flagfile=configs/mrgan.cfg"])
-        paper = train.model_config_from_flags(tiny_records)
-    finally:
-        fv.unparse_flags()
+    parsed = {}
+    for name in ("authors_code", "mrgan"):
+        fv = flags.FlagValues()
+        train.define_flags(fv)
+        fv(["train", f"--flagfile=configs/{name}.cfg"])
+        parsed[name] = train.model_config_from_flags(fv, tiny_records), fv.separate_phase_optimizers
+    (cfg, eight_optimizers), (paper, _) = parsed["authors_code"], parsed["mrgan"]
     assert eight_optimizers
     assert dataclasses.replace(paper, real_label=0.9, paired_real_label=1.0, generator_target="real_label",
                                pool_size=50, paired_cycle=False, paired_generator_repeats=2,
@@ -72,3 +66,32 @@ def test_synthetic_ct_config(monkeypatch):
     fv(["make_records", "--flagfile=configs/synthrad_sct_records.cfg"])
     pre = make_records.config_from_flags(fv)
     assert pre.ct_hu_range == (-1024.0, 3000.0) and pre.bits == 16 and fv.val_patients == "2"
+
+
+TRAIN_FLAGFILES = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("configs/**/*.cfg"),
+                                                           *REPO.glob("bench/experiments/configs/*.cfg")]
+                         if p.name != "synthrad_sct_records.cfg")   # make_records' flagfile, read above
+
+
+@pytest.mark.parametrize("flagfile", TRAIN_FLAGFILES)
+def test_every_train_flagfile_parses_into_a_train_config(monkeypatch, flagfile):
+    from mrgan_tf import train
+    monkeypatch.chdir(REPO)
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", f"--flagfile={flagfile}"])
+    config = train.train_config_from_flags(fv)
+    assert config.total_steps > 0 and fv["mode"].value in ("mrgan", "paired", "unpaired")
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("loss", ["nll", "lsgan"])
+def test_ablation_cells_differ_in_discriminator_and_paired_loss_only(monkeypatch, k, loss):
+    """Table IV cells are the paper's Eq. 2 with another discriminator; Table III's make the paired term LSGAN."""
+    base = flag_values(monkeypatch, "configs/mrgan.cfg")
+    cfg = flag_values(monkeypatch, f"configs/ablations/D{k}_{loss}.cfg")
+    expected = {"out": f"runs/ablation_D{k}_{loss}", "discriminator": f"D{k}", "adversarial":
+                "lsgan" if loss == "lsgan" else "paper"}
+    differs = {n: v for n, v in cfg.items() if base.get(n) != v}
+    assert differs == {n: v for n, v in expected.items() if base.get(n) != v}
+    assert {n: cfg[n] for n in expected} == expected

@@ -114,3 +114,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_records, tmp_path):
     # The loss history continues across the kill without a gap.
     rows = [line.split(",")[0] for line in open(tmp_path / "b" / "history.csv").read().splitlines()[1:]]
     assert [int(r) for r in rows][-3:] == [4, 5, 6]
+
+
+def test_strategy_errors_name_the_flag(monkeypatch):
+    from mrgan_tf import distribute
+    with pytest.raises(distribute.DistributeError, match="--strategy must be one of"):
+        distribute.DistributeConfig("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.DistributeError, match="--strategy=multiworker needs TF_CONFIG"):
+        distribute.make_strategy("multiworker")

@@ -14,6 +14,7 @@ import pytest
 
 from mrgan_tf import make_records as mr_mod
 from mrgan_tf import preprocess as pp
+from mrgan_tf.io import layout
 from mrgan_tf.io.readers import write_nifti
 from mrgan_tf.io.volumes import Volume
 from mrgan_tf.make_records import MakeRecordsError, make_records
@@ -140,10 +141,10 @@ def test_split_is_by_patient_and_deterministic(dataset, converted, tmp_path):
     assert owners[spec1.split["test"][0]] == {"paired_test"}
     # The choice depends on the ids and the seed, not on the folder listing.
     ids = ["p0", "p1", "p2", "p3"]
-    assert mr_mod.choose_test_patients(ids, 2, 0) == mr_mod.choose_test_patients(ids[::-1], 2, 0)
-    picks = {tuple(mr_mod.choose_test_patients(ids, 2, seed)) for seed in range(10)}
+    assert layout.choose_test_patients(ids, 2, 0) == layout.choose_test_patients(ids[::-1], 2, 0)
+    picks = {tuple(layout.choose_test_patients(ids, 2, seed)) for seed in range(10)}
     assert len(picks) > 1
-    assert mr_mod.choose_test_patients(ids, ["p3", "p1"]) == ["p1", "p3"]
+    assert layout.choose_test_patients(ids, ["p3", "p1"]) == ["p1", "p3"]
 
 
 def test_manifest_overrides_roles_and_split(dataset, tmp_path):
@@ -218,7 +219,7 @@ def test_on_error_skip_lists_bad_patient_and_writes_the_rest(tmp_path):
     assert spec.count("paired_train") > 0 and spec.count("paired_test") > 0
     assert "c" not in spec.split["train"]
     # Records written inside the root are not taken for a patient next time.
-    assert [t.patient_id for t in mr_mod.plan_patients(root, test_patients=1)[0]] == ["a", "b", "c"]
+    assert [t.patient_id for t in layout.plan_patients(root, test_patients=1)[0]] == ["a", "b", "c"]
     # Nothing usable at all is an error, even with skip.
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()

@@ -9,6 +9,7 @@ import pytest
 
 from mrgan_tf import plausibility as pl
 from mrgan_tf import synthesize
+from mrgan_tf.io import layout
 from mrgan_tf.io.readers import write_nifti
 from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.make_records import make_records
@@ -61,7 +62,7 @@ def test_unsupported_files_are_named(tmp_path):
     (tmp_path / "ct.hdr").write_bytes(b"\0")
     (tmp_path / "IM0001.dcm").write_bytes(b"\0")
     (tmp_path / "notes.txt").write_text("fine")
-    found = pl.unsupported_inputs(tmp_path)
+    found = layout.unsupported_inputs(tmp_path)
     assert [Path(str(p).split(":")[0]).name for p in found] == ["IM0001.dcm", "ct.hdr", "ct.img"]
     assert all(p.kind == "unsupported_file" for p in found)
     assert "ct/ or mr/" in str(found[0]) and "nib.load('ct.hdr')" in str(found[2])

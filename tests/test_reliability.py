@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from absl import flags
 
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, train_configs
 from tfrecords_tools import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -130,12 +129,6 @@ def test_make_records_full_disk_is_one_line(tmp_path):
 
 # ------------------------------------------------------------------ train
 
-def parse_train_flags(argv):
-    from mrgan_tf import train  # noqa: F401  (defines the flags)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", *argv])
-
-
 def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records, tmp_path):
     """Killed right after a checkpoint, then during the export: the rerun exports a whole pair,
     history.csv has every iteration once, and checkpoint temporaries are gone."""
@@ -159,11 +152,7 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
     (out / "checkpoints" / "ckpt-4_temp").mkdir()           # what a kill inside a checkpoint write leaves
     (out / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)
 
-    parse_train_flags(common)
-    try:
-        summary = train.train(str(tiny_records.root), str(out))
-    finally:
-        flags.FLAGS.unparse_flags()
+    summary = train.train(str(tiny_records.root), str(out), *train_configs(common))
     assert summary["start_iteration"] == 3 and set(summary["export"]) == {"ct2mr", "mr2ct"}
     assert {os.path.basename(v) for v in summary["export"].values()} == {"1"}   # one number for the pair
     assert train.incomplete_exports(str(out / "export"), ("mr", "ct")) == []
@@ -187,13 +176,10 @@ def test_train_corrupt_shard_names_shard_and_record(tiny_records, tmp_path):
     data[len(data) // 3] ^= 0xFF
     open(shard, "wb").write(bytes(data))
     out = tmp_path / "run"
-    parse_train_flags([f"--records={records}", f"--out={out}", "--mode=paired", "--steps=2", "--verbose=0",
-                       "--noexport", *TINY_FLAGS])
-    try:
-        with pytest.raises(train.CorruptRecordsError) as err:
-            train.train(str(records), str(out))
-    finally:
-        flags.FLAGS.unparse_flags()
+    configs = train_configs([f"--records={records}", f"--out={out}", "--mode=paired", "--steps=2", "--verbose=0",
+                             "--noexport", *TINY_FLAGS])
+    with pytest.raises(train.CorruptRecordsError) as err:
+        train.train(str(records), str(out), *configs)
     assert f"{shard} record " in str(err.value) and "tfrecords_tools.inspect" in str(err.value)
 
 
@@ -205,13 +191,10 @@ def test_train_startup_failures_write_nothing(tmp_path):
     write_tiny_records(str(records), size=32, per_set=4)
     os.remove(records / "unpaired_ct.shards.json")           # a missing unpaired set
     out = tmp_path / "run"
-    parse_train_flags([f"--records={records}", f"--out={out}", "--mode=mrgan", "--steps=1", "--verbose=0",
-                       *TINY_FLAGS])
-    try:
-        with pytest.raises(FileNotFoundError, match="unpaired_ct"):
-            train.train(str(records), str(out))
-    finally:
-        flags.FLAGS.unparse_flags()
+    configs = train_configs([f"--records={records}", f"--out={out}", "--mode=mrgan", "--steps=1", "--verbose=0",
+                             *TINY_FLAGS])
+    with pytest.raises(FileNotFoundError, match="unpaired_ct"):
+        train.train(str(records), str(out), *configs)
     assert not out.exists()                                   # no run.json left behind
 
 

@@ -8,9 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-
-from conftest import TINY_FLAGS
+from conftest import TINY
 
 
 class PoisonAt(keras.callbacks.Callback):
@@ -28,22 +26,17 @@ class PoisonAt(keras.callbacks.Callback):
             w.assign(tf.fill(w.shape, np.nan))
 
 
-def parse_flags(argv):
-    from mrgan_tf import train  # noqa: F401  (defines the flags)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", *argv])
+def tiny(mode="mrgan"):
+    from mrgan_tf.model import MRGANConfig
+    return MRGANConfig(mode=mode, **TINY)
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_records, tmp_path):
     from mrgan_tf import callbacks, train
     out = str(tmp_path / "run")
-    parse_flags([f"--records={tiny_records.root}", f"--out={out}", "--mode=paired", "--steps=8",
-                 "--checkpoint_every=2", "--log_every=1", "--image_every=2", "--verbose=0", *TINY_FLAGS])
-    try:
-        with pytest.raises(callbacks.NonFiniteLoss, match=r"non-finite loss at iteration 5: .*paired/syn_mr"):
-            train.train(tiny_records.root, out, extra_callbacks=[PoisonAt(4)])
-    finally:
-        flags.FLAGS.unparse_flags()
+    config = train.TrainConfig(steps=8, checkpoint_every=2, log_every=1, image_every=2, verbose=0)
+    with pytest.raises(callbacks.NonFiniteLoss, match=r"non-finite loss at iteration 5: .*paired/syn_mr"):
+        train.train(tiny_records.root, out, tiny("paired"), config, callbacks=[PoisonAt(4)])
     latest = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
     assert latest.endswith("ckpt-4")                       # nothing saved after the NaN
     reader = tf.train.load_checkpoint(latest)
@@ -66,12 +59,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_records, tmp_pat
 def test_train_exports_servable_models_at_the_end(tiny_records, tmp_path):
     from mrgan_tf import train
     out = str(tmp_path / "run")
-    parse_flags([f"--records={tiny_records.root}", f"--out={out}", "--mode=paired", "--steps=2",
-                 "--verbose=0", *TINY_FLAGS])
-    try:
-        summary = train.train(tiny_records.root, out)
-    finally:
-        flags.FLAGS.unparse_flags()
+    summary = train.train(tiny_records.root, out, tiny("paired"), train.TrainConfig(steps=2, verbose=0))
     assert summary["iterations"] == 2
     assert set(summary["export"]) == {"ct2mr"}              # the paired baseline trains SynMR only
     loaded = tf.saved_model.load(summary["export"]["ct2mr"])
@@ -97,12 +85,9 @@ def test_validation_scores_history_and_best_checkpoint(tmp_path):
     from mrgan_tf import checkpoints, export, train
     records = write_tiny_records(str(tmp_path / "records"), size=32, with_val=True)
     out = str(tmp_path / "run")
-    parse_flags([f"--records={records.root}", f"--out={out}", "--mode=paired", "--steps=4", "--log_every=1",
-                 "--val_every=2", "--export_checkpoint=best", "--checkpoint_every=100", "--verbose=0", *TINY_FLAGS])
-    try:
-        summary = train.train(records.root, out)
-    finally:
-        flags.FLAGS.unparse_flags()
+    config = train.TrainConfig(steps=4, log_every=1, val_every=2, export_checkpoint="best", checkpoint_every=100,
+                               verbose=0)
+    summary = train.train(records.root, out, tiny("paired"), config)
     rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
     assert [r["iteration"] for r in rows] == ["1", "2", "3", "4"]
     scored = [r for r in rows if r["val_ct2mr_mae"] != "nan"]
@@ -126,13 +111,52 @@ def test_validation_needs_validation_patients(tiny_records, tmp_path):
     from mrgan_tf import checkpoints, train
     from mrgan_tf.spec import SpecError
     out = str(tmp_path / "run")
-    parse_flags([f"--records={tiny_records.root}", f"--out={out}", "--steps=1", "--val_every=1",
-                 "--log_every=1", "--verbose=0", *TINY_FLAGS])
-    try:
-        with pytest.raises(SpecError, match="--val_patients"):
-            train.train(tiny_records.root, out)
-    finally:
-        flags.FLAGS.unparse_flags()
+    config = train.TrainConfig(steps=1, val_every=1, log_every=1, verbose=0)
+    with pytest.raises(SpecError, match="--val_patients"):
+        train.train(tiny_records.root, out, tiny(), config)
     assert not os.path.exists(out)   # refused before anything was written
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
         checkpoints.resolve_checkpoint(out, "best")
+
+
+def test_flags_build_the_configs_with_the_dataclass_defaults(tiny_records):
+    """No option given: every field is its dataclass default; the choices are the tables' keys."""
+    from absl import flags
+
+    from mrgan_tf import distribute, model, networks, train
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    fv(["train", f"--records={tiny_records.root}", "--out=/unused"])
+    model_config, train_config = train.configs_from_flags(fv)
+    assert train_config == train.TrainConfig()
+    assert model_config == model.MRGANConfig(image_size=32, input_max=255.0)   # the records' size and scale
+    assert fv["mode"].parser.enum_values == list(model.MODES)
+    assert fv["discriminator"].parser.enum_values == list(networks.DISCRIMINATOR_VARIANTS)
+    assert fv["strategy"].parser.enum_values == list(distribute.STRATEGIES)
+    fv(["train", "--noaugment", "--mode=paired", "--max_rotation=3", "--strategy=mirrored", "--cpu_devices=2",
+        "--steps=7", "--lr=1e-3"])
+    model_config, train_config = train.configs_from_flags(fv)
+    assert model_config.mode == "paired" and model_config.augment.is_identity   # --noaugment: no rotation either
+    assert (train_config.steps, train_config.total_steps, train_config.lr) == (7, 7, 1e-3)
+    assert train_config.distribute == distribute.DistributeConfig("mirrored", 2)
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(val_every=3, log_every=2), "--val_every=3 must be a multiple of --log_every=2"),
+    (dict(export_checkpoint="best"), "--export_checkpoint=best needs --val_every"),
+    (dict(precision="float64"), "--precision must be one of"),
+])
+def test_train_config_refuses_contradictions(options, words):
+    from mrgan_tf import train
+    with pytest.raises(train.TrainConfigError, match=words):
+        train.TrainConfig(**options)
+
+
+def test_model_config_must_fit_the_records(tiny_records, tmp_path):
+    from mrgan_tf import train
+    from mrgan_tf.model import MRGANConfig
+    out = tmp_path / "run"
+    with pytest.raises(train.TrainConfigError, match="32-pixel slices .* image_size=64"):
+        train.train(tiny_records.root, str(out), MRGANConfig(**{**TINY, "image_size": 64}),
+                    train.TrainConfig(steps=1))
+    assert not out.exists()

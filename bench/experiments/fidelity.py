@@ -171,17 +171,22 @@ def loss_vs_heads_markdown(arms: Mapping[str, dict]) -> list[str]:
 
 
 def figure(path: str, arms: Mapping[str, dict], groups: Sequence[str]) -> str:
-    """MAE in body per arm: every seed as a dot, mean ± sd as a bar, one panel per group."""
+    """MAE in body per arm: each seed a line across the arms, mean ± sd in black, one panel per group."""
     from matplotlib.figure import Figure
     shown = [g for g in groups if any(a in arms for _, a in GROUPS[g])]
     fig = Figure(figsize=(4.2 * len(shown), 3.6))
     for i, g in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)
         cols = [(label, arm) for label, arm in GROUPS[g] if arm in arms]
+        for seed in sorted({s for _, arm in cols for s in arms[arm]["seeds"]}):   # a line per seed across arms
+            pts = [(x, dict(zip(arms[arm]["seeds"], arms[arm]["stats"]["mae_masked"]["per_seed"])).get(seed))
+                   for x, (_, arm) in enumerate(cols)]
+            pts = [(x, v) for x, v in pts if v is not None]
+            ax.plot([x for x, _ in pts], [v for _, v in pts], "o-", alpha=0.5, lw=0.8, label=f"seed {seed}")
         for x, (_, arm) in enumerate(cols):
             s = arms[arm]["stats"]["mae_masked"]
             ax.errorbar([x], [s["mean"]], yerr=[s["sd"]], fmt="s", color="k", capsize=4)
-            ax.plot([x] * len(s["per_seed"]), s["per_seed"], "o", alpha=0.6)
+        ax.legend(fontsize=7)
         ax.set_xticks(range(len(cols)), [label.split(" (")[0] for label, _ in cols], fontsize=8)
         ax.set_title(TITLES[g].split(":")[0], fontsize=9)
         ax.set_ylabel("MAE in body (0-255)")

@@ -135,6 +135,12 @@ def prepare_patient(ct: Volume | None, mr: Volume | None, mask: Volume | None,
     The CT grid (after ``to_canonical`` + ``resample_to_spacing``) is the reference;
     MR-only patients use the MR grid. MR is put on the CT grid by world coordinates,
     or by affine MI registration when ``cfg.register``.
+
+    Args:
+        ct: the patient's CT in HU (None for an MR-only patient).
+        mr: the patient's MR (None for a CT-only patient).
+        mask: a body mask, resampled onto the reference grid (None: thresholded from the CT, or from the MR).
+        cfg: spacing, slice size and fit, intensity windows, mask and registration settings.
     """
     if ct is None and mr is None:
         raise ValueError("prepare_patient needs a CT or an MR volume")
