@@ -53,10 +53,15 @@ def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int
 
 def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, seed: int = 0,
                      shuffle_buffer: int = 2048, skip_batches: int = 0,
-                     unpaired_from_paired: bool = False, channels: int | None = None) -> tf.data.Dataset:
-    """Endless batches [global_batch, S, S, 4C] for ``mode``; images a mode does not use are zero.
+                     unpaired_from_paired: bool = False, channels: int | None = None,
+                     n_iter: int = 1) -> tf.data.Dataset:
+    """Endless batches [n_iter x global_batch, S, S, 4C] for ``mode``; images a mode does not use are zero.
 
-    ``skip_batches`` replays the stream to where a resumed run left off (the
+    One element feeds one iteration of Algorithm 1, whose n_iter inner steps each
+    sample a fresh batch (lines 3-4, 11): a distribution strategy gives each replica
+    n_iter x batch consecutive examples, and ``MRGAN`` gives inner step i every n_iter-th
+    of them from the i-th (so every step's global batch is ``global_batch_size``).
+    ``skip_batches`` (iterations done) replays the stream to where a resumed run left off (the
     streams are seeded, so the resumed run sees what the uninterrupted one would).
     ``unpaired_from_paired`` also feeds the paired training slices to the
     unpaired streams (each modality shuffled independently). ``channels``: the
@@ -64,6 +69,8 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     """
     from mrgan_tf.model import MODES     # model imports this module for the batch layout
 
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be at least 1, got {n_iter}")
     m = MODES[mode]
     if channels is not None:
         check_channels(spec, channels)
@@ -87,7 +94,7 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     ds = tf.data.Dataset.zip(unpaired("ct", 1), unpaired("mr", 2), paired)
     ds = ds.map(lambda ct, mr, pair: tf.cast(pack(ct, mr, pair[..., :c], pair[..., c:]), tf.float32),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(global_batch_size, drop_remainder=True)
+    ds = ds.batch(global_batch_size * n_iter, drop_remainder=True)
     if skip_batches:
         ds = ds.skip(skip_batches)
     options = tf.data.Options()

@@ -14,9 +14,12 @@ def lsgan_discriminator(real_logits, fake_logits, real_label: float = 1.0):
             + tf.reduce_mean(tf.square(fake_logits)))
 
 
-def lsgan_generator(fake_logits):
-    """Least squares generator term: (D(G(x)) - 1)^2, LSGAN's target for fakes."""
-    return tf.reduce_mean(tf.square(fake_logits - 1.0))
+def lsgan_generator(fake_logits, target: float = 1.0):
+    """Least squares generator term: (D(G(x)) - target)^2; LSGAN's target for fakes is 1.
+
+    The authors' code (``generator_loss_unpair``) used the smoothed real label, 0.9.
+    """
+    return tf.reduce_mean(tf.square(fake_logits - target))
 
 
 def nll_discriminator(real_logits, fake_logits, real_label: float = 1.0):

@@ -15,6 +15,7 @@ one place, ``MODES``; the three rows of Table I come from this one class.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import tensorflow as tf
@@ -42,6 +43,15 @@ MODES = {
 # The paired baseline's direction -> the generators its paired phase trains.
 PAIRED_BASELINE = {"ct2mr": ("mr",), "mr2ct": ("ct",)}
 
+# Least squares generator target: 1 (Mao et al.), or the discriminator's real label, as the
+# authors' code did (``MRIGAN.generator_loss_unpair``: (D(G(x)) - 0.9)^2).
+GENERATOR_TARGETS = ("one", "real_label")
+
+# An unpaired generator's cycle terms: its own cycle, G_back(G(src)) ~ src (Alg. 1 lines 6, 8),
+# or both, adding G(G_back(real)) ~ real, as the authors' code summed both cycles into each
+# generator's loss (``MRIGAN.cycle_consistency_loss`` in G_loss_unpair and F_loss_unpair).
+UNPAIRED_CYCLES = ("own", "both")
+
 
 @dataclasses.dataclass(frozen=True)
 class MRGANConfig:
@@ -54,9 +64,16 @@ class MRGANConfig:
     adversarial: str = "paper"     # paper (LSGAN unpaired, NLL paired) | lsgan | nll
     cycle_weight: float = 10.0     # lambda, Eq. (5)
     l1_weight: float = 100.0       # gamma, Eq. (5)
-    n_iter: int = 1                # Alg. 1 n_iter
-    paired_repeats: int = 1        # authors' code ran the paired update twice; the paper once
-    real_label: float = 1.0        # authors' code: 0.9 (one-sided label smoothing)
+    n_iter: int = 1                # Alg. 1 n_iter: fresh batches, unpaired steps, then paired steps
+    paired_repeats: int = 1        # repeats of the whole paired step (discriminator and generator)
+    # The authors' code (src/mrigan.py, class MRIGAN) as it differs; the defaults are the paper's.
+    paired_generator_repeats: int = 1   # generator updates per paired D update (train_step: 2)
+    paired_cycle: bool = True      # MR-GAN's paired cycle terms (Eq. 3); _pair_net has none
+    real_label: float = 1.0        # 0.9 in discriminator_loss_unpair (one-sided label smoothing)
+    paired_real_label: float | None = None   # paired D's real label, None: real_label (discriminator_loss_pair: 1.0)
+    generator_target: str = "one"  # LSGAN generator target: one (Mao et al.) | real_label (generator_loss_unpair)
+    first_conv_norm: bool = True   # norm after the discriminator body's first conv (Discriminator.share_net: none)
+    unpaired_cycle: str = "own"    # own cycle per generator (Alg. 1 lines 6, 8) | both (cycle_consistency_loss)
     pool_size: int = 0             # authors' code: 50 past fakes for the unpaired discriminators
     input_max: float = 255.0       # integer value of intensity 1.0 in the records (255 or 65535)
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
@@ -75,6 +92,14 @@ class MRGANConfig:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
         if self.channels < 1 or self.channels % 2 == 0:
             raise ValueError(f"channels must be odd (a slice and k neighbours each side), got {self.channels}")
+        if self.unpaired_cycle not in UNPAIRED_CYCLES:
+            raise ValueError(f"unpaired_cycle must be one of {list(UNPAIRED_CYCLES)}, got {self.unpaired_cycle!r}")
+        if self.generator_target not in GENERATOR_TARGETS:
+            raise ValueError(f"generator_target must be one of {list(GENERATOR_TARGETS)}, "
+                             f"got {self.generator_target!r}")
+        for name in ("n_iter", "paired_repeats", "paired_generator_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
     def mode_spec(self) -> Mode:
@@ -82,7 +107,22 @@ class MRGANConfig:
         m = MODES[self.mode]
         if self.mode == "paired":
             m = dataclasses.replace(m, paired_directions=PAIRED_BASELINE[self.paired_baseline_direction])
+        if not self.paired_cycle:
+            m = dataclasses.replace(m, paired_cycle=False)
         return m
+
+    def real_label_for(self, phase: str) -> float:
+        """The discriminator's real label in ``phase`` (the authors' code smoothed only the unpaired one)."""
+        if phase == "paired" and self.paired_real_label is not None:
+            return self.paired_real_label
+        return self.real_label
+
+    def generator_loss(self, phase: str):
+        """The generator's adversarial loss in ``phase``; least squares aims at ``generator_target``."""
+        kind = losses.adversarial_kinds(self.adversarial)[phase]
+        if kind == "lsgan" and self.generator_target == "real_label":
+            return functools.partial(losses.lsgan_generator, target=self.real_label_for(phase))
+        return losses.ADVERSARIAL[kind][1]
 
     def updates_per_iteration(self, net: str, phase: str | None = None) -> int:
         """How often Algorithm 1 applies ``net``'s optimizer per iteration (in one phase, or both)."""
@@ -91,7 +131,8 @@ class MRGANConfig:
         m = self.mode_spec
         if phase == "unpaired":
             return self.n_iter * int(m.unpaired)
-        return self.n_iter * self.paired_repeats * int(net[-2:] in m.paired_directions)
+        per_step = self.paired_generator_repeats if net.startswith("syn") else 1
+        return self.n_iter * self.paired_repeats * per_step * int(net[-2:] in m.paired_directions)
 
 
 @dataclasses.dataclass
@@ -147,14 +188,13 @@ class MRGAN(keras.Model):
         self.config = config
         self.mode = config.mode_spec
         s, c = config.image_size, config.channels
-        self.syn_mr = networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c,
-                                               name="syn_mr")
-        self.syn_ct = networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c,
-                                               name="syn_ct")
-        self.dis_mr = networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c,
-                                                     ndf_scale=config.ndf_scale, name="dis_mr")
-        self.dis_ct = networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c,
-                                                     ndf_scale=config.ndf_scale, name="dis_ct")
+        self.syn_mr, self.syn_ct = (
+            networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c, name=f"syn_{d}")
+            for d in ("mr", "ct"))
+        self.dis_mr, self.dis_ct = (
+            networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c, ndf_scale=config.ndf_scale,
+                                           body_first_norm=config.first_conv_norm, name=f"dis_{d}")
+            for d in ("mr", "ct"))
         pools = {d: FakePool(config.pool_size, (s, s, c), name=f"pool_{d}") if config.pool_size else None
                  for d in ("mr", "ct")}
         self.to_mr = _Direction("mr", self.syn_mr, self.syn_ct, self.dis_mr, pools["mr"])
@@ -162,7 +202,7 @@ class MRGAN(keras.Model):
         self.pool_mr, self.pool_ct = pools["mr"], pools["ct"]      # tracked for checkpoints
         self.iteration = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                          name="iteration", aggregation="only_first_replica")
-        self.adversarial = {phase: losses.ADVERSARIAL[kind]
+        self.adversarial = {phase: (losses.ADVERSARIAL[kind][0], config.generator_loss(phase))
                             for phase, kind in losses.adversarial_kinds(config.adversarial).items()}
         self.built = True
 
@@ -202,19 +242,22 @@ class MRGAN(keras.Model):
     # ------------------------------------------------------------------ Algorithm 1
     @tf.autograph.experimental.do_not_convert
     def train_step(self, batch):
-        """One iteration of Algorithm 1: four unpaired updates, then four paired ones.
+        """One iteration of Algorithm 1: n_iter unpaired steps (lines 2-9), then n_iter paired ones (10-16).
 
+        Each inner step draws fresh samples (lines 3-4, 11): ``batch`` holds n_iter
+        per-step batches one after another, and each step takes its own slice.
         Its Python branches and loops depend on the config only, never on tensors, so
         autograph is not needed; skipping its source conversion of this and every
         function it calls (~350 of them, Keras layers included) saves seconds of tracing.
         """
-        ct, mr, (p_ct, p_mr) = self._decode_and_augment(batch)
+        steps = self._inner_steps(*self._decode_and_augment(batch))
         logs = {}
-        for _ in range(self.config.n_iter):
-            if self.mode.unpaired:                                     # lines 2-9
-                logs.update(self._update(self.to_mr, src=ct, real=mr, phase="unpaired"))   # lines 5-6
-                logs.update(self._update(self.to_ct, src=mr, real=ct, phase="unpaired"))   # lines 7-8
-            if self.mode.paired:                                       # lines 10-16
+        if self.mode.unpaired:                                         # lines 2-9
+            for i, (ct, mr, _, _) in enumerate(steps):
+                logs.update(self._update(self.to_mr, src=ct, real=mr, phase="unpaired", step=i))   # lines 5-6
+                logs.update(self._update(self.to_ct, src=mr, real=ct, phase="unpaired", step=i))   # lines 7-8
+        if self.mode.paired:                                           # lines 10-16
+            for _, _, p_ct, p_mr in steps:
                 for _ in range(self.config.paired_repeats):
                     if "mr" in self.mode.paired_directions:
                         logs.update(self._update(self.to_mr, src=p_ct, real=p_mr, phase="paired"))  # 12-13
@@ -223,46 +266,76 @@ class MRGAN(keras.Model):
         self.iteration.assign_add(1)
         return self._format_logs(logs)
 
-    def _update(self, d: _Direction, src, real, phase: str) -> dict:
-        """A discriminator update then a generator update for one direction and phase.
+    def _inner_steps(self, *images):
+        """The replica's n_iter x batch examples as n_iter per-step batches: step i takes examples i, i + n, ...
+
+        Strided, not contiguous: a replica holds a contiguous chunk of the global batch, so
+        this way each step's examples across replicas are the ones one device would take.
+        """
+        n = self.config.n_iter
+        if n == 1:
+            return [images]
+        size = images[0].shape[0]
+        if size is not None and size % n:
+            raise ValueError(f"a replica's batch of {size} examples does not split into n_iter={n} steps: "
+                             "build the dataset with data.training_dataset(..., n_iter=n_iter)")
+        return [tuple(x[i::n] for x in images) for i in range(n)]
+
+    def _update(self, d: _Direction, src, real, phase: str, step: int = 0) -> dict:
+        """A discriminator update then generator update(s) for one direction and phase.
 
         The fake G(src) is computed once, under the generator's tape: the
         discriminator update uses it without gradient, and since G has not changed
-        in between, the generator update reuses it (no second forward pass).
+        in between, the first generator update reuses it (no second forward pass).
+        Paired, the generator is updated ``paired_generator_repeats`` times per
+        discriminator update (the authors' ``MRIGAN.train_step`` ran it twice "to make
+        sure that d_loss does not go to zero"); each repeat computes a new fake.
         Unpaired: D judges single images; ``real`` is an independent target-domain
         image. Paired: D judges (src, image) pairs and ``real`` is src's partner.
+        ``step`` (the inner step) keys the fake pool's randomness.
         """
         cfg = self.config
-        d_loss_fn, g_loss_fn = self.adversarial[phase]
         judge = (lambda x: d.dis.unpaired(x, training=True)) if phase == "unpaired" \
             else (lambda x: d.dis.paired(src, x, training=True))
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-        g_opt, d_opt = self._optimizer(f"syn_{d.name}", phase), self._optimizer(f"dis_{d.name}", phase)
-        d_vars = d.dis.variables_for(phase)
+        g_opt = self._optimizer(f"syn_{d.name}", phase)
         g_vars = d.gen.trainable_variables
 
-        with tf.GradientTape() as g_tape:
-            fake = d.gen(src, training=True)
-            with g_tape.stop_recording():
-                shown = fake
-                if phase == "unpaired" and d.pool is not None:
-                    shown = d.pool.query(fake, self._seed(7 if d.name == "mr" else 8))
-                with tf.GradientTape() as d_tape:
-                    d_loss = d_loss_fn(judge(real), judge(tf.stop_gradient(shown)), cfg.real_label)
-                    scaled = d_opt.scale_loss(d_loss * scale)
-                d_opt.apply_gradients(zip(d_tape.gradient(scaled, d_vars), d_vars))
-            terms = {"adv": g_loss_fn(judge(fake))}
-            if phase == "unpaired" or self.mode.paired_cycle:
-                terms["cycle"] = cfg.cycle_weight * losses.l1(d.back(fake, training=True), src)
-            if phase == "paired":
-                terms["l1"] = cfg.l1_weight * losses.l1(fake, real)
-            g_loss = tf.add_n(list(terms.values()))
-            scaled = g_opt.scale_loss(g_loss * scale)
-        g_opt.apply_gradients(zip(g_tape.gradient(scaled, g_vars), g_vars))
+        for repeat in range(cfg.paired_generator_repeats if phase == "paired" else 1):
+            with tf.GradientTape() as g_tape:
+                fake = d.gen(src, training=True)
+                if repeat == 0:
+                    with g_tape.stop_recording():
+                        d_loss = self._discriminator_update(d, real, fake, judge, phase, scale, step)
+                terms = {"adv": self.adversarial[phase][1](judge(fake))}
+                if phase == "unpaired" or self.mode.paired_cycle:
+                    terms["cycle"] = cfg.cycle_weight * losses.l1(d.back(fake, training=True), src)
+                if phase == "unpaired" and cfg.unpaired_cycle == "both":
+                    terms["cycle_back"] = cfg.cycle_weight * losses.l1(
+                        d.gen(d.back(real, training=True), training=True), real)
+                if phase == "paired":
+                    terms["l1"] = cfg.l1_weight * losses.l1(fake, real)
+                g_loss = tf.add_n(list(terms.values()))
+                scaled = g_opt.scale_loss(g_loss * scale)
+            g_opt.apply_gradients(zip(g_tape.gradient(scaled, g_vars), g_vars))
 
         logs = {f"{phase}/dis_{d.name}": d_loss, f"{phase}/syn_{d.name}": g_loss}
         logs.update({f"{phase}/syn_{d.name}_{k}": v for k, v in terms.items()})
         return logs
+
+    def _discriminator_update(self, d: _Direction, real, fake, judge, phase: str, scale, step: int):
+        """D's update on ``real`` against ``fake`` (unpaired: maybe a pooled past fake); returns its loss."""
+        d_opt = self._optimizer(f"dis_{d.name}", phase)
+        d_vars = d.dis.variables_for(phase)
+        shown = fake
+        if phase == "unpaired" and d.pool is not None:
+            shown = d.pool.query(fake, self._seed((7 if d.name == "mr" else 8) + 10 * step))
+        with tf.GradientTape() as d_tape:
+            d_loss = self.adversarial[phase][0](judge(real), judge(tf.stop_gradient(shown)),
+                                                self.config.real_label_for(phase))
+            scaled = d_opt.scale_loss(d_loss * scale)
+        d_opt.apply_gradients(zip(d_tape.gradient(scaled, d_vars), d_vars))
+        return d_loss
 
     # ------------------------------------------------------------------ helpers
     def _seed(self, salt: int):
@@ -277,14 +350,14 @@ class MRGAN(keras.Model):
         return tf.cast(q, tf.float32) * (2.0 / self.config.input_max) - 1.0
 
     def _decode_and_augment(self, batch):
-        """Unpaired CT, unpaired MR and the (CT, MR) pair in [-1, 1], augmented (one map for the pair)."""
+        """Unpaired CT, unpaired MR, paired CT and paired MR in [-1, 1], augmented (one map for the pair)."""
         c = self.config.channels
         u_ct, u_mr, p_ct, p_mr = data.unpack(self.decode(batch), c)
         aug = self.config.augment
         ct = augment_lib.augment(u_ct, self._seed(1), aug)
         mr = augment_lib.augment(u_mr, self._seed(2), aug)
         pair = augment_lib.augment(tf.concat([p_ct, p_mr], axis=-1), self._seed(3), aug)  # same map for both
-        return ct, mr, (pair[..., :c], pair[..., c:])
+        return ct, mr, pair[..., :c], pair[..., c:]
 
     def _format_logs(self, logs):
         # MultiWorkerMirroredStrategy reduces logs along axis 0, so give them one

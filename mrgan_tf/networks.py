@@ -128,8 +128,11 @@ def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 2
     return keras.Model(inp, out, name=name)
 
 
-def _conv_stack(filters, strides: int, first_plain: bool, last_plain: bool, name: str):
-    """4x4 padded convs; instance norm + leaky ReLU except on the first and last conv of D."""
+def _conv_stack(filters, strides: int, first_plain: bool, last_plain: bool, name: str, first_norm: bool = True):
+    """4x4 padded convs; instance norm + leaky ReLU except on the first and last conv of D.
+
+    ``first_norm=False`` drops the instance norm after the stack's first conv (keeping its leaky ReLU).
+    """
     stack = []
     for i, f in enumerate(filters):
         plain_in = first_plain and i == 0
@@ -139,7 +142,7 @@ def _conv_stack(filters, strides: int, first_plain: bool, last_plain: bool, name
                           dtype="float32" if is_last else None))
         if is_last:
             continue
-        if not plain_in:
+        if not plain_in and (first_norm or i):
             stack.append(instance_norm(f"{name}_in{i}"))
         stack.append(layers.LeakyReLU(0.2))
     return stack
@@ -151,10 +154,12 @@ class DualHeadDiscriminator(keras.Model):
     ``unpaired(x)`` judges one image (``input_nc`` channels); ``paired(cond, x)``
     judges a (condition, image) pair (2 x ``input_nc`` channels). Both share the
     strided body; each returns patch logits [B, h, w, 1] in float32.
+    ``body_first_norm=False`` leaves the body's first conv without instance norm, as
+    the authors' code (``Discriminator.share_net``: conv1 then leaky ReLU) and pix2pix's C64 do.
     """
 
     def __init__(self, variant: str = "D1", image_size: int | None = 256, input_nc: int = 1,
-                 ndf_scale: float = 1.0, name: str = "discriminator", **kwargs):
+                 ndf_scale: float = 1.0, body_first_norm: bool = True, name: str = "discriminator", **kwargs):
         super().__init__(name=name, **kwargs)
         if variant not in DISCRIMINATOR_VARIANTS:
             raise ValueError(f"unknown discriminator variant {variant!r}; choose from {sorted(DISCRIMINATOR_VARIANTS)}")
@@ -166,7 +171,8 @@ class DualHeadDiscriminator(keras.Model):
                                    name=f"{kind}_head")
             for kind in ("unpaired", "paired")
         }
-        self.body = keras.Sequential(_conv_stack(width(spec["body"]), 2, False, False, "body"), name="body")
+        self.body = keras.Sequential(_conv_stack(width(spec["body"]), 2, False, False, "body", body_first_norm),
+                                      name="body")
         self.tails = {
             kind: keras.Sequential(_conv_stack(width(spec["tail"]), 1, False, True, f"{kind}_tail"),
                                    name=f"{kind}_tail")

@@ -20,7 +20,7 @@ from mrgan_tf import cli, distribute, losses, networks
 from mrgan_tf.augment import CROP_MODES, AugmentConfig
 from mrgan_tf.checkpoints import CHECKPOINT_CHOICES
 from mrgan_tf.errors import UserError
-from mrgan_tf.model import MODES, PAIRED_BASELINE, MRGANConfig
+from mrgan_tf.model import GENERATOR_TARGETS, MODES, PAIRED_BASELINE, UNPAIRED_CYCLES, MRGANConfig
 from mrgan_tf.validation import SELECT
 from tfrecords_tools import atomic
 
@@ -94,9 +94,21 @@ MODEL_FLAGS = {
                             losses.ADVERSARIAL_CHOICES),
     "cycle_weight": cli.Flag("lambda in Eq. (5)."),
     "l1_weight": cli.Flag("gamma in Eq. (5)."),
-    "n_iter": cli.Flag("Alg. 1 n_iter: updates per phase per iteration."),
-    "paired_repeats": cli.Flag("Repeat the paired phase (authors' code: 2; paper: 1)."),
+    "n_iter": cli.Flag("Alg. 1 n_iter: unpaired steps, then paired steps, per iteration, each on a fresh batch "
+                       "(the input pipeline delivers n_iter x batch examples an iteration)."),
+    "paired_repeats": cli.Flag("Repeat each paired step, discriminator and generator updates (paper: 1)."),
+    "paired_generator_repeats": cli.Flag("Generator updates per paired discriminator update (authors' code: 2; "
+                                         "paper: 1)."),
+    "paired_cycle": cli.Flag("MR-GAN's cycle terms in the paired phase (Eq. 3; the authors' code had none). The "
+                             "baselines keep their mode's behaviour."),
     "real_label": cli.Flag("Real label for discriminators (authors' code: 0.9)."),
+    "paired_real_label": cli.Flag("Real label for the paired discriminators; default --real_label (authors' "
+                                  "code: 1.0, smoothing only the unpaired ones)."),
+    "generator_target": cli.Flag("Least squares generator target: 1 (LSGAN) or the discriminator's real label "
+                                 "(authors' code).", GENERATOR_TARGETS),
+    "first_conv_norm": cli.Flag("Instance norm after the discriminator body's first conv (authors' code: none)."),
+    "unpaired_cycle": cli.Flag("An unpaired generator's cycle terms: its own cycle (Alg. 1) or both cycles "
+                               "(authors' code).", UNPAIRED_CYCLES),
     "pool_size": cli.Flag("Pool of past fakes for unpaired discriminators (authors' code: 50)."),
     "seed": cli.Flag("Seed for data order, augmentation and initial weights."),
 }
@@ -298,7 +310,8 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
     replicas = strategy.num_replicas_in_sync
     # The data pipeline opens every shard set it needs: a missing one fails here, before any write.
     ds = data.training_dataset(spec, model_config.mode, tc.batch_size * replicas, seed=model_config.seed,
-                               skip_batches=start, unpaired_from_paired=tc.unpaired_from_paired)
+                               skip_batches=start, unpaired_from_paired=tc.unpaired_from_paired,
+                               n_iter=model_config.n_iter)
     fixed = None
     if chief and (spec.count("paired_test") or spec.count("paired_train")):
         fixed = data.fixed_slices(spec, tc.image_slices)

@@ -19,14 +19,40 @@ def flag_values(monkeypatch, flagfile: str) -> dict:
 @pytest.mark.parametrize("name, differs", [
     ("paired", {"mode": "paired", "out": "runs/paired"}),
     ("unpaired", {"mode": "unpaired", "out": "runs/unpaired"}),
-    ("authors_code", {"out": "runs/mrgan_authors", "real_label": 0.9, "pool_size": 50,
-                      "separate_phase_optimizers": True, "paired_repeats": 2}),
+    ("authors_code", {"out": "runs/mrgan_authors", "real_label": 0.9, "paired_real_label": 1.0,
+                      "generator_target": "real_label", "pool_size": 50, "separate_phase_optimizers": True,
+                      "paired_cycle": False, "paired_generator_repeats": 2, "first_conv_norm": False,
+                      "unpaired_cycle": "both"}),
 ])
 def test_configs_nest_the_paper_settings(monkeypatch, name, differs):
     base = flag_values(monkeypatch, "configs/mrgan.cfg")
     cfg = flag_values(monkeypatch, f"configs/{name}.cfg")
     assert {k: v for k, v in cfg.items() if base.get(k) != v} == differs
     assert cfg["steps"] == 300000 and cfg["ngf"] == 64 and cfg["n_blocks"] == 9
+
+
+def test_authors_config_yields_the_authors_model(monkeypatch, tiny_records):
+    """Every option the authors' code differs in reaches MRGANConfig; the rest is the paper's."""
+    import dataclasses
+
+    from mrgan_tf import train
+    from mrgan_tf.model import MRGANConfig
+    monkeypatch.chdir(REPO)
+    parsed = {}
+    for name in ("authors_code", "mrgan"):
+        fv = flags.FlagValues()
+        train.define_flags(fv)
+        fv(["train", f"--flagfile=configs/{name}.cfg"])
+        parsed[name] = train.model_config_from_flags(fv, tiny_records), fv.separate_phase_optimizers
+    (cfg, eight_optimizers), (paper, _) = parsed["authors_code"], parsed["mrgan"]
+    assert eight_optimizers
+    assert dataclasses.replace(paper, real_label=0.9, paired_real_label=1.0, generator_target="real_label",
+                               pool_size=50, paired_cycle=False, paired_generator_repeats=2,
+                               first_conv_norm=False, unpaired_cycle="both") == cfg
+    assert (cfg.real_label_for("unpaired"), cfg.real_label_for("paired")) == (0.9, 1.0)
+    assert (cfg.paired_repeats, cfg.mode_spec.paired_cycle) == (1, False)
+    assert paper == dataclasses.replace(MRGANConfig(), image_size=paper.image_size, input_max=paper.input_max)
+    assert (cfg.updates_per_iteration("dis_mr", "paired"), cfg.updates_per_iteration("syn_mr", "paired")) == (1, 2)
 
 
 def test_synthetic_ct_config(monkeypatch):
