@@ -125,7 +125,8 @@ TRAIN_FLAGS = {
     "beta_1": cli.Flag("Adam beta_1."),
     "decay_start": cli.Flag("Iterations at constant learning rate."),
     "decay_steps": cli.Flag("Iterations of linear decay to zero."),
-    "separate_phase_optimizers": cli.Flag("One Adam per network and phase (authors' code: 8)."),
+    "separate_phase_optimizers": cli.Flag("One Adam per network and phase (authors' code: 8). Off by default: "
+                                          "at CPU scale it was worse in every seed (docs/RESULTS.md)."),
     "steps": cli.Flag("Total iterations (default decay_start + decay_steps)."),
     "unpaired_from_paired": cli.Flag("Also feed paired training slices to the unpaired streams."),
     "precision": cli.Flag("mixed_bfloat16 for AVX-512 BF16 CPUs / TPUs; mixed_float16 (with loss scaling) for "
