@@ -33,6 +33,22 @@ def unpack(batch, channels: int) -> tuple:
     return tuple(batch[..., i * channels:(i + 1) * channels] for i in range(len(PACKED)))
 
 
+def split_steps(images: tuple, n_iter: int) -> list[tuple]:
+    """A replica's n_iter x batch examples as n_iter per-step batches: step i takes examples i, i + n, ...
+
+    Strided, not contiguous: a replica holds a contiguous chunk of the global batch
+    (``training_dataset(..., n_iter=)``), so this way each step's examples across
+    replicas are the ones one device would take.
+    """
+    if n_iter == 1:
+        return [tuple(images)]
+    size = images[0].shape[0]
+    if size is not None and size % n_iter:
+        raise ValueError(f"a replica's batch of {size} examples does not split into n_iter={n_iter} steps: "
+                         "build the dataset with data.training_dataset(..., n_iter=n_iter)")
+    return [tuple(x[i::n_iter] for x in images) for i in range(n_iter)]
+
+
 def check_channels(spec: DatasetSpec, channels: int) -> None:
     """Refuse records whose images have another stack depth than the model, naming both."""
     if spec.preprocess.channels != channels:

@@ -223,18 +223,8 @@ class MRGAN(keras.Model):
         subset (one discriminator head and tail).
         """
         super().compile(optimizer=None, **kwargs)
-        nets = {"syn_mr": self.syn_mr, "syn_ct": self.syn_ct, "dis_mr": self.dis_mr, "dis_ct": self.dis_ct}
-        self.optimizers = {}
-        for key, opt in optimizers.items():
-            net = key.split("/")[0]
-            if net not in nets:
-                raise ValueError(f"optimizer key {key!r} names no network; use {sorted(nets)}")
-            opt.build(nets[net].trainable_variables)
-            self.optimizers[key] = opt
-        for net in nets:
-            for phase in ("unpaired", "paired"):
-                if f"{net}/{phase}" not in self.optimizers and net not in self.optimizers:
-                    raise ValueError(f"no optimizer for {net} ({phase} phase)")
+        self.optimizers = _built_optimizers(optimizers, {"syn_mr": self.syn_mr, "syn_ct": self.syn_ct,
+                                                         "dis_mr": self.dis_mr, "dis_ct": self.dis_ct})
 
     def _optimizer(self, net: str, phase: str):
         return self.optimizers.get(f"{net}/{phase}", self.optimizers.get(net))
@@ -250,7 +240,7 @@ class MRGAN(keras.Model):
         autograph is not needed; skipping its source conversion of this and every
         function it calls (~350 of them, Keras layers included) saves seconds of tracing.
         """
-        steps = self._inner_steps(*self._decode_and_augment(batch))
+        steps = data.split_steps(self._decode_and_augment(batch), self.config.n_iter)
         logs = {}
         if self.mode.unpaired:                                         # lines 2-9
             for i, (ct, mr, _, _) in enumerate(steps):
@@ -264,22 +254,7 @@ class MRGAN(keras.Model):
                     if "ct" in self.mode.paired_directions:
                         logs.update(self._update(self.to_ct, src=p_mr, real=p_ct, phase="paired"))  # 14-15
         self.iteration.assign_add(1)
-        return self._format_logs(logs)
-
-    def _inner_steps(self, *images):
-        """The replica's n_iter x batch examples as n_iter per-step batches: step i takes examples i, i + n, ...
-
-        Strided, not contiguous: a replica holds a contiguous chunk of the global batch, so
-        this way each step's examples across replicas are the ones one device would take.
-        """
-        n = self.config.n_iter
-        if n == 1:
-            return [images]
-        size = images[0].shape[0]
-        if size is not None and size % n:
-            raise ValueError(f"a replica's batch of {size} examples does not split into n_iter={n} steps: "
-                             "build the dataset with data.training_dataset(..., n_iter=n_iter)")
-        return [tuple(x[i::n] for x in images) for i in range(n)]
+        return _format_logs(logs)
 
     def _update(self, d: _Direction, src, real, phase: str, step: int = 0) -> dict:
         """A discriminator update then generator update(s) for one direction and phase.
@@ -359,13 +334,6 @@ class MRGAN(keras.Model):
         pair = augment_lib.augment(tf.concat([p_ct, p_mr], axis=-1), self._seed(3), aug)  # same map for both
         return ct, mr, pair[..., :c], pair[..., c:]
 
-    def _format_logs(self, logs):
-        # MultiWorkerMirroredStrategy reduces logs along axis 0, so give them one
-        # (keras-team/keras#20329); other strategies take scalars.
-        strategy = tf.distribute.get_strategy()
-        rank1 = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        return {k: tf.reshape(tf.cast(v, tf.float32), [1] if rank1 else []) for k, v in sorted(logs.items())}
-
     def call(self, ct, training=False):
         """Inference is SynMR(CT)."""
         return self.syn_mr(ct, training=training)
@@ -375,6 +343,29 @@ class MRGAN(keras.Model):
         syn = self.syn_mr(ct, training=False)
         return syn, self.syn_ct(syn, training=False)
 
+
+
+def _built_optimizers(optimizers: dict, nets: dict) -> dict:
+    """Each optimizer built on its network's weights; every network has one for each phase."""
+    out = {}
+    for key, opt in optimizers.items():
+        net = key.split("/")[0]
+        if net not in nets:
+            raise ValueError(f"optimizer key {key!r} names no network; use {sorted(nets)}")
+        opt.build(nets[net].trainable_variables)
+        out[key] = opt
+    for net in nets:
+        for phase in ("unpaired", "paired"):
+            if f"{net}/{phase}" not in out and net not in out:
+                raise ValueError(f"no optimizer for {net} ({phase} phase)")
+    return out
+
+
+def _format_logs(logs: dict) -> dict:
+    """Scalars for Keras; MultiWorkerMirroredStrategy reduces logs along axis 0, so give them one
+    there (keras-team/keras#20329)."""
+    rank1 = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+    return {k: tf.reshape(tf.cast(v, tf.float32), [1] if rank1 else []) for k, v in sorted(logs.items())}
 
 def make_optimizers(config: MRGANConfig, lr: float = 2e-4, beta_1: float = 0.5, beta_2: float = 0.999,
                     decay_start: int = 100_000, decay_steps: int = 200_000, separate_phases: bool = False,
