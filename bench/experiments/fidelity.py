@@ -154,13 +154,14 @@ def group_markdown(group: str, arms: Mapping[str, dict]) -> list[str]:
 def loss_vs_heads_markdown(arms: Mapping[str, dict]) -> list[str]:
     """The paper's two claims: NLL beats least squares (same D); small heads/tails beat large ones."""
     out = ["## The paper's claims, here", ""]
-    for k in (1, 2, 3):
-        nll, ls = ("optim_shared" if k == 1 else f"nll_D{k}"), f"ls_D{k}"
+    nll_arm, ls_arm = dict(GROUPS["table4"]), dict(GROUPS["table3"])
+    for cell, ls in ls_arm.items():
+        nll = nll_arm[cell]
         if nll in arms and ls in arms:
-            out.append(f"- D{k}: " + verdict("NLL", "least squares", compare(arms[nll], arms[ls], "mae_masked"),
-                                             "mae_masked"))
-    small = [a for a in ("optim_shared", "nll_D4", "nll_D5") if a in arms]
-    large = [a for a in ("nll_D2", "nll_D3") if a in arms]
+            out.append(f"- {cell}: " + verdict("NLL", "least squares", compare(arms[nll], arms[ls], "mae_masked"),
+                                               "mae_masked"))
+    small = [nll_arm[c] for c in ("D1", "D4", "D5") if nll_arm[c] in arms]
+    large = [nll_arm[c] for c in ("D2", "D3") if nll_arm[c] in arms]
     if small and large:
         def mean_of(names):
             return float(np.mean([arms[a]["stats"]["mae_masked"]["mean"] for a in names]))
