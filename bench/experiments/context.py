@@ -5,7 +5,8 @@
 Arms, all MR-GAN mode with one flagfile (bench/experiments/configs/table1.cfg) and the
 same iterations: ``2d`` (axial, today), ``k1`` and ``k2`` (axial 2.5D,
 ``--context_slices`` 1 and 2), ``fused_2d`` (voxel-wise median of axial, coronal and
-sagittal 2-D models), ``fused_k1`` (the same with k = 1 models).
+sagittal 2-D models), ``fused_k1`` (the same with k = 1 models); ``coronal_2d`` and
+``sagittal_2d`` score the fused arm's other planes alone (no extra training).
 
 1. the demo data and its axial records, as table1.py builds them (``<root>/data``,
    ``<root>/records``), then one records folder per other (plane, k) a chosen arm needs,
@@ -55,9 +56,11 @@ ARMS = {
     "k2": ("axial_k2",),
     "fused_2d": ("axial_k0", "coronal_k0", "sagittal_k0"),
     "fused_k1": ("axial_k1", "coronal_k1", "sagittal_k1"),
+    "coronal_2d": ("coronal_k0",),      # the fused arms' single planes, to tell why fusion helps or not
+    "sagittal_2d": ("sagittal_k0",),
 }
 LABELS = {"2d": "2-D (axial)", "k1": "2.5D k=1", "k2": "2.5D k=2", "fused_2d": "3-plane fusion, 2-D",
-          "fused_k1": "3-plane fusion, 2.5D k=1"}
+          "fused_k1": "3-plane fusion, 2.5D k=1", "coronal_2d": "2-D (coronal)", "sagittal_2d": "2-D (sagittal)"}
 METRICS = ("smr_mae", "smr_psnr", "smr_ssim", "smr_slice_grad_mae")
 METRIC_LABELS = {"smr_mae": "MAE", "smr_psnr": "PSNR (dB)", "smr_ssim": "SSIM",
                  "smr_slice_grad_mae": "slice-gradient MAE"}
