@@ -37,7 +37,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from bench_inference import _cpu_name, _head_ct  # noqa: E402
+from bench_inference import _head_ct, cpu_name  # noqa: E402
 
 
 def _run(predictor, vol, batch_size: int) -> dict:
@@ -91,7 +91,7 @@ def main() -> None:
             max_diff = float(np.abs(runs["client"][-1]["out"].data - runs["local"][-1]["out"].data).max())
             requests = sum(1 for r in srv.grpc_calls if r.model_spec.signature_name == "normalised")
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "cpu_s")} for n, rs in runs.items()}
-    result = {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
               "args": vars(args), "median": med,
               "runs": {n: [{k: v for k, v in r.items() if k != "out"} for r in rs] for n, rs in runs.items()},
               "overhead_wall": med["client"]["wall_s"] / med["local"]["wall_s"] - 1.0,

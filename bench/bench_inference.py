@@ -35,7 +35,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """/proc/cpuinfo's model name (the processor string, or unknown, elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -157,7 +158,7 @@ def main() -> None:
     import tensorflow as tf
 
     t0 = time.perf_counter()
-    results = {"machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+    results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
                            "load_before": os.getloadavg()},
                "batch_sizes": batch_sizes, "args": vars(args), "precisions": {}}
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:

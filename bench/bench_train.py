@@ -281,6 +281,7 @@ def run_curves(a) -> dict:
 # ---------------------------------------------------------------- 2.5D cost
 def run_context(a) -> dict:
     """Seconds per iteration of the 2-D and the k = 1 model, alternating runs (each its own process)."""
+    from bench_inference import cpu_name
     os.makedirs(a.out, exist_ok=True)
     times: dict[int, list[float]] = {0: [], 1: []}
     for r in range(a.rounds):
@@ -294,15 +295,7 @@ def run_context(a) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"size": a.size, "rounds": a.rounds, "iters": a.iters, "s_per_iter": times,
             "s_per_iter_median": med, "ratio_k1_over_2d": med[1] / med[0], "target": 1.15,
-            "cpu": _cpu_model(), "loadavg": os.getloadavg()[0]}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        return ""
+            "cpu": cpu_name(), "loadavg": os.getloadavg()[0]}
 
 
 # ---------------------------------------------------------------- driver

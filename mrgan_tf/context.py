@@ -58,14 +58,20 @@ def average_overlaps(pred: np.ndarray, k: int) -> np.ndarray:
     return out / count[:, None, None]
 
 
+def _neighbour_indices_tf(n, k: int):
+    """TF twin of ``neighbour_indices``: (n, 2k+1) edge-clamped slice indices."""
+    import tensorflow as tf
+
+    return tf.clip_by_value(tf.range(n)[:, None] + tf.range(-k, k + 1)[None, :], 0, n - 1)
+
+
 def neighbour_stack_tf(x, k: int):
     """TF twin of ``neighbour_stack`` for [N, H, W, 1] ordered slices -> [N, H, W, 2k+1]."""
     import tensorflow as tf
 
     if k == 0:
         return x
-    n = tf.shape(x)[0]
-    idx = tf.clip_by_value(tf.range(n)[:, None] + tf.range(-k, k + 1)[None, :], 0, n - 1)
+    idx = _neighbour_indices_tf(tf.shape(x)[0], k)
     return tf.concat([tf.gather(x, idx[:, j]) for j in range(2 * k + 1)], axis=-1)
 
 
@@ -76,7 +82,7 @@ def average_overlaps_tf(y, k: int):
     if k == 0:
         return y
     n = tf.shape(y)[0]
-    idx = tf.clip_by_value(tf.range(n)[:, None] + tf.range(-k, k + 1)[None, :], 0, n - 1)
+    idx = _neighbour_indices_tf(n, k)
     data = tf.reshape(tf.transpose(y, [0, 3, 1, 2]), tf.concat([[-1], tf.shape(y)[1:3]], 0))   # [N*C, H, W]
     return tf.math.unsorted_segment_mean(data, tf.reshape(idx, [-1]), n)[..., None]
 

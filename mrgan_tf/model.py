@@ -344,7 +344,6 @@ class MRGAN(keras.Model):
         return syn, self.syn_ct(syn, training=False)
 
 
-
 def _built_optimizers(optimizers: dict, nets: dict) -> dict:
     """Each optimizer built on its network's weights; every network has one for each phase."""
     out = {}
@@ -366,6 +365,7 @@ def _format_logs(logs: dict) -> dict:
     there (keras-team/keras#20329)."""
     rank1 = isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
     return {k: tf.reshape(tf.cast(v, tf.float32), [1] if rank1 else []) for k, v in sorted(logs.items())}
+
 
 def make_optimizers(config: MRGANConfig, lr: float = 2e-4, beta_1: float = 0.5, beta_2: float = 0.999,
                     decay_start: int = 100_000, decay_steps: int = 200_000, separate_phases: bool = False,

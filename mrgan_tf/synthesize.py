@@ -267,11 +267,12 @@ def prepare_input(predictor: Predictor, vol: Volume):
     """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
     raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
     cfg = predictor.preprocess
-    prep = prepare_patient(vol, None, None, cfg) if predictor.name == "ct2mr" else prepare_patient(None, vol, None, cfg)
+    from_ct = predictor.name == "ct2mr"
+    prep = prepare_patient(vol, None, None, cfg) if from_ct else prepare_patient(None, vol, None, cfg)
     depth = depth_problem(prep.shape[2], cfg.context_slices, cfg.slice_axis)
     if depth:
         raise VolumeError(vol.source, depth)
-    return prep, dequantise(prep.ct if predictor.name == "ct2mr" else prep.mr, cfg.bits)
+    return prep, dequantise(prep.ct if from_ct else prep.mr, cfg.bits)
 
 
 def output_units(predictor: Predictor, mr_range: tuple[float, float] | None = None) -> str:

@@ -247,14 +247,10 @@ def results_markdown(agg: Mapping, wall: Mapping[str, float], steps: int, partia
 
 def run_experiment() -> int:
     seeds = [int(s) for s in FLAGS.seeds]
-    arms = list(FLAGS.arms)
-    bad = [a for a in arms if a not in ARMS]
-    if bad or not arms:
-        raise ExperimentError(f"--arms: unknown {bad or 'none'}; choose from {', '.join(ARMS)}")
+    arms = table1.check_choices("arms", FLAGS.arms, ARMS)
     if FLAGS.modes != list(table1.MODES):
         raise ExperimentError("--modes is table1.py's; every model here trains MR-GAN mode (choose --arms)")
-    if not os.path.isfile(FLAGS.config):
-        raise ExperimentError(f"{FLAGS.config}: train flagfile not found")
+    table1.check_flagfile(FLAGS.config)
     root = os.path.abspath(FLAGS.root)
     t0 = time.perf_counter()
     grid = ContextGrid(root, FLAGS.name, FLAGS.config, FLAGS.steps, FLAGS.train_flag)

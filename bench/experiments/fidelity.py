@@ -198,9 +198,7 @@ def figure(path: str, arms: Mapping[str, dict], groups: Sequence[str]) -> str:
 
 
 def run_experiment() -> int:
-    bad = [g for g in FLAGS.groups if g not in GROUPS]
-    if bad or not FLAGS.groups:
-        raise table1.ExperimentError(f"--groups: unknown {bad or 'none'}; choose from {', '.join(GROUPS)}")
+    table1.check_choices("groups", FLAGS.groups, GROUPS)
     steps = FLAGS.steps or table1.demo._flagfile_int(FLAGS.config, "steps")
     root, t0 = os.path.abspath(FLAGS.root), time.perf_counter()
     todo = plan(FLAGS.groups, [int(s) for s in FLAGS.seeds], [int(s) for s in FLAGS.table_seeds])

@@ -72,6 +72,19 @@ class ExperimentError(RuntimeError):
     """A stage failed; the message names the run and its log."""
 
 
+def check_choices(flag: str, given, known) -> list:
+    """``given`` values of a list flag, refused (naming them and the choices) when empty or unknown."""
+    bad = [g for g in given if g not in known]
+    if bad or not given:
+        raise ExperimentError(f"--{flag}: unknown {bad or 'none'}; choose from {', '.join(known)}")
+    return list(given)
+
+
+def check_flagfile(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ExperimentError(f"{path}: train flagfile not found")
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -192,7 +205,6 @@ class Grid:
                              "iterations_per_second": _steady_rate(run)}
         _write_json(os.path.join(run, "experiment.json"), state)
         _say(f"[{mode} seed {seed}] done in {seconds:.0f} s")
-
 
     def train_and_evaluate(self, seeds: Sequence[int], runs: Sequence[str], aggregate_only: bool, evaluate,
                            eval_file: str) -> dict:
@@ -409,12 +421,8 @@ def write_results(grid: Grid, agg: Mapping, results: str, expected_seeds: Sequen
 
 def run_experiment() -> int:
     seeds = [int(s) for s in FLAGS.seeds]
-    modes = list(FLAGS.modes)
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ExperimentError(f"--modes: unknown {bad or 'none'}; choose from {', '.join(MODES)}")
-    if not os.path.isfile(FLAGS.config):
-        raise ExperimentError(f"{FLAGS.config}: train flagfile not found")
+    modes = check_choices("modes", FLAGS.modes, MODES)
+    check_flagfile(FLAGS.config)
     steps = FLAGS.steps or demo._flagfile_int(FLAGS.config, "steps")
     if not steps:
         raise ExperimentError(f"{FLAGS.config}: no --steps in the flagfile and none given")
