@@ -15,7 +15,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
+
+from mrgan_tf.bias_conv import BiasAddConv2D
 
 BLOCK = 4   # output pixels per side computed by one position of the blocked conv
 NARROW = 2  # channel counts at or below this take the blocked path
@@ -107,7 +108,7 @@ def conv2d_valid(x, w):
 
 
 @keras.saving.register_keras_serializable(package="mrgan_tf")
-class NarrowConv2D(layers.Conv2D):
+class NarrowConv2D(BiasAddConv2D):
     """A stride-1 Conv2D for layers with one or two input or output channels.
 
     Same weights, names and checkpoints as ``keras.layers.Conv2D``; only the
