@@ -175,10 +175,15 @@ def compare(sides: list[str], size: str, rounds: int, warmup: int, threads: int)
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{s} {times[s][-1]['wall_s']:.2f} s" for s in sides),
                   flush=True)
     finally:
-        for p in procs.values():
+        for spec, p in procs.items():
             if p.poll() is None:
                 p.stdin.close()
-                p.wait(timeout=60)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:      # its times are in: a slow exit must not lose them
+                    print(f"  {spec}: still exiting after 60 s, killed", flush=True)
+                    p.kill()
+                    p.wait()
     med = {s: statistics.median(t["wall_s"] for t in times[s]) for s in sides}
     best = {s: min(t["wall_s"] for t in times[s]) for s in sides}
     ratios, ratios_best = {}, {}
