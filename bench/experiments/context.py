@@ -209,11 +209,7 @@ def aggregate(per_seed: Mapping[int, Mapping], arms: Sequence[str]) -> dict:
             va, vb = stats[a][k], stats[BASELINE][k]
             if va["mean"] is None or vb["mean"] is None:
                 continue
-            d = va["mean"] - vb["mean"]
-            combined = float(np.hypot(va["sd"], vb["sd"]))
-            diffs.setdefault(a, {})[k] = {
-                "difference": d, "combined_sd": combined, "better": bool(d < 0 if k in LOWER_IS_BETTER else d > 0),
-                "exceeds_combined_sd": bool(abs(d) > combined) if min(va["n"], vb["n"]) > 1 else None}
+            diffs.setdefault(a, {})[k] = table1.difference(va, vb, k in LOWER_IS_BETTER)
     return {"seeds": seeds, "arms": list(arms), "stats": stats, "differences": diffs}
 
 
@@ -241,7 +237,7 @@ def results_markdown(agg: Mapping, wall: Mapping[str, float], steps: int, partia
         for k, d in per.items():
             beyond = {True: "yes", False: "no", None: "n/a (1 seed)"}[d["exceeds_combined_sd"]]
             lines.append(f"| {LABELS[a]} | {METRIC_LABELS[k]} | {d['difference']:+.3f} | {d['combined_sd']:.3f} | "
-                         f"{'yes' if d['better'] else 'no'} | {beyond} |")
+                         f"{'yes' if d['a_better'] else 'no'} | {beyond} |")
     return "\n".join(lines) + "\n"
 
 

@@ -279,6 +279,15 @@ def _stats(values: Sequence[float]) -> dict:
             "sd_sample": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
 
 
+def difference(va: Mapping, vb: Mapping, lower_is_better: bool) -> dict:
+    """a - b of one metric's mean over seeds, against the combined sd sqrt(sd_a² + sd_b²), and per seed."""
+    d = va["mean"] - vb["mean"]
+    combined = float(np.hypot(va["sd"], vb["sd"]))
+    return {"difference": d, "combined_sd": combined, "a_better": bool(d < 0 if lower_is_better else d > 0),
+            "exceeds_combined_sd": bool(abs(d) > combined) if min(va["n"], vb["n"]) > 1 else None,
+            "per_seed": [None if x is None or y is None else x - y for x, y in zip(va["per_seed"], vb["per_seed"])]}
+
+
 def aggregate(per_seed: Mapping[int, Mapping]) -> dict:
     """``{seed: metrics.json}`` -> per patient and patient-average stats over seeds, and mode differences.
 
@@ -308,13 +317,7 @@ def aggregate(per_seed: Mapping[int, Mapping]) -> dict:
             va, vb = stats[a]["avg"][k], stats[b]["avg"][k]
             if va["mean"] is None or vb["mean"] is None:
                 continue
-            d = va["mean"] - vb["mean"]
-            combined = float(np.hypot(va["sd"], vb["sd"]))
-            better = d < 0 if k in LOWER_IS_BETTER else d > 0
-            diffs.setdefault(f"{a}-{b}", {})[k] = {
-                "difference": d, "combined_sd": combined, "a_better": bool(better),
-                "exceeds_combined_sd": bool(abs(d) > combined) if min(va["n"], vb["n"]) > 1 else None,
-                "per_seed": [x - y for x, y in zip(va["per_seed"], vb["per_seed"])]}
+            diffs.setdefault(f"{a}-{b}", {})[k] = difference(va, vb, k in LOWER_IS_BETTER)
     return {"seeds": seeds, "modes": modes, "patients": patients, "ddof": DDOF, "stats": stats,
             "differences": diffs}
 
