@@ -24,20 +24,45 @@ class FusedAdam(keras.optimizers.Adam):
         if self.amsgrad:
             raise ValueError("FusedAdam has no amsgrad; use keras.optimizers.Adam")
 
+    def _scalars(self, iterations, learning_rate, dtypes) -> dict:
+        """Per dtype: the kernel's lr, beta_1^t, beta_2^t, beta_1, beta_2 and epsilon for update t = iterations + 1."""
+        step = tf.cast(iterations + 1, tf.float32)
+        scalars = {}
+        for dtype in dtypes:
+            cast = lambda x: tf.cast(x, dtype)  # noqa: E731
+            scalars[dtype.name] = (cast(learning_rate), cast(tf.pow(self.beta_1, step)),
+                                   cast(tf.pow(self.beta_2, step)), cast(self.beta_1), cast(self.beta_2),
+                                   cast(self.epsilon))
+        return scalars
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
         # The scalars are computed here, per replica, and reach each device's kernel through
         # ``extended.update``'s args (as Keras passes the learning rate).
-        step = tf.cast(self.iterations + 1, tf.float32)
-        scalars = {}
-        for dtype in {v.dtype for v in variables}:
-            cast = lambda x: tf.cast(x, dtype)  # noqa: E731
-            scalars[dtype.name] = (cast(learning_rate), cast(tf.pow(self.beta_1, step)),
-                                   cast(tf.pow(self.beta_2, step)), cast(self.beta_1), cast(self.beta_2),
-                                   cast(self.epsilon))
+        scalars = self._scalars(self.iterations, learning_rate, {v.dtype for v in variables})
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_update, self._distribution_strategy, grads_and_vars, scalars)
+
+    def slots(self, variable) -> tuple:
+        """The first and second moment (tf.Variables) this optimizer keeps for ``variable``."""
+        index = self._get_variable_index(variable)
+        return self._momentums[index].value, self._velocities[index].value
+
+    def apply_elsewhere(self, grads, variables, momentums, velocities, iterations) -> None:
+        """This optimizer's update of other weights, whose slots and step counter are passed in.
+
+        What ``apply_gradients`` does for its own weights, one device, no loss scale: the
+        learning rate at ``iterations``, one kernel per weight, then ``iterations`` += 1. It
+        lets one traced update serve two networks of the same shapes (``shared_update.py``).
+        """
+        schedule = self._learning_rate
+        is_schedule = isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+        learning_rate = schedule(iterations) if is_schedule else self.learning_rate
+        scalars = self._scalars(iterations, learning_rate, {v.dtype for v in variables})
+        for grad, var, m, v in zip(grads, variables, momentums, velocities):
+            _apply_adam(var, grad, m, v, scalars[var.dtype.name])
+        iterations.assign_add(1)
 
     def _fused_update(self, distribution, grads_and_vars, scalars):
         for grad, var in grads_and_vars:

@@ -24,6 +24,7 @@ from mrgan_tf import augment as augment_lib
 from mrgan_tf import data, losses, networks
 from mrgan_tf.fused_adam import FusedAdam
 from mrgan_tf.schedule import ConstantThenLinearDecay
+from mrgan_tf.shared_update import SharedUpdates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +205,7 @@ class MRGAN(keras.Model):
                                          name="iteration", aggregation="only_first_replica")
         self.adversarial = {phase: (losses.ADVERSARIAL[kind][0], config.generator_loss(phase))
                             for phase, kind in losses.adversarial_kinds(config.adversarial).items()}
+        self._shared = None         # set by compile: both directions' updates traced once, where exact
         self.built = True
 
     @property
@@ -225,6 +227,7 @@ class MRGAN(keras.Model):
         super().compile(optimizer=None, **kwargs)
         self.optimizers = _built_optimizers(optimizers, {"syn_mr": self.syn_mr, "syn_ct": self.syn_ct,
                                                          "dis_mr": self.dis_mr, "dis_ct": self.dis_ct})
+        self._shared = SharedUpdates.for_model(self)
 
     def _optimizer(self, net: str, phase: str):
         return self.optimizers.get(f"{net}/{phase}", self.optimizers.get(net))
@@ -257,7 +260,23 @@ class MRGAN(keras.Model):
         return _format_logs(logs)
 
     def _update(self, d: _Direction, src, real, phase: str, step: int = 0) -> dict:
-        """A discriminator update then generator update(s) for one direction and phase.
+        """A discriminator update then generator update(s) for one direction and phase; its logs.
+
+        Where both directions can share one traced update (``shared_update.py``: one
+        device, the fused Adam, no fake pool), it runs on this direction's weights there;
+        otherwise it is built here, in the step.
+        """
+        if self._shared is not None:
+            d_loss, g_loss, terms = self._shared.run(d, src, real, phase)
+        else:
+            d_loss, g_loss, terms = self._update_body(d, self._optimizer(f"syn_{d.name}", phase),
+                                                      self._optimizer(f"dis_{d.name}", phase), src, real, phase, step)
+        logs = {f"{phase}/dis_{d.name}": d_loss, f"{phase}/syn_{d.name}": g_loss}
+        logs.update({f"{phase}/syn_{d.name}_{k}": v for k, v in terms.items()})
+        return logs
+
+    def _update_body(self, d: _Direction, g_opt, d_opt, src, real, phase: str, step: int = 0) -> tuple:
+        """Lines 5-8 or 12-15 for one direction: (D's loss, G's loss, G's loss terms).
 
         The fake G(src) is computed once, under the generator's tape: the
         discriminator update uses it without gradient, and since G has not changed
@@ -273,7 +292,6 @@ class MRGAN(keras.Model):
         judge = (lambda x: d.dis.unpaired(x, training=True)) if phase == "unpaired" \
             else (lambda x: d.dis.paired(src, x, training=True))
         scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-        g_opt = self._optimizer(f"syn_{d.name}", phase)
         g_vars = d.gen.trainable_variables
 
         for repeat in range(cfg.paired_generator_repeats if phase == "paired" else 1):
@@ -281,7 +299,7 @@ class MRGAN(keras.Model):
                 fake = d.gen(src, training=True)
                 if repeat == 0:
                     with g_tape.stop_recording():
-                        d_loss = self._discriminator_update(d, real, fake, judge, phase, scale, step)
+                        d_loss = self._discriminator_update(d, d_opt, real, fake, judge, phase, scale, step)
                 terms = {"adv": self.adversarial[phase][1](judge(fake))}
                 if phase == "unpaired" or self.mode.paired_cycle:
                     terms["cycle"] = cfg.cycle_weight * losses.l1(d.back(fake, training=True), src)
@@ -293,14 +311,10 @@ class MRGAN(keras.Model):
                 g_loss = tf.add_n(list(terms.values()))
                 scaled = g_opt.scale_loss(g_loss * scale)
             g_opt.apply_gradients(zip(g_tape.gradient(scaled, g_vars), g_vars))
+        return d_loss, g_loss, terms
 
-        logs = {f"{phase}/dis_{d.name}": d_loss, f"{phase}/syn_{d.name}": g_loss}
-        logs.update({f"{phase}/syn_{d.name}_{k}": v for k, v in terms.items()})
-        return logs
-
-    def _discriminator_update(self, d: _Direction, real, fake, judge, phase: str, scale, step: int):
+    def _discriminator_update(self, d: _Direction, d_opt, real, fake, judge, phase: str, scale, step: int):
         """D's update on ``real`` against ``fake`` (unpaired: maybe a pooled past fake); returns its loss."""
-        d_opt = self._optimizer(f"dis_{d.name}", phase)
         d_vars = d.dis.variables_for(phase)
         shown = fake
         if phase == "unpaired" and d.pool is not None:
