@@ -175,6 +175,7 @@ def run_census(a) -> dict:
     """Counts generator forward passes in the traced train_step (Tanh = a generator's output)."""
     import tensorflow as tf
     model = build_model("demo", "float32", False)
+    model._shared = None        # every update inline, so each forward pass is an op of this one graph
     s = model.config.image_size
     graph = tf.function(model.train_step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
     ops = [op for op in graph.get_operations() if op.type == "Tanh"]
@@ -192,6 +193,8 @@ def run_trace(a) -> dict:
 
     import tensorflow as tf
     model = build_model(a.size, "float32", False)
+    if a.inline:         # every update built in the step, as before shared_update.py
+        model._shared = None
     s = model.config.image_size
     step = model.train_step
     if a.autograph:      # the step as it was traced before do_not_convert
@@ -206,7 +209,8 @@ def run_trace(a) -> dict:
             c.update(count(f.graph) if hasattr(f, "graph") else {})
         return c
     types = count(graph)
-    return {"size": a.size, "autograph": a.autograph, "ops": sum(types.values()), "trace_s": trace_s,
+    return {"size": a.size, "autograph": a.autograph, "inline": a.inline, "ops": sum(types.values()),
+            "trace_s": trace_s,
             "trace_cpu_s": trace_cpu_s,
             "top_types": types.most_common(15)}
 
@@ -373,6 +377,7 @@ def main(argv=None) -> int:
     tr = sub.add_parser("trace")
     tr.add_argument("--size", choices=sorted(SIZES), default="demo")
     tr.add_argument("--autograph", action="store_true", help="trace train_step through autograph (as before)")
+    tr.add_argument("--inline", action="store_true", help="build every update in the step (no shared updates)")
     pl = sub.add_parser("pipeline")
     pl.add_argument("--image_size", type=int, default=128)
     pl.add_argument("--batches", type=int, default=2000)
