@@ -210,9 +210,7 @@ def run_trace(a) -> dict:
         return c
     types = count(graph)
     return {"size": a.size, "autograph": a.autograph, "inline": a.inline, "ops": sum(types.values()),
-            "trace_s": trace_s,
-            "trace_cpu_s": trace_cpu_s,
-            "top_types": types.most_common(15)}
+            "trace_s": trace_s, "trace_cpu_s": trace_cpu_s, "top_types": types.most_common(15)}
 
 
 # ---------------------------------------------------------------- input pipeline

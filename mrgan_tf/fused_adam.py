@@ -53,13 +53,11 @@ class FusedAdam(keras.optimizers.Adam):
         """This optimizer's update of other weights, whose slots and step counter are passed in.
 
         What ``apply_gradients`` does for its own weights, one device, no loss scale: the
-        learning rate at ``iterations``, one kernel per weight, then ``iterations`` += 1. It
-        lets one traced update serve two networks of the same shapes (``shared_update.py``).
+        learning rate of its schedule at ``iterations``, one kernel per weight, then
+        ``iterations`` += 1. It lets one traced update serve two networks of the same shapes
+        (``shared_update.py``, which uses it only for optimizers with a schedule).
         """
-        schedule = self._learning_rate
-        is_schedule = isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
-        learning_rate = schedule(iterations) if is_schedule else self.learning_rate
-        scalars = self._scalars(iterations, learning_rate, {v.dtype for v in variables})
+        scalars = self._scalars(iterations, self._learning_rate(iterations), {v.dtype for v in variables})
         for grad, var, m, v in zip(grads, variables, momentums, velocities):
             _apply_adam(var, grad, m, v, scalars[var.dtype.name])
         iterations.assign_add(1)
