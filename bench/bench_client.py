@@ -4,15 +4,15 @@
     .venv/bin/python bench/bench_client.py --ngf=16 --n_blocks=3     # a cheaper generator: overhead shows more
 
 A generator (default full size: ngf 64, 9 blocks, 256 x 256, random weights) is
-exported with ``mrgan_tf.export.export_generator`` (plus ``models.config``);
+exported with ``mrgan_tf.serving.export.export_generator`` (plus ``models.config``);
 ``tests/serving_double.py`` (a test
 double of TF Serving's PredictionService: the TF1 SavedModel loader behind a
 grpcio server on 127.0.0.1, in this process; TF Serving itself cannot be
 installed here) serves the export's ``models.config``. A synthetic head CT of
-230 x 230 x 150 voxels at 1 mm goes through ``synthesize.synthesize_volume``
+230 x 230 x 150 voxels at 1 mm goes through ``synthesis.synthesize_volume``
 with (the double's warmup replay is turned off; the timed runs follow a warm-up)
 
-* ``local``: ``synthesize.load_predictor`` (the SavedModel's ``normalised``
+* ``local``: ``predictors.load_predictor`` (the SavedModel's ``normalised``
   signature in this process), and
 * ``client``: ``client.connect`` over gRPC (same preprocessing code, ordered
   batches of 16 slices as PredictRequests, TF1 session on the server side).
@@ -41,10 +41,10 @@ from bench_inference import _head_ct, cpu_name  # noqa: E402
 
 
 def _run(predictor, vol, batch_size: int) -> dict:
-    from mrgan_tf import synthesize
+    from mrgan_tf.inference import synthesis
 
     w, c = time.perf_counter(), time.process_time()
-    out, timing = synthesize.synthesize_volume(predictor, vol, batch_size=batch_size)
+    out, timing = synthesis.synthesize_volume(predictor, vol, batch_size=batch_size)
     return {"wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c, "model_s": timing["model_s"],
             "out": out}
 
@@ -61,11 +61,14 @@ def main() -> None:
     args = ap.parse_args()
 
     import keras
-
     import serving_double
-    from mrgan_tf import client, export, networks, serving_files, synthesize
+
+    from mrgan_tf.inference import client, predictors
     from mrgan_tf.io.volumes import Volume
+    from mrgan_tf.modeling import networks
     from mrgan_tf.preprocess import PreprocessConfig
+    from mrgan_tf.serving import export
+    from mrgan_tf.serving import files as serving_files
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()
@@ -78,7 +81,7 @@ def main() -> None:
         vol = Volume(_head_ct((230, 230, args.slices)), np.eye(4), "synthetic")
         warm = Volume(vol.data[:, :, : args.batch_size], vol.affine, "synthetic")
         with serving_double.serving(os.path.join(tmp, serving_files.MODEL_CONFIG), replay_warmup=False) as srv:
-            paths = {"local": synthesize.load_predictor(tmp, "ct2mr"),
+            paths = {"local": predictors.load_predictor(tmp, "ct2mr"),
                      "client": client.connect(client.ClientConfig(srv.grpc_target, timeout_s=600.0), "ct2mr")}
             for p in paths.values():
                 _run(p, warm, args.batch_size)

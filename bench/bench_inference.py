@@ -4,7 +4,7 @@
 
 For each precision (float32, then the mixed_bfloat16 policy) a full-size SynMR
 (ngf 64, 9 blocks, 256 x 256, random weights) is exported with
-``mrgan_tf.export.export_generator`` and timed per 256 x 256 slice at batch 1, 8
+``mrgan_tf.serving.export.export_generator`` and timed per 256 x 256 slice at batch 1, 8
 and 32 through three paths:
 
 * ``saved_model``: the SavedModel's ``normalised`` signature (what synthesize uses);
@@ -16,7 +16,7 @@ alike; one warm-up call per path (tracing) is discarded; the median of the timed
 calls is reported with the process CPU time per call. ``keras_eager`` is timed at
 the smallest batch only (it runs the same kernels plus per-op Python overhead).
 Then one 150-slice CT volume (230 x 230 x 150 at 1 mm, a synthetic head) goes
-through ``synthesize.synthesize_volume`` with the SavedModel (read excluded;
+through ``synthesis.synthesize_volume`` with the SavedModel (read excluded;
 preprocessing, model and restacking included).
 """
 from __future__ import annotations
@@ -64,8 +64,10 @@ def bench_precision(precision: str, batch_sizes, reps: int, args, tmp: str) -> d
     import keras
     import tensorflow as tf
 
-    from mrgan_tf import export, networks, synthesize
+    from mrgan_tf.inference import predictors, synthesis
+    from mrgan_tf.modeling import networks
     from mrgan_tf.preprocess import PreprocessConfig
+    from mrgan_tf.serving import export
 
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -75,7 +77,7 @@ def bench_precision(precision: str, batch_sizes, reps: int, args, tmp: str) -> d
         t0 = time.perf_counter()
         version_dir = export.export_generator(gen, "mr", cfg, os.path.join(tmp, precision))
         export_s = time.perf_counter() - t0
-        predictor = synthesize.load_predictor(version_dir, "ct2mr")
+        predictor = predictors.load_predictor(version_dir, "ct2mr")
         s = args.image_size
         fn = tf.function(lambda x: gen(x, training=False),
                          input_signature=[tf.TensorSpec([None, s, s, 1], tf.float32)])
@@ -110,7 +112,7 @@ def bench_precision(precision: str, batch_sizes, reps: int, args, tmp: str) -> d
             from mrgan_tf.io.volumes import Volume
             vol = Volume(_head_ct((230, 230, args.slices)), np.eye(4), "synthetic")
             c0 = time.process_time()
-            out, timing = synthesize.synthesize_volume(predictor, vol, batch_size=args.volume_batch)
+            out, timing = synthesis.synthesize_volume(predictor, vol, batch_size=args.volume_batch)
             volume = {"shape": list(vol.shape), "batch_size": args.volume_batch,
                       "cpu_s": time.process_time() - c0, **timing}
             assert out.shape == vol.shape

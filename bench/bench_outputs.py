@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from scipy import ndimage
 
-from mrgan_tf import pacs
+from mrgan_tf.io import pacs
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume
 from mrgan_tf.io.writers import output_name, write_volume

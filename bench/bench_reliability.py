@@ -87,7 +87,7 @@ def leftovers(*folders) -> list[str]:
 
 
 def records_complete(out: Path) -> bool:
-    from mrgan_tf.spec import DatasetSpec
+    from mrgan_tf.records.spec import DatasetSpec
     from tfrecords_tools import reader
     try:
         spec = DatasetSpec.load(out)
@@ -110,7 +110,7 @@ def versions_whole(export_dir: Path) -> bool:
 
 
 def newest_pair(export_dir: Path) -> bool:
-    from mrgan_tf import export
+    from mrgan_tf.serving import export
     newest = [export.existing_versions(str(export_dir / n))[-1:] for n in ("ct2mr", "mr2ct")]
     return all(newest) and newest[0] == newest[1]
 
@@ -191,7 +191,7 @@ def train_cmd(records, out):
 def train_trials(work: Path, n: int, rng, table: Table):
     from records_factory import write_tiny_records
 
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     records = work / "train_records"
     write_tiny_records(str(records), size=32)
     reference = work / "train_reference"
@@ -239,7 +239,7 @@ def export_trials(work: Path, n: int, rng, table: Table):
 def synthesize_trials(work: Path, n: int, rng, table: Table):
     from test_make_records import head
 
-    from mrgan_tf.io.readers import write_nifti
+    from mrgan_tf.io.writers import write_nifti
     ct, _ = head()
     src = work / "syn_in" / "ct.nii.gz"
     src.parent.mkdir(parents=True)

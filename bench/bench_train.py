@@ -74,20 +74,6 @@ def wait_for_quiet(max_busy: float, poll_s: float, timeout_s: float) -> dict:
 
 
 # ---------------------------------------------------------------- peak FLOP/s
-def matmul_peak(n: int = 4096, reps: int = 5) -> dict:
-    """Best-of-``reps`` GFLOP/s of an n x n matmul in float32 and bfloat16."""
-    import tensorflow as tf
-    out = {}
-    for dtype in (tf.float32, tf.bfloat16):
-        a = tf.random.normal([n, n], dtype=tf.float32)
-        a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
-        mm = tf.function(lambda x, y: tf.linalg.matmul(x, y)[0, 0])
-        mm(a, b).numpy()
-        best = min(_timed(lambda: mm(a, b).numpy())[0] for _ in range(reps))
-        out[dtype.name] = 2.0 * n ** 3 / best / 1e9
-    return out
-
-
 def _timed(fn) -> tuple[float, float]:
     w, c = time.perf_counter(), time.process_time()
     fn()
@@ -109,14 +95,14 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none", au
     ``context_slices`` k > 0 builds the 2.5D model (stacks of 2k+1 slices)."""
     import keras
 
-    from mrgan_tf import networks
-    from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+    from mrgan_tf.modeling import networks
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     if baseline in ("groupnorm", "plain"):
         networks.instance_norm = lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
                                                                                    name=name)
     if baseline in ("plain_convs", "plain"):
         networks.NarrowConv2D = keras.layers.Conv2D
-    from mrgan_tf.augment import AugmentConfig
+    from mrgan_tf.modeling.augment import AugmentConfig
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     aug = AugmentConfig() if augment else AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0)
@@ -134,7 +120,6 @@ def _batch(size: int, channels: int = 1):
 
 def run_iteration(a) -> dict:
     import tensorflow as tf
-
     from flops import iteration_flops
     model = build_model(a.size, a.precision, a.xla, a.baseline, context_slices=a.context_slices)
     it = iter(tf.data.Dataset.from_tensors(_batch(model.config.image_size, model.config.channels)).repeat())
@@ -154,7 +139,7 @@ def run_iteration(a) -> dict:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall = [t[0] for t in times]
     cpu = [t[1] for t in times]
-    from bench_convs import conv_peak
+    from peaks import conv_peak
     key = "bfloat16" if a.precision == "mixed_bfloat16" else "float32"
     peak = {k: v["gflops"] for k, v in conv_peak((key,), reps=a.reps).items()}
     flops = iteration_flops(model)["total"]
@@ -217,7 +202,7 @@ def run_trace(a) -> dict:
 def run_pipeline(a) -> dict:
     from records_factory import write_tiny_records
 
-    from mrgan_tf import data
+    from mrgan_tf.training import data
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_tiny_records(tmp, size=a.image_size, per_set=40)
         ds = data.training_dataset(spec, "mrgan", 1, seed=0)
@@ -247,7 +232,7 @@ def run_curves(a) -> dict:
     import numpy as np
     from records_factory import write_tiny_records
 
-    from mrgan_tf import figures
+    from mrgan_tf.evaluation import figures
     os.makedirs(a.out, exist_ok=True)
     records = os.path.join(a.out, "records")
     if not os.path.exists(os.path.join(records, "dataset.json")):

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--discriminator", default="D1")
     p.add_argument("--mode", default="mrgan")
     a = p.parse_args(argv)
-    from mrgan_tf.model import MRGAN, MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
     model = MRGAN(MRGANConfig(mode=a.mode, image_size=a.image_size, ngf=a.ngf, n_blocks=a.n_blocks,
                               ndf_scale=a.ndf_scale, discriminator=a.discriminator))
     f = iteration_flops(model)

@@ -73,8 +73,8 @@ def part_iteration(a) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mrgan_tf.augment import AugmentConfig
-    from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+    from mrgan_tf.modeling.augment import AugmentConfig
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(a.precision)
     size = TINY if a.dry_run else FULL
@@ -111,14 +111,14 @@ def part_mirrored(a) -> dict:
         tf.config.set_logical_device_configuration(gpus[0], [half, half])
         names = ["/gpu:0", "/gpu:1"]
     else:
-        from mrgan_tf.distribute import split_cpu
+        from mrgan_tf.training.distribute import split_cpu
         split_cpu(2)
         names = ["/cpu:0", "/cpu:1"]
     import keras
     import numpy as np
 
-    from mrgan_tf.augment import AugmentConfig
-    from mrgan_tf.model import MRGAN, MRGANConfig
+    from mrgan_tf.modeling.augment import AugmentConfig
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
     tf.config.experimental.enable_tensor_float_32_execution(False)
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()
@@ -153,7 +153,7 @@ def part_inference(a) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from mrgan_tf.networks import build_generator
+    from mrgan_tf.modeling.networks import build_generator
     size = TINY if a.dry_run else FULL
     s = size["image_size"]
     gen = build_generator(size["ngf"], size["n_blocks"], s)

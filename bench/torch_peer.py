@@ -2,7 +2,7 @@
 
 What a user who picked PyTorch instead would run (pytorch-CycleGAN-and-pix2pix
 style): the same ResNet generators and dual-head D1 PatchGANs (Sec. II.D,
-Table II, shapes and conv FLOPs equal to mrgan_tf.networks), the same losses
+Table II, shapes and conv FLOPs equal to mrgan_tf.modeling.networks), the same losses
 (LSGAN unpaired, NLL paired, cycle x10, L1 x100) and the same 8 updates per
 iteration, each a D update then a G update on a fake computed once (the D
 update sees it detached). Adam (lr 2e-4, beta1 0.5), one per network. Weights

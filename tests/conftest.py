@@ -21,7 +21,7 @@ def train_configs(argv):
     """The (model, train) configs of a ``python -m mrgan_tf.train`` command line, without global flags."""
     from absl import flags
 
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     fv = flags.FlagValues()
     train.define_flags(fv)
     fv(["train", *argv])
@@ -37,7 +37,7 @@ def tiny_records(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_factory():
     """Builds (and caches) a compiled tiny MRGAN per (mode, options)."""
-    from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     cache = {}
 
     def make(mode="mrgan", **overrides):

@@ -6,7 +6,7 @@ gradient); five applies with a decaying schedule. Prints JSON {"max_diff": ...}.
 """
 import json
 
-from mrgan_tf.distribute import split_cpu
+from mrgan_tf.training.distribute import split_cpu
 
 split_cpu(2)
 
@@ -14,8 +14,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mrgan_tf.fused_adam import FusedAdam  # noqa: E402
-from mrgan_tf.schedule import ConstantThenLinearDecay  # noqa: E402
+from mrgan_tf.modeling.fast.fused_adam import FusedAdam  # noqa: E402
+from mrgan_tf.modeling.schedule import ConstantThenLinearDecay  # noqa: E402
 
 SHAPES = [(3, 3, 2, 4), (4,), (5,)]
 

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags
 
-from mrgan_tf import train
+from mrgan_tf.training import train
 
 train.define_flags()
 flags.DEFINE_integer("kill_at", 1, "Iteration at which the process kills itself (0: never).")

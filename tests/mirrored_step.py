@@ -18,21 +18,20 @@ import json
 import os
 import sys
 
-from mrgan_tf.distribute import split_cpu
+from mrgan_tf.training.distribute import split_cpu
 
 SIZE = 32
 LR = 1e-4
 
 split_cpu(2)
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mrgan_tf import data  # noqa: E402
-from mrgan_tf.augment import AugmentConfig  # noqa: E402
-import keras  # noqa: E402
-
-from mrgan_tf.model import MRGAN, MRGANConfig  # noqa: E402
+from mrgan_tf.modeling.augment import AugmentConfig  # noqa: E402
+from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig  # noqa: E402
+from mrgan_tf.training import data  # noqa: E402
 
 
 def main(records_dir, seed=0, n_iter=1, lr=LR):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from mrgan_tf.preprocess import PreprocessConfig
-from mrgan_tf.spec import DatasetSpec
+from mrgan_tf.records.spec import DatasetSpec
 from tfrecords_tools import schema, writer
 
 META = {

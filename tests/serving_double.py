@@ -34,7 +34,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from mrgan_tf.serving_files import WARMUP_DIR, WARMUP_FILE, read_warmup
+from mrgan_tf.serving.files import WARMUP_DIR, WARMUP_FILE, read_warmup
 
 
 class ServingError(Exception):

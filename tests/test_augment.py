@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from mrgan_tf.augment import AugmentConfig, augment
+from mrgan_tf.modeling.augment import AugmentConfig, augment
 
 
 def test_identity_config_returns_input():
@@ -49,7 +49,7 @@ def test_same_seed_same_result():
 
 def test_gather_resampler_matches_tf_projective_transform():
     """The XLA-compilable sampler equals TF's ImageProjectiveTransformV3 (bilinear, constant fill)."""
-    from mrgan_tf.augment import affine_resample, random_affine_params
+    from mrgan_tf.modeling.augment import affine_resample, random_affine_params
     x = tf.random.stateless_uniform([4, 24, 24, 2], [0, 5])
     cfg = AugmentConfig(crop_margin=4, max_rotation_deg=20)
     transforms = random_affine_params(4, 24, tf.constant([9, 9]), cfg)
@@ -62,7 +62,7 @@ def test_gather_resampler_matches_tf_projective_transform():
 
 def test_augment_compiles_with_xla():
     """--xla compiles the whole train step, augmentation included."""
-    from mrgan_tf.augment import affine_resample, random_affine_params
+    from mrgan_tf.modeling.augment import affine_resample, random_affine_params
     x = tf.random.stateless_uniform([2, 16, 16, 2], [0, 6])
     transforms = random_affine_params(2, 16, tf.constant([1, 2]), AugmentConfig())
     compiled = tf.function(affine_resample, jit_compile=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
+from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
 
 CASES = [
     (keras.layers.Conv2D, BiasAddConv2D, dict(filters=6, kernel_size=3)),

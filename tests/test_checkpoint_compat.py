@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import TINY
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -12,7 +11,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def compiled_model(separate_phases: bool, pool_size: int):
     """A tiny MRGAN with its optimizers, as a run (re)starting builds it."""
-    from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     cfg = MRGANConfig(mode="mrgan", pool_size=pool_size, **TINY)
     model = MRGAN(cfg)
     model.compile(make_optimizers(cfg, separate_phases=separate_phases))
@@ -29,7 +28,7 @@ def one_step_model(separate_phases: bool, pool_size: int):
 
 @pytest.mark.parametrize("name, separate_phases, pool_size", [("mrgan", False, 0), ("authors_code", True, 2)])
 def test_checkpoint_keys_match_the_earlier_release(tmp_path, name, separate_phases, pool_size):
-    from mrgan_tf import checkpoints
+    from mrgan_tf.training import checkpoints
     model = one_step_model(separate_phases, pool_size)
     prefix = checkpoints.manager_for(model, str(tmp_path / "run")).save()   # as a training run saves
     keys = [f"{n} {','.join(map(str, s))}" for n, s in tf.train.list_variables(prefix)]

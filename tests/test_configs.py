@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def flag_values(monkeypatch, flagfile: str) -> dict:
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     monkeypatch.chdir(REPO)     # nested --flagfile paths are relative to the checkout
     fv = flags.FlagValues()
     train.define_flags(fv)
@@ -35,8 +35,8 @@ def test_authors_config_yields_the_authors_model(monkeypatch, tiny_records):
     """Every option the authors' code differs in reaches MRGANConfig; the rest is the paper's."""
     import dataclasses
 
-    from mrgan_tf import train
-    from mrgan_tf.model import MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGANConfig
+    from mrgan_tf.training import train
     monkeypatch.chdir(REPO)
     parsed = {}
     for name in ("authors_code", "mrgan"):
@@ -59,7 +59,7 @@ def test_synthetic_ct_config(monkeypatch):
     cfg = flag_values(monkeypatch, "configs/synthrad_sct.cfg")
     assert (cfg["val_select"], cfg["export_checkpoint"], cfg["mode"]) == ("mr2ct", "best", "mrgan")
     assert cfg["val_every"] % cfg["log_every"] == 0
-    from mrgan_tf import make_records
+    from mrgan_tf.records import make_records
     fv = flags.FlagValues()
     make_records.define_flags(fv)
     monkeypatch.chdir(REPO)
@@ -75,7 +75,7 @@ TRAIN_FLAGFILES = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("configs/
 
 @pytest.mark.parametrize("flagfile", TRAIN_FLAGFILES)
 def test_every_train_flagfile_parses_into_a_train_config(monkeypatch, flagfile):
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     monkeypatch.chdir(REPO)
     fv = flags.FlagValues()
     train.define_flags(fv)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf import context, data
-from mrgan_tf.preprocess import PreprocessConfig
+from mrgan_tf.modeling import batch as batch_layout
+from mrgan_tf.preprocess import PreprocessConfig, context
+from mrgan_tf.training import data
 
 
 def volume(n=5, s=4):
@@ -42,12 +43,12 @@ def test_average_overlaps_means_each_slice_predictions():
 
 def test_pack_unpack_round_trip_and_wrong_depth():
     parts = [tf.fill([2, 4, 4, 3], float(i)) for i in range(4)]
-    batch = data.pack(*parts)
+    batch = batch_layout.pack(*parts)
     assert batch.shape[-1] == 12
-    for got, want in zip(data.unpack(batch, 3), parts):
+    for got, want in zip(batch_layout.unpack(batch, 3), parts):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     with pytest.raises(ValueError, match="1-channel images has 4 channels, got 12"):
-        data.unpack(batch, 1)
+        batch_layout.unpack(batch, 1)
 
 
 def test_layout_defaults_stay_out_of_the_spec():
@@ -90,8 +91,8 @@ def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_rec
     import json
     import shutil
 
-    from mrgan_tf import checkpoints
-    from mrgan_tf.model import MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGANConfig
+    from mrgan_tf.training import checkpoints
     flat = MRGANConfig(image_size=32)
     checkpoints.save_run_config(str(tmp_path / "run"), flat, tiny_records.root)
     checkpoints.check_resume_layout(str(tmp_path / "run"), flat, tiny_records.root)    # same layout: fine
@@ -111,7 +112,7 @@ def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_rec
 def test_image_panel_and_validation_show_a_stack_model_centre_slice(stack_model, tmp_path):
     import glob
 
-    from mrgan_tf import callbacks, validation
+    from mrgan_tf.training import callbacks, validation
     fixed = {k: tf.random.stateless_uniform([2, 32, 32, 3], [i, 5], -1, 1) for i, k in enumerate(("ct", "mr"))}
     monitor = callbacks.TrainingMonitor(str(tmp_path), 1, 1, fixed)
     monitor.set_model(stack_model)

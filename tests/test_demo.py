@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from mrgan_tf import demo, demo_data
+from mrgan_tf.demo import data as demo_data
+from mrgan_tf.demo import pipeline as demo
 
 STEPS = 3
 TOY_ARGS = ["--size_scale=0.25", f"--steps={STEPS}", "--train_flag=--ngf=4", "--train_flag=--n_blocks=1",
@@ -69,7 +70,8 @@ def test_records_verify(built):
 
 def test_runs_have_checkpoints_history_and_loadable_savedmodels(built):
     import tensorflow as tf
-    from mrgan_tf.export import load_exported
+
+    from mrgan_tf.serving.export import load_exported
     out, _ = built
     x = tf.zeros([1, 32, 32, 1])
     for mode in demo.MODES:

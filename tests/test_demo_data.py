@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from mrgan_tf import demo_data
+from mrgan_tf.demo import data as demo_data
 from mrgan_tf.io.invesalius import read_inv3
 from mrgan_tf.io.volumes import VolumeError
 

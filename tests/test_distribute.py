@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import TINY_FLAGS
 
 HERE = os.path.dirname(__file__)
@@ -123,7 +122,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_records, tmp_path):
 
 
 def test_strategy_errors_name_the_flag(monkeypatch):
-    from mrgan_tf import distribute
+    from mrgan_tf.training import distribute
     with pytest.raises(distribute.DistributeError, match="--strategy must be one of"):
         distribute.DistributeConfig("tpu")
     monkeypatch.delenv("TF_CONFIG", raising=False)

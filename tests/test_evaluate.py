@@ -10,12 +10,14 @@ import sys
 
 import numpy as np
 import pytest
-
-from mrgan_tf import evaluate, metrics, synthesize
-from mrgan_tf.io.readers import read_volume, write_nifti
-from mrgan_tf.io.volumes import Volume
-from mrgan_tf.preprocess import PreprocessConfig, body_mask_from_ct, denormalise_mr, dequantise, resample_like
 from test_export import tiny_export, tiny_run
+
+from mrgan_tf.evaluation import evaluate, metrics
+from mrgan_tf.inference import predictors, synthesis
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import Volume
+from mrgan_tf.io.writers import write_nifti
+from mrgan_tf.preprocess import PreprocessConfig, body_mask_from_ct, denormalise_mr, dequantise, resample_like
 from tfrecords_tools import reader
 
 
@@ -42,7 +44,7 @@ def test_numbers_equal_a_hand_computation(single, exported, tiny_records):
     cfg = tiny_records.preprocess
     pid = "paired_test_p1"
     ct, mr, mask = _patient_by_hand(tiny_records.root, pid, cfg.bits)
-    to_mr = synthesize.load_predictor(exported, "ct2mr")
+    to_mr = predictors.load_predictor(exported, "ct2mr")
     syn = (to_mr.fn(ct[..., None] * 2 - 1)[..., 0] + 1) / 2 * 255.0
     ref = mr * 255.0
     mse = np.mean((syn - ref) ** 2)
@@ -169,7 +171,7 @@ def _textured_pair(seed: int, mr_shift_mm: float = 0.0):
 @pytest.fixture(scope="module")
 def grid_data(tmp_path_factory):
     """A dataset root (a: MR on its own longer grid; b: no mask file; c: training) and its records."""
-    from mrgan_tf.make_records import make_records
+    from mrgan_tf.records.make_records import make_records
     base = tmp_path_factory.mktemp("grid")
     root = base / "root"
     for seed, pid in enumerate("abc"):
@@ -195,8 +197,8 @@ def _by_hand(exported, root, pid, mr_range):
     ct, mr = read_volume(str(root / pid / "ct.nii.gz")), read_volume(str(root / pid / "mr.nii.gz"))
     mask_file = root / pid / "mask.nii.gz"
     mask = read_volume(str(mask_file)).data > 0 if mask_file.exists() else body_mask_from_ct(ct.data, -500.0)
-    syn_ct, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, "mr2ct"), mr)
-    syn_mr, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, "ct2mr"), ct)
+    syn_ct, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, "mr2ct"), mr)
+    syn_mr, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, "ct2mr"), ct)
     sct = resample_like(syn_ct, ct, order=1, fill=-1024.0).data
     smr = Volume(denormalise_mr(syn_mr.data / 255.0, *mr_range), ct.affine)
     smr = resample_like(smr, mr, order=1, fill=mr_range[0]).data
@@ -245,7 +247,7 @@ def test_report_keeps_the_two_conventions_apart(grid_eval):
 def test_registration_transform_carries_the_mr_onto_the_ct(exported, grid_data):
     """An MR 3 mm off in world space, with the CT->MR transform that says so, scores as the aligned pair."""
     root, _ = grid_data
-    loaded = {"m": synthesize.load_predictors(exported)}
+    loaded = {"m": predictors.load_predictors(exported)}
     cfg = loaded["m"]["ct2mr"].preprocess
     files = evaluate.original_files(str(root), ["c"])["c"]
     p = evaluate.TestPatient("c", None, None, None, np.array([[0.0, 600.0]]), None)

@@ -16,9 +16,9 @@ import types
 import numpy as np
 import pytest
 
-from mrgan_tf import export
-from mrgan_tf.preprocess import (PreprocessConfig, dequantise, fit_to_size, from_model_range, mr_range,
-                                 normalise_mr, quantise, to_model_range, unfit, unwindow_ct, window_ct)
+from mrgan_tf.preprocess import (PreprocessConfig, dequantise, fit_to_size, from_model_range, mr_range, normalise_mr,
+                                 quantise, slices, to_model_range, unfit, unwindow_ct, window_ct)
+from mrgan_tf.serving import export
 
 VENV_BIN = os.path.dirname(sys.executable)
 _CACHE: dict = {}
@@ -27,7 +27,7 @@ _CACHE: dict = {}
 def tiny_model():
     """One tiny MR-GAN with random weights, for every export/synthesize/evaluate test."""
     if "model" not in _CACHE:
-        from mrgan_tf.model import MRGAN, MRGANConfig
+        from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
         _CACHE["model"] = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=1))
     return _CACHE["model"]
 
@@ -44,7 +44,7 @@ def tiny_export(tmp_path_factory, spec) -> str:
 def tiny_run(tmp_path_factory, records_dir: str) -> str:
     """A run dir (run.json + checkpoint) of ``tiny_model``, as train.py writes it."""
     if "run" not in _CACHE:
-        from mrgan_tf import checkpoints
+        from mrgan_tf.training import checkpoints
         run_dir = str(tmp_path_factory.mktemp("run"))
         model = tiny_model()
         checkpoints.save_run_config(run_dir, model.config, records_dir)
@@ -141,13 +141,13 @@ def test_preprocessing_parameters_signature(loaded, tiny_records):
 
 def test_fit_tf_twins_numpy():
     img = np.random.default_rng(3).uniform(0, 1, (2, 40, 20)).astype(np.float32)
-    got = export.fit_tf(img[..., None], 32, "pad").numpy()[..., 0]
+    got = slices.fit_tf(img[..., None], 32, "pad").numpy()[..., 0]
     want, placement = fit_to_size(img, 32, "pad", pad_value=0)
     np.testing.assert_array_equal(got, want)
-    back = export.unfit_tf(got[..., None], 40, 20, 32, "pad").numpy()[..., 0]
+    back = slices.unfit_tf(got[..., None], 40, 20, 32, "pad").numpy()[..., 0]
     np.testing.assert_array_equal(back, unfit(want, placement, fill=0.0))
     smooth = np.broadcast_to(np.linspace(0, 1, 20, dtype=np.float32), (2, 40, 20))
-    got = export.fit_tf(smooth[..., None], 32, "resize").numpy()[..., 0]
+    got = slices.fit_tf(smooth[..., None], 32, "resize").numpy()[..., 0]
     want, placement = fit_to_size(smooth, 32, "resize", pad_value=0)
     assert placement.scaled_shape() == (32, 16)
     assert np.abs(got - want).mean() < 0.01     # same placement, interpolation details differ
@@ -216,7 +216,7 @@ def test_image_size_mismatch(tmp_path):
 
 
 def test_cli_run_without_checkpoint(tmp_path, tiny_records):
-    from mrgan_tf import checkpoints
+    from mrgan_tf.training import checkpoints
     run_dir = tmp_path / "run"
     checkpoints.save_run_config(str(run_dir), tiny_model().config, tiny_records.root)
     r = subprocess.run([sys.executable, "-m", "mrgan_tf.export", f"--run={run_dir}"],
@@ -263,7 +263,7 @@ def test_row_format_twins_and_per_slice_ranges(loaded, tiny_records):
 
 
 def test_warmup_covers_every_signature(exported):
-    from mrgan_tf import serving_files
+    from mrgan_tf.serving import files as serving_files
     for name, count in (("ct2mr", 14), ("mr2ct", 26)):
         logs = serving_files.read_warmup(os.path.join(exported, name, "1", serving_files.WARMUP_DIR,
                                                       serving_files.WARMUP_FILE))
@@ -274,7 +274,7 @@ def test_warmup_covers_every_signature(exported):
 
 def test_full_hu_range_in_and_out_of_the_serving_graph(tmp_path):
     """With full-range records the graph maps HU over [-1024, 3000] (the spec's mapping), not the window."""
-    from mrgan_tf.intensity import ct_from_unit, ct_to_unit
+    from mrgan_tf.preprocess.intensity import ct_from_unit, ct_to_unit
     cfg = PreprocessConfig(image_size=32, ct_range=(-1024, 3000), bits=16)
     out = export.export_model(tiny_model(), cfg, str(tmp_path))
     to_mr, to_ct = (export.load_exported(str(tmp_path), n) for n in ("ct2mr", "mr2ct"))

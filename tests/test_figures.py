@@ -1,11 +1,11 @@
-"""Tests for mrgan_tf.figures: valid PNGs, atomic writes, the TensorBoard panel."""
+"""Tests for mrgan_tf.evaluation.figures: valid PNGs, atomic writes, the TensorBoard panel."""
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mrgan_tf import figures as F
+from mrgan_tf.evaluation import figures as F
 
 
 def _img(seed, size=48):

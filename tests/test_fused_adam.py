@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf.fused_adam import FusedAdam
-from mrgan_tf.schedule import ConstantThenLinearDecay
+from mrgan_tf.modeling.fast.fused_adam import FusedAdam
+from mrgan_tf.modeling.schedule import ConstantThenLinearDecay
 
 SHAPES = [(3, 3, 2, 4), (4,), (7,)]
 
@@ -66,7 +66,7 @@ def test_refuses_amsgrad():
 
 
 def test_make_optimizers_gives_fused_adam():
-    from mrgan_tf.model import MRGANConfig, make_optimizers
+    from mrgan_tf.modeling.mrgan import MRGANConfig, make_optimizers
     opts = make_optimizers(MRGANConfig(image_size=32), loss_scale=True)
     assert all(isinstance(o.inner_optimizer, FusedAdam) for o in opts.values())
 

@@ -1,10 +1,10 @@
-"""Tests for mrgan_tf.intensity: every numpy step against its TensorFlow twin, and the CT mapping from the spec."""
+"""Tests for mrgan_tf.preprocess.intensity: every numpy step against its TensorFlow twin, and the CT mapping from the spec."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf import intensity as it
 from mrgan_tf.preprocess import PreprocessConfig
+from mrgan_tf.preprocess import intensity as it
 
 HU = np.array([-2000, -1024, -1000, -500, 0, 20, 40, 80, 1000, 3000, 3500], np.float32)
 WINDOW = PreprocessConfig()

@@ -13,8 +13,9 @@ import pytest
 import SimpleITK as sitk
 
 from mrgan_tf.io.dicom import read_dicom_series
-from mrgan_tf.io.readers import find_modality_file, read_volume, write_nifti
+from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.writers import write_nifti
 
 DICOMDIR_TESTS = Path(pydicom.data.get_testdata_file("DICOMDIR")).parent
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf import losses
-from mrgan_tf.schedule import ConstantThenLinearDecay
+from mrgan_tf.modeling import losses
+from mrgan_tf.modeling.schedule import ConstantThenLinearDecay
 
 
 def t(x):

@@ -1,4 +1,4 @@
-"""Tests for mrgan_tf.make_records: round trip, split, manifest, bad input, atomic output, CLI."""
+"""Tests for mrgan_tf.records.make_records: round trip, split, manifest, bad input, atomic output, CLI."""
 import gzip
 import json
 import os
@@ -12,13 +12,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from mrgan_tf import make_records as mr_mod
 from mrgan_tf import preprocess as pp
 from mrgan_tf.io import layout
-from mrgan_tf.io.readers import write_nifti
 from mrgan_tf.io.volumes import Volume
-from mrgan_tf.make_records import MakeRecordsError, make_records
-from mrgan_tf.spec import SET_NAMES, DatasetSpec
+from mrgan_tf.io.writers import write_nifti
+from mrgan_tf.records import make_records as mr_mod
+from mrgan_tf.records.make_records import MakeRecordsError, make_records
+from mrgan_tf.records.spec import SET_NAMES, DatasetSpec
 from tfrecords_tools import reader
 
 SHAPE = (40, 48, 30)

@@ -1,4 +1,4 @@
-"""Tests for mrgan_tf.metrics: hand-computed values, scikit-image agreement, conventions."""
+"""Tests for mrgan_tf.evaluation.metrics: hand-computed values, scikit-image agreement, conventions."""
 import csv
 import io
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from mrgan_tf import metrics as M
+from mrgan_tf.evaluation import metrics as M
 
 REF0 = np.zeros((2, 2))
 PRED0 = np.array([[0.0, 2.0], [4.0, 6.0]])

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf import data
-from mrgan_tf.model import MODES, MRGAN, MRGANConfig
+from mrgan_tf.modeling.mrgan import MODES, MRGAN, MRGANConfig
+from mrgan_tf.training import data
 
 
 # Keyed by identity: SynMR and SynCT (and DisMR and DisCT) share layer names.
@@ -60,7 +60,7 @@ def test_modes_build_and_step(tiny_model_factory, tiny_records, mode):
 
 def test_paired_mode_learns_a_trivial_mapping(tiny_records):
     """MR = 1 - CT inside the body: L1 must fall well below where it started."""
-    from mrgan_tf.model import make_optimizers
+    from mrgan_tf.modeling.mrgan import make_optimizers
     cfg = MRGANConfig(mode="paired", image_size=32, ngf=8, n_blocks=1, ndf_scale=0.125,
                       augment=MRGANConfig().augment.__class__(flip=False, crop_margin=0, max_rotation_deg=0))
     model = MRGAN(cfg)
@@ -76,7 +76,7 @@ def test_paired_mode_learns_a_trivial_mapping(tiny_records):
 
 
 def test_fake_pool_returns_past_fakes_once_full():
-    from mrgan_tf.model import FakePool
+    from mrgan_tf.modeling.mrgan import FakePool
     pool = FakePool(2, (4, 4, 1))
     fakes = [tf.fill([1, 4, 4, 1], float(i)) for i in range(20)]
     outs = [float(pool.query(f, tf.constant([0, i]))[0, 0, 0, 0]) for i, f in enumerate(fakes)]
@@ -118,7 +118,8 @@ AUTHORS = dict(paired_cycle=False, paired_generator_repeats=2, real_label=0.9, p
 def authors_step(tiny_records):
     """A tiny MR-GAN with the authors' options and eight optimizers after one traced iteration."""
     from conftest import TINY
-    from mrgan_tf.model import make_optimizers
+
+    from mrgan_tf.modeling.mrgan import make_optimizers
     cfg = MRGANConfig(mode="mrgan", **TINY, **AUTHORS)
     model = MRGAN(cfg)
     model.compile(make_optimizers(cfg, separate_phases=True))
@@ -171,7 +172,8 @@ def frozen_update(phase, **overrides):
     Returns the logs, the model, the source and real images, and DisMR's logits for real and fake.
     """
     from conftest import TINY
-    from mrgan_tf.model import make_optimizers
+
+    from mrgan_tf.modeling.mrgan import make_optimizers
     cfg = MRGANConfig(mode="mrgan", **TINY, **overrides)
     model = MRGAN(cfg)
     model.compile(make_optimizers(cfg, lr=0.0))
@@ -187,7 +189,7 @@ def frozen_update(phase, **overrides):
 
 
 def test_lsgan_generator_target_is_the_real_label(tiny_records):
-    from mrgan_tf import losses
+    from mrgan_tf.modeling import losses
     logs, _, _, _, real, fake = frozen_update("unpaired", real_label=0.9, generator_target="real_label")
     np.testing.assert_allclose(logs["unpaired/syn_mr_adv"], float(tf.reduce_mean((fake - 0.9) ** 2)), rtol=1e-5)
     assert abs(float(logs["unpaired/syn_mr_adv"]) - float(losses.lsgan_generator(fake))) > 1e-4
@@ -198,7 +200,7 @@ def test_lsgan_generator_target_is_the_real_label(tiny_records):
 
 
 def test_unpaired_generator_minimises_both_cycles(authors_step):
-    from mrgan_tf import losses
+    from mrgan_tf.modeling import losses
     logs, model, src, real, _, _ = frozen_update("unpaired", unpaired_cycle="both")
     back = model.syn_mr(model.syn_ct(real, training=True), training=True)     # MR -> SynCT -> SynMR
     np.testing.assert_allclose(logs["unpaired/syn_mr_cycle_back"], 10.0 * float(losses.l1(back, real)), rtol=1e-5)
@@ -212,7 +214,7 @@ def test_unpaired_generator_minimises_both_cycles(authors_step):
 
 
 def test_paired_real_label_overrides_the_real_label(tiny_records):
-    from mrgan_tf import losses
+    from mrgan_tf.modeling import losses
     logs, _, _, _, real, fake = frozen_update("paired", real_label=0.9, paired_real_label=1.0,
                                               generator_target="real_label")
     np.testing.assert_allclose(logs["paired/dis_mr"], float(losses.nll_discriminator(real, fake, 1.0)), rtol=1e-5)
@@ -249,8 +251,9 @@ class RecordingMRGAN(MRGAN):
 
 def recorded_iteration(tiny_records, n_iter, batch):
     from conftest import TINY
-    from mrgan_tf.augment import AugmentConfig
-    from mrgan_tf.model import make_optimizers
+
+    from mrgan_tf.modeling.augment import AugmentConfig
+    from mrgan_tf.modeling.mrgan import make_optimizers
     cfg = MRGANConfig(mode="mrgan", **TINY, n_iter=n_iter,
                       augment=AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0))
     model = RecordingMRGAN(cfg)

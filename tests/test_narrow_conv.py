@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrgan_tf.narrow_conv import NarrowConv2D, correlate_blocked
+from mrgan_tf.modeling.fast.narrow_conv import NarrowConv2D, correlate_blocked
 
 
 def _pair(filters, kernel, padding, in_shape):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mrgan_tf import networks
+from mrgan_tf.modeling import networks
 
 
 def test_full_size_generator_has_papers_parameter_count():

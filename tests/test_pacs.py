@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+from orthanc_server import Orthanc, free_port
 
-from mrgan_tf import pacs
+from mrgan_tf.io import pacs
 from mrgan_tf.io.dicom_write import SeriesInfo, write_dicom_series
 from mrgan_tf.io.volumes import Volume
-from orthanc_server import Orthanc, free_port
 
 # No test waits for this to elapse (refusals come back at once); it only has to outlast a
 # loaded machine, where Orthanc's answer took more than 5 s.

@@ -6,9 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mrgan_tf import context, synthesize
 from mrgan_tf import preprocess as pp
+from mrgan_tf.inference import predictors, synthesis
 from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.preprocess import context
 
 CFG = pp.PreprocessConfig(spacing_mm=2.0, image_size=32, min_foreground=0.0)
 
@@ -50,18 +51,18 @@ def test_planes_cut_the_expected_slices():
     assert ax.mask.sum() == cor.mask.sum() == sag.mask.sum()
 
 
-def identity(cfg: pp.PreprocessConfig, source: str) -> synthesize.Predictor:
+def identity(cfg: pp.PreprocessConfig, source: str) -> predictors.Predictor:
     """A 'ct2mr' model that returns its input slice (through stacking and averaging for 2.5D)."""
     import tensorflow as tf
     fn = tf.function(context.volume_generator(lambda x: x, cfg.context_slices))
-    return synthesize.Predictor("ct2mr", cfg, source, lambda x: fn(tf.constant(x)).numpy())
+    return predictors.Predictor("ct2mr", cfg, source, lambda x: fn(tf.constant(x)).numpy())
 
 
 @pytest.mark.parametrize("axis,k", [("coronal", 0), ("sagittal", 1), ("axial", 2)])
 def test_every_plane_and_depth_restacks_onto_the_input_grid(axis, k):
     vol = head()
-    want, _ = synthesize.synthesize_volume(identity(CFG, "axial"), vol)
-    got, info = synthesize.synthesize_volume(identity(dataclasses.replace(CFG, slice_axis=axis, context_slices=k),
+    want, _ = synthesis.synthesize_volume(identity(CFG, "axial"), vol)
+    got, info = synthesis.synthesize_volume(identity(dataclasses.replace(CFG, slice_axis=axis, context_slices=k),
                                                      axis), vol)
     assert got.shape == vol.shape
     np.testing.assert_allclose(got.data, want.data, atol=1e-3)
@@ -70,12 +71,13 @@ def test_every_plane_and_depth_restacks_onto_the_input_grid(axis, k):
 
 def test_chunked_stack_prediction_equals_the_whole_volume():
     import tensorflow as tf
-    from mrgan_tf import networks
+
+    from mrgan_tf.modeling import networks
     k = 1
     gen = networks.build_generator(ngf=4, n_blocks=1, image_size=32, input_nc=3, output_nc=3)
     cfg = dataclasses.replace(CFG, context_slices=k)
     fn = tf.function(context.volume_generator(lambda x: gen(x, training=False), k))
-    pred = synthesize.Predictor("ct2mr", cfg, "g", lambda x: fn(tf.constant(x)).numpy())
+    pred = predictors.Predictor("ct2mr", cfg, "g", lambda x: fn(tf.constant(x)).numpy())
     stack = np.random.default_rng(0).uniform(0, 1, (9, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(pred.predict01(stack, batch_size=2), pred.predict01(stack, batch_size=64),
                                atol=1e-6)
@@ -84,19 +86,19 @@ def test_chunked_stack_prediction_equals_the_whole_volume():
 def test_fusion_takes_the_voxelwise_median_or_mean():
     vol = head()
     members = [identity(dataclasses.replace(CFG, slice_axis=a), a) for a in pp.SLICE_AXES]
-    single, _ = synthesize.synthesize_volume(members[0], vol)
-    fused, info = synthesize.synthesize_volume(synthesize.Fusion(tuple(members)), vol)
+    single, _ = synthesis.synthesize_volume(members[0], vol)
+    fused, info = synthesis.synthesize_volume(predictors.Fusion(tuple(members)), vol)
     np.testing.assert_allclose(fused.data, single.data, atol=1e-3)
     assert info["fusion"] == {"method": "median", "models": 3, "planes": list(pp.SLICE_AXES),
                               "context_slices": [0, 0, 0]}
 
-    class Offset(synthesize.Predictor):
+    class Offset(predictors.Predictor):
         def predict01(self, stack01, batch_size=16, progress=False):
             return np.clip(stack01 - float(self.source), 0, 1)
 
     offsets = [Offset("ct2mr", CFG, str(d), None) for d in (0.0, 0.1, 0.5)]   # median 0.1, mean 0.2
-    med, _ = synthesize.synthesize_volume(synthesize.Fusion(tuple(offsets)), vol)
-    mean, _ = synthesize.synthesize_volume(synthesize.Fusion(tuple(offsets), "mean"), vol)
+    med, _ = synthesis.synthesize_volume(predictors.Fusion(tuple(offsets)), vol)
+    mean, _ = synthesis.synthesize_volume(predictors.Fusion(tuple(offsets), "mean"), vol)
     inside = single.data > 254.0                   # voxels at the window's top (1.0)
     np.testing.assert_allclose(med.data[inside], 0.9 * 255, atol=0.05)
     np.testing.assert_allclose(mean.data[inside], (1 + 0.9 + 0.5) / 3 * 255, atol=0.05)
@@ -104,21 +106,21 @@ def test_fusion_takes_the_voxelwise_median_or_mean():
 
 def test_fusion_refusals_name_both_values():
     a = identity(CFG, "model_a")
-    with pytest.raises(synthesize.SynthesisError, match=r"at least two models, got 1 \(model_a\)"):
-        synthesize.Fusion((a,))
+    with pytest.raises(predictors.SynthesisError, match=r"at least two models, got 1 \(model_a\)"):
+        predictors.Fusion((a,))
     b = identity(dataclasses.replace(CFG, bits=16, slice_axis="coronal"), "model_b")
-    with pytest.raises(synthesize.SynthesisError, match=r"model_b: trained with other preprocessing than model_a "
+    with pytest.raises(predictors.SynthesisError, match=r"model_b: trained with other preprocessing than model_a "
                                                         r"\(bits=16 vs 8\)"):
-        synthesize.Fusion((a, b))
-    with pytest.raises(synthesize.SynthesisError, match="--fusion must be one of median, mean"):
-        synthesize.Fusion((a, a), "max")
+        predictors.Fusion((a, b))
+    with pytest.raises(predictors.SynthesisError, match="--fusion must be one of median, mean"):
+        predictors.Fusion((a, a), "max")
 
 
 def test_a_volume_thinner_than_a_stack_is_refused_naming_it():
     thin = identity(dataclasses.replace(CFG, context_slices=9), "deep")
     with pytest.raises(VolumeError, match=r"head.nii.gz: --context_slices=9 needs stacks of 19 slices but the "
                                           r"volume has 16 axial slices"):
-        synthesize.synthesize_volume(thin, head())
+        synthesis.synthesize_volume(thin, head())
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +133,8 @@ def two_patients(tmp_path_factory):
 
 
 def test_records_carry_edge_clamped_stacks_of_the_chosen_plane(two_patients, tmp_path):
-    from mrgan_tf.make_records import make_records
-    from mrgan_tf.spec import DatasetSpec
+    from mrgan_tf.records.make_records import make_records
+    from mrgan_tf.records.spec import DatasetSpec
     from tfrecords_tools import reader
     cfg = pp.PreprocessConfig(spacing_mm=2.0, image_size=64, min_foreground=0.0)
     flat = dataclasses.replace(cfg, slice_axis="coronal")
@@ -154,15 +156,16 @@ def test_records_carry_edge_clamped_stacks_of_the_chosen_plane(two_patients, tmp
                 np.testing.assert_array_equal(d[z]["mr"][..., j], f[n]["mr"][..., 0])
                 checked += 1
     assert checked > 40
-    from mrgan_tf import data
+    from mrgan_tf.modeling import batch as batch_layout
+    from mrgan_tf.training import data
     batch = next(iter(data.training_dataset(spec, "paired", 2, channels=3)))
     assert batch.shape == (2, 64, 64, 12)
-    _, _, p_ct, p_mr = data.unpack(batch, 3)
+    _, _, p_ct, p_mr = batch_layout.unpack(batch, 3)
     assert float(p_ct.numpy().max()) > 0 and float(p_mr.numpy().max()) > 0
 
 
 def test_context_deeper_than_the_volume_is_refused_naming_the_file(two_patients, tmp_path):
-    from mrgan_tf.make_records import MakeRecordsError, make_records
+    from mrgan_tf.records.make_records import MakeRecordsError, make_records
     cfg = pp.PreprocessConfig(spacing_mm=2.0, image_size=64, context_slices=15)
     with pytest.raises(MakeRecordsError, match=r"p\d/ct.nii.gz: --context_slices=15 needs stacks of 31 slices "
                                                r"but the volume has 30 axial slices"):
@@ -170,7 +173,7 @@ def test_context_deeper_than_the_volume_is_refused_naming_the_file(two_patients,
 
 
 def test_evaluation_refuses_a_model_of_another_plane_or_depth_naming_both():
-    from mrgan_tf.evaluate import EvaluationError, check_preprocessing
+    from mrgan_tf.evaluation.evaluate import EvaluationError, check_preprocessing
     model = identity(dataclasses.replace(CFG, slice_axis="sagittal", context_slices=1), "sag")
     with pytest.raises(EvaluationError, match=r"context_slices 1 \(model\) vs 0 \(test data\); slice_axis "
                                               r"'sagittal' \(model\) vs 'axial' \(test data\)"):

@@ -6,16 +6,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from mrgan_tf import plausibility as pl
-from mrgan_tf import synthesize
-from mrgan_tf.io import layout
-from mrgan_tf.io.readers import write_nifti
-from mrgan_tf.io.volumes import Volume, VolumeError
-from mrgan_tf.make_records import make_records
-from mrgan_tf.plausibility import PlausibilityConfig
-from tfrecords_tools import reader
 from test_make_records import CFG, add_patient, head
+
+from mrgan_tf.inference import synthesis
+from mrgan_tf.io import layout
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.writers import write_nifti
+from mrgan_tf.preprocess import plausibility as pl
+from mrgan_tf.preprocess.plausibility import PlausibilityConfig
+from mrgan_tf.records.make_records import make_records
+from tfrecords_tools import reader
 
 
 def vol(data, source="x.nii.gz"):
@@ -151,10 +151,10 @@ def test_make_records_accepts_and_mends_on_request(bad_root, tmp_path):
 def test_synthesize_refuses_constant_input_and_warns_on_unsigned_ct(caplog):
     predictor = types.SimpleNamespace(name="ct2mr")   # the checks run before the model is used
     with pytest.raises(VolumeError, match="every voxel is 0"):
-        synthesize.prepare_input(predictor, vol(np.zeros((8, 8, 8)), "zero.nii.gz"))
+        synthesis.prepare_input(predictor, vol(np.zeros((8, 8, 8)), "zero.nii.gz"))
     ct, _ = head()
     with pytest.raises(AttributeError):               # past the checks, into the (absent) model's preprocessing
-        synthesize.prepare_input(predictor, ct.with_data(ct.data + 1024))
+        synthesis.prepare_input(predictor, ct.with_data(ct.data + 1024))
     assert "HU+1024" in caplog.text
 
 
@@ -162,9 +162,9 @@ def test_synthesize_refuses_constant_input_and_warns_on_unsigned_ct(caplog):
 
 def test_several_dicom_series_name_the_flag_and_a_list_picks_one(tmp_path):
     import pydicom
+    from test_io import copy_series
 
     from mrgan_tf.io.dicom import read_dicom_series
-    from test_io import copy_series
     single = copy_series("98892001/CT5N", tmp_path / "single")
     both = tmp_path / "ct"
     both.mkdir()

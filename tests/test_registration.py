@@ -1,12 +1,12 @@
-"""Tests for mrgan_tf.registration: SimpleITK conversion and recovery of a known affine."""
+"""Tests for mrgan_tf.preprocess.registration: SimpleITK conversion and recovery of a known affine."""
 import time
 
 import numpy as np
 import pytest
 
 from mrgan_tf import preprocess as pp
-from mrgan_tf import registration
 from mrgan_tf.io.volumes import Volume
+from mrgan_tf.preprocess import registration
 
 
 def blob(points, centre, radii, edge_mm=2.0):

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_FLAGS, train_configs
+
 from tfrecords_tools import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -134,7 +134,8 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
     history.csv has every iteration once, and checkpoint temporaries are gone."""
     import tensorflow as tf
 
-    from mrgan_tf import checkpoints, export, train
+    from mrgan_tf.serving import export
+    from mrgan_tf.training import checkpoints, train
     out = tmp_path / "run"
     common = [f"--records={tiny_records.root}", f"--out={out}", "--mode=mrgan", "--steps=3",
               "--checkpoint_every=1", "--log_every=1", "--image_every=100", "--verbose=0", *TINY_FLAGS]
@@ -167,7 +168,7 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
 
 
 def test_train_corrupt_shard_names_shard_and_record(tiny_records, tmp_path):
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     from tfrecords_tools import reader
     records = tmp_path / "records"
     shutil.copytree(tiny_records.root, records)
@@ -186,7 +187,7 @@ def test_train_corrupt_shard_names_shard_and_record(tiny_records, tmp_path):
 def test_train_startup_failures_write_nothing(tmp_path):
     from records_factory import write_tiny_records
 
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     records = tmp_path / "records"
     write_tiny_records(str(records), size=32, per_set=4)
     os.remove(records / "unpaired_ct.shards.json")           # a missing unpaired set
@@ -207,8 +208,8 @@ def test_train_cli_out_under_a_regular_file(tiny_records, tmp_path):
 
 
 def test_malformed_run_json_names_the_file(tmp_path):
-    from mrgan_tf import checkpoints
-    from mrgan_tf.spec import SpecError
+    from mrgan_tf.records.spec import SpecError
+    from mrgan_tf.training import checkpoints
     (tmp_path / "run.json").write_text('{"model": {"mode": "mrgan", ')
     with pytest.raises(SpecError, match=r"run\.json: unreadable run config"):
         checkpoints.load_run_config(str(tmp_path))
@@ -218,7 +219,7 @@ def test_malformed_run_json_names_the_file(tmp_path):
 
 
 def test_history_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
-    from mrgan_tf.callbacks import TrainingMonitor
+    from mrgan_tf.training.callbacks import TrainingMonitor
     monitor = TrainingMonitor(str(tmp_path), write=True)
     (tmp_path / "history.csv").write_text("iteration,a,iterations_per_second\n1,0.5,2\n2,0.4,2\n3,0.3,2\n4,0.")
     monitor._drop_rows_after(2)
@@ -226,7 +227,7 @@ def test_history_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
 
 
 def test_incomplete_exports(tmp_path):
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     export_dir = tmp_path / "export"
     (export_dir / "ct2mr").mkdir(parents=True)
     assert train.incomplete_exports(str(export_dir), ("mr", "ct")) == ["ct2mr", "mr2ct"]
@@ -235,7 +236,7 @@ def test_incomplete_exports(tmp_path):
     (version / "saved_model.pb").write_bytes(b"\xff\xff not a proto")
     (version / "variables" / "variables.index").write_bytes(b"")
     assert train.incomplete_exports(str(export_dir), ("mr",)) == ["ct2mr"]
-    from mrgan_tf import export
+    from mrgan_tf.serving import export
     (export_dir / "mr2ct" / "1").mkdir(parents=True)
     (export_dir / "ct2mr" / "2").mkdir()   # an export killed between its two directions
     assert export.remove_orphan_versions(str(export_dir), ["ct2mr", "mr2ct"]) == [str(export_dir / "ct2mr" / "2")]

@@ -17,17 +17,19 @@ import sys
 import grpc
 import numpy as np
 import pytest
+import serving_double
 import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
-
-import serving_double
-from mrgan_tf import client, serving_files, synthesize
-from mrgan_tf.io.readers import read_volume, write_nifti
-from mrgan_tf.io.volumes import Volume
 from test_export import tiny_export
 from test_synthesize import _head_ct, _oblique_lps_affine
+
+from mrgan_tf.inference import client, predictors, synthesis
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import Volume
+from mrgan_tf.io.writers import write_nifti
+from mrgan_tf.serving import files as serving_files
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "SERVING.md")
 
@@ -165,10 +167,10 @@ def test_client_volume_over_grpc_equals_synthesize(servers, exported, grpc_cfg, 
     vol = Volume(_head_ct((24, 28, 20)), _oblique_lps_affine(), "mem")
     for name in ("ct2mr", "mr2ct"):
         src = vol if name == "ct2mr" else Volume(np.clip(vol.data + 1000.0, 0, None), vol.affine, "mem")
-        local, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, name), src)
+        local, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, name), src)
         remote_predictor = client.connect(grpc_cfg, name)
-        assert remote_predictor.preprocess == synthesize.load_predictor(exported, name).preprocess
-        remote, _ = synthesize.synthesize_volume(remote_predictor, src)
+        assert remote_predictor.preprocess == predictors.load_predictor(exported, name).preprocess
+        remote, _ = synthesis.synthesize_volume(remote_predictor, src)
         assert remote.data.dtype == local.data.dtype
         np.testing.assert_array_equal(remote.affine, local.affine)
         np.testing.assert_allclose(remote.data.astype(np.float32), local.data.astype(np.float32), atol=1e-3)
@@ -202,8 +204,8 @@ def test_client_over_rest_equals_synthesize(servers, exported):
     cfg = client.ClientConfig(servers.rest_url, timeout_s=60.0, retries=1)
     vol = Volume(_head_ct((20, 24, 6)), np.eye(4), "mem")
     before = len(servers.rest_calls)
-    remote, _ = synthesize.synthesize_volume(client.connect(cfg, "ct2mr"), vol, batch_size=4)
-    local, _ = synthesize.synthesize_volume(synthesize.load_predictor(exported, "ct2mr"), vol)
+    remote, _ = synthesis.synthesize_volume(client.connect(cfg, "ct2mr"), vol, batch_size=4)
+    local, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, "ct2mr"), vol)
     np.testing.assert_allclose(remote.data, local.data, atol=1e-3)
     bodies = [json.loads(b) for _, b in servers.rest_calls[before:]]
     assert bodies[0]["signature_name"] == "preprocessing_parameters_rows"
@@ -343,9 +345,9 @@ def test_cli_client_and_synthesize_server_flag(servers, tmp_path):
 @pytest.fixture(scope="module")
 def stack_export(tmp_path_factory):
     """A tiny 2.5D (k = 1) model exported with its preprocessing: clients send ordered slices."""
-    from mrgan_tf import export
-    from mrgan_tf.model import MRGAN, MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
     from mrgan_tf.preprocess import PreprocessConfig
+    from mrgan_tf.serving import export
     model = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=2, channels=3))
     out = str(tmp_path_factory.mktemp("stack_export"))
     export.export_model(model, PreprocessConfig(image_size=32, context_slices=1), out)
@@ -353,7 +355,7 @@ def stack_export(tmp_path_factory):
 
 
 def test_stack_model_serves_an_ordered_volume_and_overlapping_chunks(stack_export):
-    from mrgan_tf import context
+    from mrgan_tf.preprocess import context
     out, model = stack_export
     sig = tf.saved_model.load(os.path.join(out, "ct2mr", "1")).signatures["serving_default"]
     hu = np.random.default_rng(3).uniform(-100, 120, (9, 30, 28)).astype(np.float32)
@@ -384,10 +386,10 @@ def test_stack_model_runs_in_saved_model_cli_and_synthesize(stack_export, tmp_pa
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Result for output key mr_255" in run.stdout
-    pred = synthesize.load_predictor(out, "ct2mr")
+    pred = predictors.load_predictor(out, "ct2mr")
     assert pred.preprocess.context_slices == 1
     ct = Volume(_head_ct((20, 24, 12)), _oblique_lps_affine(), str(tmp_path / "ct.nii.gz"))
-    syn, info = synthesize.synthesize_volume(pred, ct, batch_size=3)
-    whole, _ = synthesize.synthesize_volume(pred, ct, batch_size=64)
+    syn, info = synthesis.synthesize_volume(pred, ct, batch_size=3)
+    whole, _ = synthesis.synthesize_volume(pred, ct, batch_size=64)
     np.testing.assert_allclose(syn.data, whole.data, atol=1e-3)
     assert syn.shape == ct.shape and info["slices"] > 0

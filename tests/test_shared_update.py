@@ -3,9 +3,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import TINY
-from mrgan_tf.model import MRGAN, MRGANConfig, make_optimizers
+
+from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
 
 
 def _model(seed=0, **overrides):

@@ -8,13 +8,14 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-
-from mrgan_tf import synthesize
-from mrgan_tf.export import ExportError
-from mrgan_tf.io.readers import read_volume, write_nifti
-from mrgan_tf.io.volumes import Volume, VolumeError
-from mrgan_tf.preprocess import axial_stack, dequantise, quantise, volume_from_axial_stack, window_ct
 from test_export import tiny_export, tiny_run
+
+from mrgan_tf.inference import outputs, predictors, synthesis
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.writers import write_nifti
+from mrgan_tf.preprocess import axial_stack, dequantise, quantise, volume_from_axial_stack, window_ct
+from mrgan_tf.serving.export import ExportError
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def exported(tiny_records, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def to_mr(exported):
-    return synthesize.load_predictor(exported, "ct2mr")
+    return predictors.load_predictor(exported, "ct2mr")
 
 
 def _head_ct(shape, seed=0) -> np.ndarray:
@@ -48,7 +49,7 @@ def _oblique_lps_affine() -> np.ndarray:
 def test_geometry_is_preserved_on_oblique_flipped_grid(to_mr, tmp_path):
     src = tmp_path / "ct.nii.gz"
     write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
-    info = synthesize.synthesize_file(to_mr, str(src), str(tmp_path / "syn.nii.gz"))
+    info = outputs.synthesize_file(to_mr, str(src), str(tmp_path / "syn.nii.gz"))
     ref, out = read_volume(src), read_volume(tmp_path / "syn.nii.gz")
     assert out.shape == ref.shape == (24, 28, 20)
     np.testing.assert_array_equal(out.affine, ref.affine)
@@ -65,7 +66,7 @@ def test_geometry_is_preserved_for_mha_input(to_mr, tmp_path):
     img.SetOrigin((5.0, -3.0, 10.0))
     img.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))   # swapped x/y, flipped z
     sitk.WriteImage(img, str(tmp_path / "ct.mha"))
-    synthesize.synthesize_file(to_mr, str(tmp_path / "ct.mha"), str(tmp_path / "syn.nii.gz"))
+    outputs.synthesize_file(to_mr, str(tmp_path / "ct.mha"), str(tmp_path / "syn.nii.gz"))
     ref, out = read_volume(tmp_path / "ct.mha"), read_volume(tmp_path / "syn.nii.gz")
     assert out.shape == ref.shape
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)   # NIfTI stores the affine as float32
@@ -77,7 +78,7 @@ def test_every_slice_goes_through_the_model(to_mr, tiny_records):
     ct = _head_ct((32, 32, 6))
     ct[:, :, :2] = -1000.0   # no body: make_records would drop these slices; synthesis must not
     vol = Volume(ct, np.eye(4), "mem")
-    out, timing = synthesize.synthesize_volume(to_mr, vol)
+    out, timing = synthesis.synthesize_volume(to_mr, vol)
     assert timing["slices"] == 6
     q01 = dequantise(quantise(window_ct(axial_stack(ct), cfg.ct_window_center, cfg.ct_window_width), cfg.bits),
                      cfg.bits)
@@ -87,7 +88,7 @@ def test_every_slice_goes_through_the_model(to_mr, tiny_records):
 
 
 def test_run_dir_and_saved_model_agree(to_mr, tiny_records, tmp_path_factory):
-    from_run = synthesize.load_predictor(tiny_run(tmp_path_factory, tiny_records.root), "ct2mr")
+    from_run = predictors.load_predictor(tiny_run(tmp_path_factory, tiny_records.root), "ct2mr")
     assert from_run.preprocess == to_mr.preprocess
     stack = np.random.default_rng(5).uniform(0, 1, (5, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(from_run.predict01(stack, batch_size=2), to_mr.predict01(stack), atol=1e-5)
@@ -95,15 +96,15 @@ def test_run_dir_and_saved_model_agree(to_mr, tiny_records, tmp_path_factory):
 
 def test_mr2ct_volume_in_hu_with_air_outside_the_field_of_view(exported, tiny_records):
     cfg = tiny_records.preprocess
-    to_ct = synthesize.load_predictor(exported, "mr2ct")
+    to_ct = predictors.load_predictor(exported, "mr2ct")
     mr = np.clip(_head_ct((40, 24, 5)) + 1000.0, 0, None)   # 40 mm wide: pad fit crops 4 mm per side
-    out, _ = synthesize.synthesize_volume(to_ct, Volume(mr, np.eye(4), "mem"))
+    out, _ = synthesis.synthesize_volume(to_ct, Volume(mr, np.eye(4), "mem"))
     assert out.shape == mr.shape
     low, high = cfg.ct_window_center - cfg.ct_window_width / 2, cfg.ct_window_center + cfg.ct_window_width / 2
     inside = out.data[4:-4]
     assert inside.min() >= low - 1e-3 and inside.max() <= high + 1e-3
-    np.testing.assert_array_equal(out.data[:4], synthesize.AIR_HU)
-    np.testing.assert_array_equal(out.data[-4:], synthesize.AIR_HU)
+    np.testing.assert_array_equal(out.data[:4], synthesis.AIR_HU)
+    np.testing.assert_array_equal(out.data[-4:], synthesis.AIR_HU)
 
 
 def test_folder_mode(to_mr, tmp_path):
@@ -113,7 +114,7 @@ def test_folder_mode(to_mr, tmp_path):
     write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p1" / "ct.nii.gz")
     write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p2" / "mr.nii.gz")   # no CT: nothing to do
     nib.save(nib.Nifti1Image(np.zeros((10, 10), np.float32), np.eye(4)), str(root / "p3" / "ct.nii.gz"))
-    done, errors = synthesize.synthesize_root(to_mr, str(root), str(out_dir))
+    done, errors = outputs.synthesize_root(to_mr, str(root), str(out_dir))
     assert [d["output"] for d in done] == [str(out_dir / "p1" / "syn_mr.nii.gz")]
     assert read_volume(out_dir / "p1" / "syn_mr.nii.gz").shape == (24, 28, 20)
     assert set(errors) == {"p3"} and "2-D" in errors["p3"]
@@ -122,15 +123,15 @@ def test_folder_mode(to_mr, tmp_path):
 
 def test_bad_inputs(to_mr, tmp_path):
     with pytest.raises(ExportError, match="no SavedModel found"):
-        synthesize.load_predictor(str(tmp_path), "ct2mr")
-    with pytest.raises(synthesize.SynthesisError, match="does not exist"):
-        synthesize.load_predictor(str(tmp_path / "nope"), "ct2mr")
+        predictors.load_predictor(str(tmp_path), "ct2mr")
+    with pytest.raises(predictors.SynthesisError, match="does not exist"):
+        predictors.load_predictor(str(tmp_path / "nope"), "ct2mr")
     with pytest.raises(VolumeError, match="no such file"):
-        synthesize.synthesize_file(to_mr, str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz"))
+        outputs.synthesize_file(to_mr, str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz"))
     assert not (tmp_path / "o.nii.gz").exists()
-    assert synthesize.ct_like_warning(Volume(_head_ct((16, 16, 16)), np.eye(4), "ct")) is None
-    assert "do not look like a CT" in synthesize.ct_like_warning(Volume(np.full((4, 4, 4), 50.0), np.eye(4), "x"))
-    assert "do not look like a CT" in synthesize.ct_like_warning(Volume(np.full((4, 4, 4), 9000.0), np.eye(4)))
+    assert synthesis.ct_like_warning(Volume(_head_ct((16, 16, 16)), np.eye(4), "ct")) is None
+    assert "do not look like a CT" in synthesis.ct_like_warning(Volume(np.full((4, 4, 4), 50.0), np.eye(4), "x"))
+    assert "do not look like a CT" in synthesis.ct_like_warning(Volume(np.full((4, 4, 4), 9000.0), np.eye(4)))
 
 
 def test_cli(exported, tmp_path):
@@ -172,14 +173,14 @@ def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
 
 def _identity_predictor(name, cfg):
     """A test double of a generator: output = input, so the output units are exactly the mapping's."""
-    return synthesize.Predictor(name, cfg, "identity", lambda x: x)
+    return predictors.Predictor(name, cfg, "identity", lambda x: x)
 
 
 def test_synthetic_ct_is_int16_hu_over_the_full_range():
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32, ct_range=(-1024, 3000), bits=16)
     mr = np.clip(_head_ct((40, 24, 6)) + 1000.0, 0, None)   # 40 mm wide on a 32 px canvas: 8 px outside
-    out, info = synthesize.synthesize_volume(_identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
+    out, info = synthesis.synthesize_volume(_identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
     assert out.data.dtype == np.int16 and out.shape == mr.shape
     assert out.data.min() >= -1024 and out.data.max() <= 3000
     inside = out.data[4:-4]
@@ -193,13 +194,13 @@ def test_synthetic_mr_in_reference_units(tmp_path):
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32)
     ct = Volume(_head_ct((24, 24, 6)), np.eye(4), "mem")
     pred = _identity_predictor("ct2mr", cfg)
-    scale, info255 = synthesize.synthesize_volume(pred, ct)
-    ref_units, info = synthesize.synthesize_volume(pred, ct, mr_range=(100.0, 900.0))
+    scale, info255 = synthesis.synthesize_volume(pred, ct)
+    ref_units, info = synthesis.synthesize_volume(pred, ct, mr_range=(100.0, 900.0))
     np.testing.assert_allclose(ref_units.data, 100.0 + scale.data / 255.0 * 800.0, atol=1e-3)
     assert "0-255" in info255["units"] and "100..900" in info["units"]
     ref = tmp_path / "ref_mr.nii.gz"
     write_nifti(Volume(np.clip(_head_ct((24, 24, 6)) + 1000, 0, None), np.eye(4)), ref)
-    lo, hi = synthesize.reference_mr_range(str(ref), pred)
+    lo, hi = synthesis.reference_mr_range(str(ref), pred)
     assert 0 <= lo < hi
-    with pytest.raises(synthesize.SynthesisError, match="only a synthetic MR"):
-        synthesize.reference_mr_range(str(ref), _identity_predictor("mr2ct", cfg))
+    with pytest.raises(predictors.SynthesisError, match="only a synthetic MR"):
+        synthesis.reference_mr_range(str(ref), _identity_predictor("mr2ct", cfg))

@@ -11,16 +11,18 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
-from mrgan_tf import pacs, provenance, synthesize
-from mrgan_tf.io.readers import read_volume
-from mrgan_tf.io.volumes import Volume, VolumeError
-from mrgan_tf.io.writers import write_volume
 from orthanc_server import Orthanc
 from test_dicom_write import DS_TOL, dciodvfy_errors
 from test_export import tiny_export, tiny_model
 from test_io import copy_series
 from test_synthesize import _head_ct, _oblique_lps_affine
+
+from mrgan_tf.inference import outputs, provenance
+from mrgan_tf.inference import predictors as predictors_lib
+from mrgan_tf.io import pacs
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.writers import write_volume
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def exported(tiny_records, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictors(exported):
-    return synthesize.load_predictors(exported)
+    return predictors_lib.load_predictors(exported)
 
 
 def _folder_sha256(folder) -> str:
@@ -43,7 +45,7 @@ def test_dicom_ct_in_synthetic_mr_series_out_on_the_source_grid(predictors, expo
     src = copy_series("98892001/CT5N", tmp_path / "p07" / "ct")
     vol = read_volume(src)
     out = tmp_path / "out" / "syn_mr"
-    info = synthesize.write_synthesis(predictors["ct2mr"], vol, str(out), options=synthesize.OutputOptions(
+    info = outputs.write_synthesis(predictors["ct2mr"], vol, str(out), options=outputs.OutputOptions(
         out_format="dicom"))
     assert info["format"] == "dicom" and info["sidecar"] == str(tmp_path / "out" / "syn_mr.json")
     back = read_volume(out)
@@ -74,7 +76,7 @@ def test_mr2ct_to_mha_is_int16_hu_with_a_sidecar_and_refusals(predictors, tmp_pa
     mr = np.clip(_head_ct((24, 28, 20)) + 1000.0, 0, None)
     write_volume(Volume(mr, _oblique_lps_affine()), src)
     out = tmp_path / "p1" / "syn_ct.mha"
-    info = synthesize.synthesize_file(predictors["mr2ct"], str(src), str(out))
+    info = outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))
     assert info["format"] == "mha" and sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkInt16
     np.testing.assert_allclose(read_volume(out).affine, read_volume(src).affine, atol=1e-5)
     doc = json.loads((tmp_path / "p1" / "syn_ct.mha.json").read_text())
@@ -82,15 +84,15 @@ def test_mr2ct_to_mha_is_int16_hu_with_a_sidecar_and_refusals(predictors, tmp_pa
     assert doc["output"]["dtype"] == "int16" and doc["direction"] == "mr2ct"
 
     with pytest.raises(VolumeError, match="already exists.*--overwrite"):
-        synthesize.synthesize_file(predictors["mr2ct"], str(src), str(out))
-    synthesize.synthesize_file(predictors["mr2ct"], str(src), str(out), options=synthesize.OutputOptions(
+        outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))
+    outputs.synthesize_file(predictors["mr2ct"], str(src), str(out), options=outputs.OutputOptions(
         overwrite=True))
-    with pytest.raises(synthesize.SynthesisError, match="--send needs a DICOM series output"):
-        synthesize.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
-                                   options=synthesize.OutputOptions(send="PACS@127.0.0.1:104"))
+    with pytest.raises(predictors_lib.SynthesisError, match="--send needs a DICOM series output"):
+        outputs.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
+                                   options=outputs.OutputOptions(send="PACS@127.0.0.1:104"))
     with pytest.raises(VolumeError, match="--out_dtype=uint8: a CT is in HU"):
-        synthesize.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
-                                   options=synthesize.OutputOptions(out_dtype="uint8"))
+        outputs.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
+                                   options=outputs.OutputOptions(out_dtype="uint8"))
     assert not (tmp_path / "x.nii.gz").exists()
 
 
@@ -99,8 +101,8 @@ def test_folder_mode_writes_one_dicom_series_per_patient(predictors, tmp_path):
     for pid in ("p1", "p2"):
         write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), root / pid / "ct.nii.gz", modality="CT")
     (out_dir / "p2" / "syn_mr").mkdir(parents=True)   # already there: refused, reported, not replaced
-    done, errors = synthesize.synthesize_root(predictors["ct2mr"], str(root), str(out_dir),
-                                              options=synthesize.OutputOptions(out_format="dicom"))
+    done, errors = outputs.synthesize_root(predictors["ct2mr"], str(root), str(out_dir),
+                                              options=outputs.OutputOptions(out_format="dicom"))
     assert [d["output"] for d in done] == [str(out_dir / "p1" / "syn_mr")]
     assert set(errors) == {"p2"} and "already exists" in errors["p2"]
     ds = pydicom.dcmread(next((out_dir / "p1" / "syn_mr").iterdir()))
@@ -109,7 +111,7 @@ def test_folder_mode_writes_one_dicom_series_per_patient(predictors, tmp_path):
 
 
 def test_run_dir_provenance_reads_the_iteration_from_the_checkpoint(tmp_path):
-    from mrgan_tf import checkpoints
+    from mrgan_tf.training import checkpoints
     model = tiny_model()
     run_dir = str(tmp_path / "run")
     checkpoints.save_run_config(run_dir, model.config, str(tmp_path / "records"))
@@ -133,8 +135,8 @@ def orthanc(tmp_path_factory):
 def test_send_stores_the_series_in_orthanc(predictors, orthanc, tmp_path):
     src = tmp_path / "p3" / "ct.nii.gz"
     write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
-    info = synthesize.synthesize_file(predictors["ct2mr"], str(src), str(tmp_path / "p3" / "syn_mr"),
-                                      options=synthesize.OutputOptions(send=orthanc.peer))
+    info = outputs.synthesize_file(predictors["ct2mr"], str(src), str(tmp_path / "p3" / "syn_mr"),
+                                      options=outputs.OutputOptions(send=orthanc.peer))
     assert "stored 6 of 6" in info["sent"]
     uid = pydicom.dcmread(next((tmp_path / "p3" / "syn_mr").iterdir())).SeriesInstanceUID
     (found,) = pacs.find_series(pacs.parse_peer(orthanc.peer), uid)
@@ -147,7 +149,7 @@ def test_failed_send_keeps_the_complete_series_and_says_nothing_was_stored(predi
     write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
     out = tmp_path / "p4" / "syn_mr"
     with pytest.raises(pacs.PacsError, match=r"cannot reach the peer.*nothing was stored \(0 of 6 instances"):
-        synthesize.synthesize_file(predictors["ct2mr"], str(src), str(out), options=synthesize.OutputOptions(
+        outputs.synthesize_file(predictors["ct2mr"], str(src), str(out), options=outputs.OutputOptions(
             send=f"NOBODY@127.0.0.1:{free_port()}"))
     assert len(os.listdir(out)) == 6 and (tmp_path / "p4" / "syn_mr.json").is_file()
 

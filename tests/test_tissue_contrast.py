@@ -3,8 +3,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mrgan_tf import demo_data
-from mrgan_tf import tissue_contrast as tc
+from mrgan_tf.demo import data as demo_data
+from mrgan_tf.demo import tissue_contrast as tc
 
 
 def _phantom(wm=200.0, gm=160.0):

@@ -27,12 +27,12 @@ class PoisonAt(keras.callbacks.Callback):
 
 
 def tiny(mode="mrgan"):
-    from mrgan_tf.model import MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGANConfig
     return MRGANConfig(mode=mode, **TINY)
 
 
 def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_records, tmp_path):
-    from mrgan_tf import callbacks, train
+    from mrgan_tf.training import callbacks, train
     out = str(tmp_path / "run")
     config = train.TrainConfig(steps=8, checkpoint_every=2, log_every=1, image_every=2, verbose=0)
     with pytest.raises(callbacks.NonFiniteLoss, match=r"non-finite loss at iteration 5: .*paired/syn_mr"):
@@ -57,7 +57,7 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tiny_records, tmp_pat
 
 
 def test_train_exports_servable_models_at_the_end(tiny_records, tmp_path):
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     out = str(tmp_path / "run")
     summary = train.train(tiny_records.root, out, tiny("paired"), train.TrainConfig(steps=2, verbose=0))
     assert summary["iterations"] == 2
@@ -82,7 +82,8 @@ def test_validation_scores_history_and_best_checkpoint(tmp_path):
 
     from records_factory import write_tiny_records
 
-    from mrgan_tf import checkpoints, export, train
+    from mrgan_tf.serving import export
+    from mrgan_tf.training import checkpoints, train
     records = write_tiny_records(str(tmp_path / "records"), size=32, with_val=True)
     out = str(tmp_path / "run")
     config = train.TrainConfig(steps=4, log_every=1, val_every=2, export_checkpoint="best", checkpoint_every=100,
@@ -108,8 +109,8 @@ def test_validation_scores_history_and_best_checkpoint(tmp_path):
 
 
 def test_validation_needs_validation_patients(tiny_records, tmp_path):
-    from mrgan_tf import checkpoints, train
-    from mrgan_tf.spec import SpecError
+    from mrgan_tf.records.spec import SpecError
+    from mrgan_tf.training import checkpoints, train
     out = str(tmp_path / "run")
     config = train.TrainConfig(steps=1, val_every=1, log_every=1, verbose=0)
     with pytest.raises(SpecError, match="--val_patients"):
@@ -123,7 +124,9 @@ def test_flags_build_the_configs_with_the_dataclass_defaults(tiny_records):
     """No option given: every field is its dataclass default; the choices are the tables' keys."""
     from absl import flags
 
-    from mrgan_tf import distribute, model, networks, train
+    from mrgan_tf.modeling import mrgan as model
+    from mrgan_tf.modeling import networks
+    from mrgan_tf.training import distribute, train
     fv = flags.FlagValues()
     train.define_flags(fv)
     fv(["train", f"--records={tiny_records.root}", "--out=/unused"])
@@ -147,14 +150,14 @@ def test_flags_build_the_configs_with_the_dataclass_defaults(tiny_records):
     (dict(precision="float64"), "--precision must be one of"),
 ])
 def test_train_config_refuses_contradictions(options, words):
-    from mrgan_tf import train
+    from mrgan_tf.training import train
     with pytest.raises(train.TrainConfigError, match=words):
         train.TrainConfig(**options)
 
 
 def test_model_config_must_fit_the_records(tiny_records, tmp_path):
-    from mrgan_tf import train
-    from mrgan_tf.model import MRGANConfig
+    from mrgan_tf.modeling.mrgan import MRGANConfig
+    from mrgan_tf.training import train
     out = tmp_path / "run"
     with pytest.raises(train.TrainConfigError, match="32-pixel slices .* image_size=64"):
         train.train(tiny_records.root, str(out), MRGANConfig(**{**TINY, "image_size": 64}),

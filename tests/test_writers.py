@@ -7,12 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_io import oblique_affine
 
 from mrgan_tf.io import writers
 from mrgan_tf.io.quantise import fitting_rescale, quantise
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
-from test_io import oblique_affine
 
 
 def _mr() -> Volume:
@@ -99,8 +99,3 @@ def test_fitting_rescale_keeps_values_within_half_a_step():
     assert q.clipped == 0 and intercept == -4.0 and len(repr(slope)) <= 16
     np.testing.assert_allclose(q.stored * slope + intercept, values, atol=slope / 2 + 1e-9)
     assert fitting_rescale(np.zeros(3), np.uint16) == (1.0, 0.0)
-
-
-def test_write_nifti_is_still_importable_from_readers():
-    from mrgan_tf.io.readers import write_nifti
-    assert write_nifti is writers.write_nifti

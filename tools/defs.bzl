@@ -1,6 +1,6 @@
 """Macros shared by the BUILD files: CLIs run as modules, pytest files as py_tests.
 
-Why not `py_binary(main = "mrgan_tf/train.py")`: Bazel would run that file as a
+Why not `py_binary(main = "mrgan_tf/training/train.py")`: Bazel would run that file as a
 script, putting its own folder first on sys.path, so tfrecords_tools/inspect.py
 would shadow the standard library's `inspect` and package-relative imports would
 break. A small generated launcher runs the module the way `python -m` does.

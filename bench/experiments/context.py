@@ -92,8 +92,8 @@ def needed_models(arms: Sequence[str]) -> list[str]:
 
 def build_records(grid: ContextGrid, models: Sequence[str], workers: int) -> None:
     """The records of every (plane, k) the models need, from the demo data with the demo's preprocessing."""
-    from mrgan_tf.make_records import format_summary, make_records
-    from mrgan_tf.spec import DatasetSpec
+    from mrgan_tf.records.make_records import format_summary, make_records
+    from mrgan_tf.records.spec import DatasetSpec
 
     base = DatasetSpec.load(grid.records).preprocess
     data = os.path.join(grid.root, "data")
@@ -119,10 +119,10 @@ def superior_axis(affine: np.ndarray) -> int:
 
 def evaluate_seed(grid: ContextGrid, seed: int, arms: Sequence[str], png: str | None = None) -> dict:
     """Every arm's 3-D scores on the test patients' original grids (reused while no export changed)."""
-    from mrgan_tf import metrics
-    from mrgan_tf.evaluate import grid_rows, load_records_patients, original_files, source_root
-    from mrgan_tf.export import resolve_version_dir
-    from mrgan_tf.synthesize import Fusion, load_predictor
+    from mrgan_tf.evaluation import metrics
+    from mrgan_tf.evaluation.evaluate import grid_rows, load_records_patients, original_files, source_root
+    from mrgan_tf.inference.predictors import Fusion, load_predictor
+    from mrgan_tf.serving.export import resolve_version_dir
 
     models = needed_models(arms)
     exports = {m: os.path.join(grid.run_dir(m, seed), "export") for m in models}
@@ -162,7 +162,7 @@ def reformat_png(path: str, volumes: Mapping, arms: Sequence[str], title: str) -
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from mrgan_tf import figures
+    from mrgan_tf.evaluation import figures
     from mrgan_tf.io.volumes import Volume
     from mrgan_tf.preprocess import axial_image, to_canonical, to_plane
 
@@ -281,7 +281,7 @@ def run_experiment() -> int:
 
 
 def main(argv):
-    from mrgan_tf.synthesize import SynthesisError
+    from mrgan_tf.inference.predictors import SynthesisError
     return table1.experiment_main(argv, run_experiment, "context", (SynthesisError,))
 
 

@@ -5,7 +5,7 @@
 The demo data's records are made with the synthetic-CT setting (CT over
 [-1024, 3000] HU at 16 bits, ``make_records --ct_range``); the three modes train
 with the Table I runner's flagfile and schedule (the paired baseline in its MR -> CT
-direction), and ``mrgan_tf.evaluate`` scores the synthetic CTs as SynthRAD does:
+direction), and ``mrgan_tf.evaluation.evaluate`` scores the synthetic CTs as SynthRAD does:
 on each test patient's own grid, inside the mask, MAE in HU, PSNR on
 [-1024, 3000] (range 4024), 3-D SSIM after +1024, MS-SSIM. Resumable like
 ``table1.py`` (finished runs are skipped, unfinished ones resume), and every run
@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import table1  # noqa: E402
-from mrgan_tf import demo  # noqa: E402
-from mrgan_tf.demo_sct import CT_RANGE, sct_figure, sct_table  # noqa: E402
+
+from mrgan_tf.demo import pipeline as demo  # noqa: E402
+from mrgan_tf.demo.sct import CT_RANGE, sct_figure, sct_table  # noqa: E402
 from tfrecords_tools.atomic import atomic_write_text  # noqa: E402
 
 FLAGS = flags.FLAGS  # the Table I runner's flags (--root, --config, --steps, --seeds, --results, --workers)
@@ -47,7 +48,7 @@ def run() -> int:
         status, commands = stage()
         table1._say(f"{status}: {'; '.join(commands)}")
     grid = table1.Grid(root, "sct", FLAGS.config, FLAGS.steps, ["--paired_baseline_direction=mr2ct"])
-    from mrgan_tf.evaluate import evaluate
+    from mrgan_tf.evaluation.evaluate import evaluate
     per_seed = {}
     for seed in seeds:
         for mode in modes:
@@ -64,7 +65,7 @@ def run() -> int:
     first = per_seed[seeds[0]]["synthrad"]
     patients = sorted(next(iter(first["per_patient"].values())))
     os.makedirs(FLAGS.results, exist_ok=True)
-    from mrgan_tf.synthesize import load_predictor
+    from mrgan_tf.inference.predictors import load_predictor
     png = sct_figure(os.path.join(FLAGS.results, "sct_demo_bone_window.png"), os.path.join(root, "data"), patients,
                      {table1.LABELS[m]: load_predictor(os.path.join(grid.run_dir(m, seeds[0]), "export"), "mr2ct")
                       for m in table1.TABLE_ORDER})

@@ -7,7 +7,7 @@ training modes, so each mode needs several seeds and an uncertainty, and the
 whole grid must be resumable (it runs for about an hour on 2 cores).
 
 1. demo data and records, built once and reused, by the demo's own stages
-   (``mrgan_tf.demo``: ``<root>/data``, ``<root>/records``; 128 x 128 slices);
+   (``mrgan_tf.demo.pipeline``: ``<root>/data``, ``<root>/records``; 128 x 128 slices);
 2. ``<root>/<name>/<mode>/seed<k>``: ``python -m mrgan_tf.train`` with the flagfile
    (default ``bench/experiments/configs/table1.cfg``), every mode at the same
    ``--steps``; the learning-rate schedule keeps the paper's proportions (constant
@@ -15,7 +15,7 @@ whole grid must be resumable (it runs for about an hour on 2 cores).
    interrupted grid still has whole seeds. A finished run (``experiment.json`` with
    ``finished`` and the same settings) is skipped; an unfinished one resumes from its
    checkpoint; one made with other settings is removed and redone;
-3. ``<root>/<name>/eval/seed<k>``: ``mrgan_tf.evaluate`` of the three models on the
+3. ``<root>/<name>/eval/seed<k>``: ``mrgan_tf.evaluation.evaluate`` of the three models on the
    ``paired_test`` patients (reused when its models did not change);
 4. aggregation over seeds into ``<results>/table1.{md,csv,json}``, Fig. 5/6 images of
    the first seed and a loss-curve PNG per mode.
@@ -42,7 +42,7 @@ from absl import app, flags
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere in the checkout
 
-from mrgan_tf import demo  # noqa: E402
+from mrgan_tf.demo import pipeline as demo  # noqa: E402
 from tfrecords_tools.writer import atomic_write_text  # noqa: E402
 
 MODES = ("mrgan", "paired", "unpaired")
@@ -252,8 +252,8 @@ def _steady_rate(run: str) -> float | None:
 
 def evaluate_seed(grid: Grid, seed: int, modes: Sequence[str]) -> dict | None:
     """Evaluate one seed's models side by side (reused when the exports are unchanged)."""
-    from mrgan_tf.evaluate import evaluate
-    from mrgan_tf.export import resolve_version_dir
+    from mrgan_tf.evaluation.evaluate import evaluate
+    from mrgan_tf.serving.export import resolve_version_dir
 
     models = {m: os.path.join(grid.run_dir(m, seed), "export") for m in modes}
     key = {m: resolve_version_dir(p, "ct2mr") for m, p in models.items()}
@@ -378,7 +378,7 @@ def table_csv(agg: Mapping) -> str:
 def write_results(grid: Grid, agg: Mapping, results: str, expected_seeds: Sequence[int],
                   modes: Sequence[str]) -> list[str]:
     """table1.{md,csv,json}; Fig. 6 and the first test patient's Fig. 5 per mode, and loss curves, of the first seed."""
-    from mrgan_tf import figures
+    from mrgan_tf.evaluation import figures
 
     os.makedirs(results, exist_ok=True)
     partial = sorted(agg["seeds"]) != sorted(expected_seeds)
@@ -449,10 +449,10 @@ def experiment_main(argv, run, name: str, extra_errors: tuple = ()) -> int:
     """An experiment's main: ``run()``, with every stage's user error as one line naming the experiment."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from mrgan_tf.demo_data import DemoDataError
-    from mrgan_tf.evaluate import EvaluationError
-    from mrgan_tf.export import ExportError
-    from mrgan_tf.make_records import MakeRecordsError
+    from mrgan_tf.demo.data import DemoDataError
+    from mrgan_tf.evaluation.evaluate import EvaluationError
+    from mrgan_tf.records.make_records import MakeRecordsError
+    from mrgan_tf.serving.export import ExportError
     try:
         return run()
     except (ExperimentError, demo.DemoError, DemoDataError, MakeRecordsError, ExportError, EvaluationError,

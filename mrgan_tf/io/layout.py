@@ -25,7 +25,7 @@ from mrgan_tf.io.problems import Problem
 from mrgan_tf.io.readers import find_modality_file
 from mrgan_tf.io.volumes import VolumeError
 
-SPEC_NAME = "dataset.json"          # a records directory's spec (mrgan_tf.spec)
+SPEC_NAME = "dataset.json"          # a records directory's spec (mrgan_tf.records.spec)
 SHARD_INDEX_SUFFIX = ".shards.json"  # a shard set's index (tfrecords_tools.writer.INDEX_SUFFIX; that module loads TF)
 ROLES = ("paired", "ct", "mr")
 SPLITS = ("train", "test", "val")

@@ -2,7 +2,7 @@
 
 ``read_volume`` is the only entry point the rest of the project uses for input
 images, so every format is checked the same way (see ``checked_volume``).
-Writers live in ``mrgan_tf.io.writers`` (``write_nifti`` is still importable from here).
+Writers live in ``mrgan_tf.io.writers``; suffixes in ``mrgan_tf.io.formats``.
 """
 from __future__ import annotations
 
@@ -13,23 +13,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mrgan_tf.io.formats import DICOM_SUFFIXES, MODALITY_SUFFIXES, NIFTI_SUFFIXES, SITK_SUFFIXES
+from mrgan_tf.io.formats import suffix as _suffix
 from mrgan_tf.io.volumes import Volume, VolumeError, checked_volume, lps_to_ras
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
-DICOM_SUFFIXES = (".dcm",)   # one enhanced (multi-frame) image; a classic series is a folder
-# Order of preference only matters for error messages: two hits is an error.
-MODALITY_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".mhd", ".inv3", ".dcm")
 # What nibabel and zlib/gzip raise on missing, truncated or corrupt files.
 _NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES + DICOM_SUFFIXES + (".inv3",):
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix.lower()
 
 
 def read_volume(path, series_uid: str | None = None) -> Volume:
@@ -127,12 +117,3 @@ def find_modality_file(patient_dir, modality: str) -> Path | None:
         names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in found)
         raise VolumeError(patient_dir, f"several {modality} inputs, keep only one: {names}")
     return found[0] if found else None
-
-
-def __getattr__(name):
-    """``write_nifti`` moved to ``mrgan_tf.io.writers``; old imports keep working."""
-    if name == "write_nifti":
-        from mrgan_tf.io.writers import write_nifti
-
-        return write_nifti
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from mrgan_tf.io.formats import NIFTI_SUFFIXES
+from mrgan_tf.io.formats import suffix as _suffix
 from mrgan_tf.io.quantise import quantise
-from mrgan_tf.io.readers import NIFTI_SUFFIXES, _suffix
 from mrgan_tf.io.volumes import LPS_TO_RAS, Volume, VolumeError
 from tfrecords_tools.atomic import atomic_output
 

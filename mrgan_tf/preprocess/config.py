@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from mrgan_tf.context import channels_for
+from mrgan_tf.preprocess.context import channels_for
 
 FIT_MODES = ("pad", "resize")
 SLICE_AXES = ("axial", "coronal", "sagittal")

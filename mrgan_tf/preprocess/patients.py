@@ -10,11 +10,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mrgan_tf.intensity import ct_to_unit, mr_range, normalise_mr, quantise
 from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.preprocess.config import PreprocessConfig
-from mrgan_tf.preprocess.geometry import (overlap_fraction, resample_like, resample_to_spacing, to_canonical,
-                                          to_plane, to_plane_array)
+from mrgan_tf.preprocess.geometry import (overlap_fraction, resample_like, resample_to_spacing, to_canonical, to_plane,
+                                          to_plane_array)
+from mrgan_tf.preprocess.intensity import ct_to_unit, mr_range, normalise_mr, quantise
 from mrgan_tf.preprocess.masks import body_mask_from_ct, body_mask_from_mr
 from mrgan_tf.preprocess.slices import (Placement, axial_stack, body_box, fit_to_size, keep_slices, unfit,
                                         volume_from_axial_stack)
@@ -69,7 +69,7 @@ class PreparedPatient:
 
 
 def _register_mr_to_ct(ct_c: Volume, mr: Volume, body: np.ndarray, cfg: PreprocessConfig) -> dict:
-    from mrgan_tf import registration
+    from mrgan_tf.preprocess import registration
 
     fixed_mask = body & (ct_c.data < cfg.register_skull_hu)
     result = registration.register_affine(ct_c, mr, fixed_mask=fixed_mask, model=cfg.register_model)

@@ -142,6 +142,63 @@ def unfit(out, placement: Placement, order: int = 1, fill: float = 0.0) -> np.nd
     return _resize_2d(region, (placement.height, placement.width), order)
 
 
+# TF twins of fit_to_size / unfit, for the serving graphs (TensorFlow is imported only here).
+
+
+def _place_tf(x, row, col, out_h, out_w, fill):
+    """Put [N, h, w, 1] ``x`` with its top-left at (row, col) on a ``fill`` canvas of out_h x out_w.
+
+    TF twin of ``_paste`` (negative offsets crop).
+    """
+    import tensorflow as tf
+
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    pads = [[0, 0], [tf.maximum(0, row), tf.maximum(0, out_h - h - row)],
+            [tf.maximum(0, col), tf.maximum(0, out_w - w - col)], [0, 0]]
+    padded = tf.pad(x, pads, constant_values=fill)
+    r0, c0 = tf.maximum(0, -row), tf.maximum(0, -col)
+    return padded[:, r0:r0 + out_h, c0:c0 + out_w, :]
+
+
+def _scaled_hw(h, w, size: int, mode: str):
+    """(scaled h, scaled w) as ``Placement.scaled_shape`` computes them (round half to even, >= 1)."""
+    import tensorflow as tf
+
+    if mode == "pad":
+        return h, w
+    scale = size / tf.cast(tf.maximum(h, w), tf.float64)
+    sh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float64) * scale), tf.int32))
+    sw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float64) * scale), tf.int32))
+    return sh, sw
+
+
+def fit_tf(x, size: int, mode: str):
+    """TF twin of ``fit_to_size`` for [N, H, W, 1] on the 0..1 scale (padding 0).
+
+    "pad" is exact; "resize" uses tf.image's antialiased bilinear resize, which
+    differs from the numpy path by interpolation details only.
+    """
+    import tensorflow as tf
+
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    sh, sw = _scaled_hw(h, w, size, mode)
+    if mode == "resize":
+        x = tf.image.resize(x, tf.stack([sh, sw]), method="bilinear", antialias=True)
+    return tf.ensure_shape(_place_tf(x, (size - sh) // 2, (size - sw) // 2, size, size, 0.0),
+                           [None, size, size, 1])
+
+
+def unfit_tf(y, h, w, size: int, mode: str, fill: float = 0.0):
+    """TF twin of ``unfit``: [N, S, S, 1] back to [N, h, w, 1]."""
+    import tensorflow as tf
+
+    sh, sw = _scaled_hw(h, w, size, mode)
+    region = _place_tf(y, -((size - sh) // 2), -((size - sw) // 2), sh, sw, fill)
+    if mode == "resize":
+        region = tf.image.resize(region, tf.stack([h, w]), method="bilinear", antialias=True)
+    return region
+
+
 def body_box(mask_stack: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """In-plane bounding box ((row0, row1), (col0, col1)) of a (Z, H, W) body stack; None if empty."""
     rows = np.flatnonzero(mask_stack.any(axis=(0, 2)))

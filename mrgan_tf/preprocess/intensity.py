@@ -109,6 +109,29 @@ def denormalise_mr(q01, lo: float, hi: float) -> np.ndarray:
     return (np.asarray(q01, np.float32) * (hi - lo) + lo).astype(np.float32)
 
 
+def _percentile_tf(values, p: float):
+    """numpy.percentile (linear interpolation) of a 1-D tensor."""
+    tf = _tf()
+    v = tf.sort(values)
+    pos = p / 100.0 * tf.cast(tf.size(v) - 1, tf.float32)
+    i0 = tf.cast(tf.floor(pos), tf.int32)
+    i1 = tf.minimum(i0 + 1, tf.size(v) - 1)
+    frac = pos - tf.floor(pos)
+    return tf.gather(v, i0) * (1.0 - frac) + tf.gather(v, i1) * frac
+
+
+def request_mr_range(mr, percentiles):
+    """(lo, hi) of a request: percentiles of the values above the request's minimum (all if none)."""
+    tf = _tf()
+    flat = tf.reshape(tf.cast(mr, tf.float32), [-1])
+    above = tf.boolean_mask(flat, flat > tf.reduce_min(flat))
+    values = tf.cond(tf.size(above) > 0, lambda: above, lambda: flat)
+    lo = _percentile_tf(values, percentiles[0])
+    hi = _percentile_tf(values, percentiles[1])
+    hi = tf.where(hi > lo, hi, lo + 1.0)  # constant request: unit range, as preprocess.mr_range
+    return tf.stack([lo, hi])
+
+
 def normalise_mr_tf(mr, lo, hi):
     """TensorFlow twin of ``normalise_mr`` (lo, hi may be tensors)."""
     tf = _tf()

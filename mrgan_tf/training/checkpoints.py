@@ -14,9 +14,9 @@ import shutil
 
 import tensorflow as tf
 
-from mrgan_tf.augment import AugmentConfig
-from mrgan_tf.model import MRGAN, MRGANConfig
-from mrgan_tf.spec import SpecError
+from mrgan_tf.modeling.augment import AugmentConfig
+from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
+from mrgan_tf.records.spec import SpecError
 from tfrecords_tools.atomic import atomic_write_text
 
 RUN_CONFIG = "run.json"
@@ -62,7 +62,7 @@ def load_run_config(run_dir: str) -> dict:
 def check_resume_layout(run_dir: str, config: MRGANConfig, records: str) -> None:
     """A run trained on stacks of another depth, or slices of another plane, cannot resume on these
     records: refuse, naming both (the plane is read from the run's own records, when they are still there)."""
-    from mrgan_tf.spec import DatasetSpec
+    from mrgan_tf.records.spec import DatasetSpec
 
     path = os.path.join(run_dir, RUN_CONFIG)
     if not os.path.isfile(path):

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrgan_tf.bias_conv import BiasAddConv2D
+from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D
 
 BLOCK = 4   # output pixels per side computed by one position of the blocked conv
 NARROW = 2  # channel counts at or below this take the blocked path

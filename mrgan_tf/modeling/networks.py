@@ -6,8 +6,8 @@ faster forward + backward on CPU); reflection padding is a tiny layer over
 ``keras.ops.pad`` (no tensorflow-addons under Keras 3). Convs with a one- or
 two-channel side (the generators' first and last, the discriminator heads'
 first) are ``NarrowConv2D``: Conv2D's weights, computed in a way oneDNN runs
-2-6x faster (mrgan_tf/narrow_conv.py). Every conv adds its bias as one ``BiasAdd``
-(mrgan_tf/bias_conv.py): ~1,300 fewer ops in a traced training step.
+2-6x faster (mrgan_tf/modeling/fast/narrow_conv.py). Every conv adds its bias as one ``BiasAdd``
+(mrgan_tf/modeling/fast/bias_conv.py): ~1,300 fewer ops in a traced training step.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from mrgan_tf.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
-from mrgan_tf.narrow_conv import NarrowConv2D
+from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
+from mrgan_tf.modeling.fast.narrow_conv import NarrowConv2D
 
 # Table II: extra head, shared network (stride-2 convs) and extra tail, in filters.
 DISCRIMINATOR_VARIANTS = {

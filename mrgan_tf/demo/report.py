@@ -6,7 +6,7 @@ import json
 import os
 import re
 
-from mrgan_tf.demo_runs import MODES, DemoError, _say
+from mrgan_tf.demo.runs import MODES, DemoError, _say
 
 
 def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -48,7 +48,7 @@ def write_synthesis_png(ct_path: str, syn_path: str, png: str, cfg, title: str, 
             ax.set_yticks([])
             ax.set_title(f"{name}, slice {k}", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    from mrgan_tf.figures import save_png
+    from mrgan_tf.evaluation.figures import save_png
     return save_png(fig, png)
 
 
@@ -135,7 +135,8 @@ def _test_patients(records: str) -> list[str]:
 
 def stage_report(demo, stages) -> tuple[str, list]:
     """The demo's last stage: loss-curve PNGs, the tissue-contrast table, then report.md."""
-    from mrgan_tf import figures, tissue_contrast
+    from mrgan_tf.demo import tissue_contrast
+    from mrgan_tf.evaluation import figures
     from tfrecords_tools.writer import atomic_write_text
     os.makedirs(demo.figures, exist_ok=True)
     for mode in MODES:

@@ -2,7 +2,7 @@
 
 One batch carries four images packed as channels of one [B, H, W, 4C] tensor
 (unpaired CT, unpaired MR, paired CT, paired MR; layout owned by
-``mrgan_tf.data``) in the records' integer scale; packing keeps every
+``mrgan_tf.training.data``) in the records' integer scale; packing keeps every
 tf.distribute strategy, multi-worker included, on plain tensors. Each image is
 C = ``channels`` slices (1, or a 2.5D stack of 2k+1): generators map a stack to
 a stack, so the cycle's way back sees a stack too; the unpaired discriminator
@@ -20,29 +20,13 @@ import functools
 import keras
 import tensorflow as tf
 
-from mrgan_tf import augment as augment_lib
-from mrgan_tf import data, losses, networks
-from mrgan_tf.fused_adam import FusedAdam
-from mrgan_tf.schedule import ConstantThenLinearDecay
-from mrgan_tf.shared_update import SharedUpdates
-
-
-@dataclasses.dataclass(frozen=True)
-class Mode:
-    unpaired: bool               # Alg. 1 lines 2-9: the two unpaired cycles
-    paired: bool                 # Alg. 1 lines 10-16: the paired updates
-    paired_directions: tuple     # which generators the paired phase trains
-    paired_cycle: bool           # cycle terms in the paired phase (Eq. 3, last two terms)
-
-
-MODES = {
-    "mrgan": Mode(unpaired=True, paired=True, paired_directions=("mr", "ct"), paired_cycle=True),
-    "paired": Mode(unpaired=False, paired=True, paired_directions=("mr",), paired_cycle=False),
-    "unpaired": Mode(unpaired=True, paired=False, paired_directions=(), paired_cycle=False),
-}
-
-# The paired baseline's direction -> the generators its paired phase trains.
-PAIRED_BASELINE = {"ct2mr": ("mr",), "mr2ct": ("ct",)}
+from mrgan_tf.modeling import augment as augment_lib
+from mrgan_tf.modeling import losses, networks
+from mrgan_tf.modeling.batch import split_steps, unpack
+from mrgan_tf.modeling.fast.fused_adam import FusedAdam
+from mrgan_tf.modeling.fast.shared_update import SharedUpdates
+from mrgan_tf.modeling.modes import MODES, PAIRED_BASELINE, Mode
+from mrgan_tf.modeling.schedule import ConstantThenLinearDecay
 
 # Least squares generator target: 1 (Mao et al.), or the discriminator's real label, as the
 # authors' code did (``MRIGAN.generator_loss_unpair``: (D(G(x)) - 0.9)^2).
@@ -243,7 +227,7 @@ class MRGAN(keras.Model):
         autograph is not needed; skipping its source conversion of this and every
         function it calls (~350 of them, Keras layers included) saves seconds of tracing.
         """
-        steps = data.split_steps(self._decode_and_augment(batch), self.config.n_iter)
+        steps = split_steps(self._decode_and_augment(batch), self.config.n_iter)
         logs = {}
         if self.mode.unpaired:                                         # lines 2-9
             for i, (ct, mr, _, _) in enumerate(steps):
@@ -341,7 +325,7 @@ class MRGAN(keras.Model):
     def _decode_and_augment(self, batch):
         """Unpaired CT, unpaired MR, paired CT and paired MR in [-1, 1], augmented (one map for the pair)."""
         c = self.config.channels
-        u_ct, u_mr, p_ct, p_mr = data.unpack(self.decode(batch), c)
+        u_ct, u_mr, p_ct, p_mr = unpack(self.decode(batch), c)
         aug = self.config.augment
         ct = augment_lib.augment(u_ct, self._seed(1), aug)
         mr = augment_lib.augment(u_mr, self._seed(2), aug)

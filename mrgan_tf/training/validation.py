@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from mrgan_tf import metrics
-from mrgan_tf.context import centre_slice
-from mrgan_tf.intensity import ct_from_unit, from_model_range, to_model_range
-from mrgan_tf.spec import VAL_SET, DatasetSpec, SpecError
+from mrgan_tf.evaluation import metrics
+from mrgan_tf.preprocess.context import centre_slice
+from mrgan_tf.preprocess.intensity import ct_from_unit, from_model_range, to_model_range
+from mrgan_tf.records.spec import VAL_SET, DatasetSpec, SpecError
 from tfrecords_tools import reader
 
 # Generator direction (model.trained_directions) -> the score name prefix.

@@ -13,40 +13,10 @@ import itertools
 
 import tensorflow as tf
 
-from mrgan_tf.spec import DatasetSpec, SpecError
+from mrgan_tf.modeling.batch import pack
+from mrgan_tf.modeling.modes import MODES
+from mrgan_tf.records.spec import DatasetSpec, SpecError
 from tfrecords_tools import reader
-
-# The packed batch's images, in channel order; each takes C channels.
-PACKED = ("unpaired_ct", "unpaired_mr", "paired_ct", "paired_mr")
-
-
-def pack(unpaired_ct, unpaired_mr, paired_ct, paired_mr):
-    """Four [..., C] images -> one [..., 4C] tensor in ``PACKED`` order (plain tensors for every strategy)."""
-    return tf.concat([unpaired_ct, unpaired_mr, paired_ct, paired_mr], axis=-1)
-
-
-def unpack(batch, channels: int) -> tuple:
-    """Inverse of ``pack``: [..., 4C] -> (unpaired_ct, unpaired_mr, paired_ct, paired_mr), each [..., C]."""
-    if batch.shape[-1] != len(PACKED) * channels:
-        raise ValueError(f"a packed batch of {channels}-channel images has {len(PACKED) * channels} channels, "
-                         f"got {batch.shape[-1]}")
-    return tuple(batch[..., i * channels:(i + 1) * channels] for i in range(len(PACKED)))
-
-
-def split_steps(images: tuple, n_iter: int) -> list[tuple]:
-    """A replica's n_iter x batch examples as n_iter per-step batches: step i takes examples i, i + n, ...
-
-    Strided, not contiguous: a replica holds a contiguous chunk of the global batch
-    (``training_dataset(..., n_iter=)``), so this way each step's examples across
-    replicas are the ones one device would take.
-    """
-    if n_iter == 1:
-        return [tuple(images)]
-    size = images[0].shape[0]
-    if size is not None and size % n_iter:
-        raise ValueError(f"a replica's batch of {size} examples does not split into n_iter={n_iter} steps: "
-                         "build the dataset with data.training_dataset(..., n_iter=n_iter)")
-    return [tuple(x[i::n_iter] for x in images) for i in range(n_iter)]
 
 
 def check_channels(spec: DatasetSpec, channels: int) -> None:
@@ -83,8 +53,6 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     unpaired streams (each modality shuffled independently). ``channels``: the
     model's channels per image, checked against the records' (None: the records').
     """
-    from mrgan_tf.model import MODES     # model imports this module for the batch layout
-
     if n_iter < 1:
         raise ValueError(f"n_iter must be at least 1, got {n_iter}")
     m = MODES[mode]

@@ -69,7 +69,7 @@ def _checkpoint_iteration(run_dir: str) -> int | None:
 
 def model_record(source: str, name: str) -> dict[str, Any]:
     """Model path, version, training iterations and run config of one direction, from what export/train store."""
-    from mrgan_tf.checkpoints import RUN_CONFIG, load_run_config
+    from mrgan_tf.training.checkpoints import RUN_CONFIG, load_run_config
 
     source = os.path.abspath(source)
     if os.path.isfile(os.path.join(source, RUN_CONFIG)):
@@ -81,7 +81,7 @@ def model_record(source: str, name: str) -> dict[str, Any]:
                 "version": os.path.basename(ckpt) if ckpt else None,
                 "training_iterations": _checkpoint_iteration(source), "run_config": cfg.get("model", {}),
                 "records": cfg.get("records")}
-    from mrgan_tf.export import read_info
+    from mrgan_tf.serving.export import read_info
 
     info = read_info(source)
     version = os.path.basename(source)

@@ -36,9 +36,9 @@ from typing import Any, Callable
 from absl import app, flags
 
 from mrgan_tf import cli
-from mrgan_tf.demo_report import read_history, stage_report, write_synthesis_png  # noqa: F401  (read_history: tests)
-from mrgan_tf.demo_runs import (  # noqa: F401  (_Child, _cmd_text, ...: used by bench/experiments)
-    MODES, DemoError, TrainingStage, _Child, _cmd_text, _history_progress, _say, _worth_showing)
+from mrgan_tf.demo.report import read_history, stage_report, write_synthesis_png  # noqa: F401  (read_history: tests)
+from mrgan_tf.demo.runs import (MODES, DemoError,  # noqa: F401  (_Child, _cmd_text, ...: used by bench/experiments)
+                                TrainingStage, _Child, _cmd_text, _history_progress, _say, _worth_showing)
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.cfg"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
@@ -68,7 +68,7 @@ class DemoOptions:
         o = dataclasses.replace(self, out=os.path.abspath(self.out), train_flags=tuple(self.train_flags))
         if not 0.1 <= o.size_scale <= 2.0:
             raise DemoError(f"--size_scale must be in [0.1, 2], got {o.size_scale}")
-        from mrgan_tf.demo_data import BASE_SPACING_MM
+        from mrgan_tf.demo.data import BASE_SPACING_MM
         if o.spacing_mm is None:
             o.spacing_mm = BASE_SPACING_MM / o.size_scale
         if o.image_size is None:
@@ -192,7 +192,7 @@ class Demo:
         self.metrics_md = ""
         self.syn: dict[str, Any] = {}
         self.loss_pngs: dict[str, str] = {}
-        from mrgan_tf.demo_sct import SyntheticCTStage
+        from mrgan_tf.demo.sct import SyntheticCTStage
         self.sct = SyntheticCTStage(self)
 
     # ---- helpers
@@ -225,7 +225,7 @@ class Demo:
 
     # ---- 1. data
     def stage_data(self):
-        from mrgan_tf.demo_data import build_demo_dataset
+        from mrgan_tf.demo.data import build_demo_dataset
         key = {"seed": self.o.seed, "size_scale": self.o.size_scale}
         cmd = [f"python -m mrgan_tf.demo_data --out={self.data} --seed={self.o.seed} "
                f"--size_scale={self.o.size_scale:g} --overwrite"]
@@ -242,7 +242,7 @@ class Demo:
 
     # ---- 2. records
     def stage_records(self):
-        from mrgan_tf.make_records import format_summary, make_records
+        from mrgan_tf.records.make_records import format_summary, make_records
         cfg = self.preprocess_config()
         key = cfg.to_dict()
         cmd = [_cmd_text(self.records_command())]
@@ -261,7 +261,7 @@ class Demo:
 
     # ---- 4. SavedModels
     def stage_export(self):
-        from mrgan_tf.export import ExportError, export_run, resolve_version_dir
+        from mrgan_tf.serving.export import ExportError, export_run, resolve_version_dir
         status, commands = "present", []
         for mode in MODES:
             export_dir = os.path.join(self.runs[mode], "export")
@@ -284,7 +284,7 @@ class Demo:
 
     # ---- 5. evaluation
     def stage_eval(self):
-        from mrgan_tf.evaluate import evaluate
+        from mrgan_tf.evaluation.evaluate import evaluate
         models = {m: os.path.join(self.runs[m], "export") for m in MODES}
         cmd = [_cmd_text(["python", "-m", "mrgan_tf.evaluate", *[f"--model={m}={p}" for m, p in models.items()],
                           f"--dataset={self.records}", f"--out={self.eval}"])]
@@ -328,8 +328,9 @@ class CraniumSynthesis:
         self.d = demo
 
     def __call__(self):
+        from mrgan_tf.inference.outputs import OutputOptions, synthesize_file
+        from mrgan_tf.inference.predictors import load_predictor
         from mrgan_tf.io.readers import find_modality_file
-        from mrgan_tf.synthesize import OutputOptions, load_predictor, synthesize_file
         pid, real = self.d.cranium_patient()
         ct = str(find_modality_file(Path(self.d.data) / pid, "ct"))
         out = os.path.join(self.d.out, SYN_NAME if real else f"{pid}_syn_mr.nii.gz")

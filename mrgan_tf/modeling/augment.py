@@ -16,7 +16,6 @@ import math
 
 import tensorflow as tf
 
-
 # "pad": translate with background fill; "resize": upscale then crop.
 CROP_MODES = ("pad", "resize")
 

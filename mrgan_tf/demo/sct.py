@@ -26,16 +26,16 @@ SCT_LABELS = {"sct_mae": "MAE (HU)", "sct_psnr": "PSNR (dB)", "sct_ssim": "SSIM 
 
 def bone_window(hu) -> np.ndarray:
     """HU -> 0-255 through the bone window."""
-    from mrgan_tf.intensity import window_ct
+    from mrgan_tf.preprocess.intensity import window_ct
     return window_ct(hu, *BONE_WINDOW) * 255.0
 
 
 def sct_figure(png: str, data_root: str, patients: Sequence[str], predictors: Mapping[str, object]) -> str:
     """Middle axial slice per patient: MR | SynCT of each model | reference CT, CTs in the bone window."""
-    from mrgan_tf import figures
+    from mrgan_tf.evaluation import figures
+    from mrgan_tf.inference.synthesis import synthesize_volume
     from mrgan_tf.io.readers import find_modality_file, read_volume
     from mrgan_tf.preprocess import axial_image, resample_like, to_canonical
-    from mrgan_tf.synthesize import synthesize_volume
 
     rows, titles = [], []
     for pid in patients:
@@ -90,9 +90,9 @@ class SyntheticCTStage:
                 f"--seed={self.d.o.seed}", *self.d.o.train_flags]
 
     def __call__(self) -> tuple[str, list[str]]:
-        from mrgan_tf import demo_runs as demo_lib
-        from mrgan_tf.evaluate import evaluate
-        from mrgan_tf.make_records import make_records
+        from mrgan_tf.demo import runs as demo_lib
+        from mrgan_tf.evaluation.evaluate import evaluate
+        from mrgan_tf.records.make_records import make_records
 
         d, cfg = self.d, self.preprocess_config()
         manifest = os.path.join(d.data, "demo_manifest.csv")
@@ -115,7 +115,7 @@ class SyntheticCTStage:
                               d.o.steps).run(["sct"])   # logs/train_sct.log, progress lines, errors as DemoError
         result = evaluate({"mrgan": os.path.join(self.run_dir, "export")}, self.records, self.eval, progress=False)
         self.per_patient = result["synthrad"]["per_patient"]
-        from mrgan_tf.synthesize import load_predictor
+        from mrgan_tf.inference.predictors import load_predictor
         sct_figure(self.png, d.data, sorted(next(iter(self.per_patient.values()))),
                    {"MR-GAN": load_predictor(os.path.join(self.run_dir, "export"), "mr2ct")})
         demo_lib._say(sct_table(self.per_patient))

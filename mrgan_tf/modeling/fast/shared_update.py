@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from mrgan_tf.fused_adam import FusedAdam
+from mrgan_tf.modeling.fast.fused_adam import FusedAdam
 
 
 class _Bound:

@@ -14,7 +14,7 @@ row-format twin instead: mr2ct ``serving_default`` (``mr_range`` is [2]) ->
 ``serving_rows`` (``mr_range`` [N, 2]); ``preprocessing_parameters`` (scalars,
 no inputs: REST cannot call it) -> ``preprocessing_parameters_rows``. Every
 other signature is row-valid as it is. Intensities go through
-``mrgan_tf.intensity`` only.
+``mrgan_tf.preprocess.intensity`` only.
 """
 from __future__ import annotations
 
@@ -23,11 +23,23 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from mrgan_tf.context import volume_generator
-from mrgan_tf.export import SERVING_NAMES, _as_nhw1, fit_tf, request_mr_range, unfit_tf
-from mrgan_tf.intensity import (ct_from_unit_tf, ct_to_unit_tf, from_model_range, normalise_mr_tf, quantised_tf,
-                                to_model_range)
 from mrgan_tf.preprocess import PreprocessConfig
+from mrgan_tf.preprocess.context import volume_generator
+from mrgan_tf.preprocess.intensity import (ct_from_unit_tf, ct_to_unit_tf, from_model_range, normalise_mr_tf,
+                                           quantised_tf, request_mr_range, to_model_range)
+from mrgan_tf.preprocess.slices import fit_tf, unfit_tf
+from mrgan_tf.serving.names import SERVING_NAMES
+
+
+def _as_nhw1(x, name: str):
+    """Accept [N, H, W] or [N, H, W, 1]; return the [N, H, W, 1] view and the input's shape."""
+    shape = tf.shape(x)
+    rank = tf.rank(x)
+    ok = tf.logical_or(tf.equal(rank, 3), tf.logical_and(tf.equal(rank, 4), tf.equal(shape[-1], 1)))
+    with tf.control_dependencies([tf.debugging.Assert(
+            ok, [f"input '{name}' must be [N, H, W] or [N, H, W, 1]; got shape", shape])]):
+        x = tf.reshape(x, tf.concat([shape[:3], [1]], 0))
+    return x, shape
 
 
 class ServingModule(tf.Module):

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrgan_tf import figures
-from mrgan_tf.context import centre_slice
 from mrgan_tf.errors import UserError
+from mrgan_tf.evaluation import figures
+from mrgan_tf.preprocess.context import centre_slice
 from tfrecords_tools import atomic
 
 

@@ -8,7 +8,7 @@ records' MR normalisation (robust percentiles inside the body), so the ratios
 are comparable.
 
 Tissue labels of the demo's test heads come from the MNI152 grey/white matter
-maps they were built from (mrgan_tf.demo_data): a head is replayed from its seed
+maps they were built from (mrgan_tf.demo.data): a head is replayed from its seed
 (checked voxel for voxel against its CT on disk), which gives the labels on the
 CT's anatomy (for the synthetic MR, made from the CT) and on the MR's (for the
 reference MR, which the demo data misaligns by a few mm on purpose).
@@ -59,7 +59,7 @@ def compare(synthetic: Contrast, reference: Contrast, tolerance: float = TOLERAN
 # ---------------------------------------------------------------- the demo's test heads
 def replay_demo_labels(data_dir, patient_id: str) -> dict[str, np.ndarray]:
     """Tissue labels of one demo patient on its CT's and its MR's anatomy ("labels", "mr_labels")."""
-    from mrgan_tf import demo_data
+    from mrgan_tf.demo import data as demo_data
     from mrgan_tf.io.readers import read_volume
     data = Path(data_dir)
     summary = json.loads((data / "demo_summary.json").read_text())
@@ -80,10 +80,11 @@ def replay_demo_labels(data_dir, patient_id: str) -> dict[str, np.ndarray]:
 
 def demo_contrast(data_dir, export_dir, tolerance: float = TOLERANCE) -> dict:
     """The WM/GM check on every paired test head of a demo data set, with the run's ct2mr export."""
-    from mrgan_tf import demo_data
+    from mrgan_tf.demo import data as demo_data
+    from mrgan_tf.inference.predictors import load_predictor
+    from mrgan_tf.inference.synthesis import synthesize_volume
     from mrgan_tf.io.readers import read_volume
     from mrgan_tf.preprocess import mr_range, normalise_mr
-    from mrgan_tf.synthesize import load_predictor, synthesize_volume
     data = Path(data_dir)
     with open(data / demo_data.MANIFEST, newline="") as f:
         heads = [r["patient_id"] for r in csv.DictReader(f) if r["role"] == "paired" and r["split"] == "test"]

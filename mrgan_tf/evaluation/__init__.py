@@ -1,0 +1,1 @@
+"""Evaluation: image metrics (paper and SynthRAD), the evaluate CLI, figures."""

@@ -1,0 +1,1 @@
+"""Inference: predictors (local or remote), whole-volume synthesis, outputs, provenance."""

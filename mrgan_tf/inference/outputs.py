@@ -1,0 +1,153 @@
+"""Synthesis to files: write the synthetic volume (NIfTI, .mha/.nrrd, DICOM), its provenance, send it.
+
+``write_synthesis`` is the one path every output takes (single file, ``--root``, the
+remote client), so format checks, provenance sidecars and PACS sends are the same everywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from absl import logging
+
+from mrgan_tf.inference.predictors import INPUT_MODALITY, OUTPUT_MODALITY, OUTPUT_STEMS, Predictor, SynthesisError
+from mrgan_tf.inference.synthesis import ct_like_warning, synthesize_volume
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import Volume, VolumeError
+from mrgan_tf.io.writers import check_output, output_name, write_volume
+
+
+@dataclasses.dataclass
+class OutputOptions:
+    """How a synthesized volume is written and where it goes (the CLI's output flags)."""
+
+    out_format: str | None = None        # nifti | mha | nrrd | dicom; None: from the output name
+    out_dtype: str | None = None         # files: CT int16 / MR float32 by default
+    overwrite: bool = False
+    send: str | None = None              # AET@host:port: C-STORE the DICOM series there
+    calling_aet: str = "MRGAN_TF"
+    series_description: str | None = None
+    series_number: int | None = None
+    patient_id: str | None = None        # default: the input's folder name (non-DICOM inputs)
+    body_part: str | None = None         # DICOM BodyPartExamined when the source does not say
+
+
+def _series_info(predictor: Predictor, vol: Volume, model: dict, options: OutputOptions):
+    """SeriesDescription, patient and derivation of a DICOM output (tool, direction, model version)."""
+    from mrgan_tf.inference.provenance import tool_version
+    from mrgan_tf.io.dicom_write import SeriesInfo
+
+    what = {"ct2mr": "synthetic MR from CT", "mr2ct": "synthetic CT from MR"}[predictor.name]
+    iters = model.get("training_iterations")
+    version = f"{predictor.name} v{model.get('version')}" + (f" {iters} it" if iters is not None else "")
+    patient_dir = Path(vol.source).resolve().parent
+    return SeriesInfo(
+        description=options.series_description or f"mrgan-tf {what}, {version}",
+        series_number=options.series_number,
+        patient_id=options.patient_id or patient_dir.name,
+        patient_key=f"{patient_dir}|{options.patient_id or patient_dir.name}", body_part=options.body_part,
+        derivation=f"MR-GAN {what} by mrgan-tf {tool_version()}, model {model.get('path')} ({version}), "
+                   f"input {vol.source}",
+        model_name=f"MR-GAN {predictor.name}", software_version=tool_version())
+
+
+def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
+                    progress: bool = False, options: OutputOptions | None = None,
+                    mr_range: tuple[float, float] | None = None) -> dict:
+    """Synthesize ``vol`` and write ``out`` (any writers format, atomically) plus ``<out>.json``; send if asked.
+
+    Args:
+        predictor: the model (``load_predictor``).
+        vol: the input volume.
+        out: the output file (or DICOM folder); its name picks the format unless ``options`` says.
+        batch_size: slices per model call.
+        progress: show a progress bar.
+        options: format, dtype, overwrite, DICOM series fields and a PACS to send to (``OutputOptions``).
+        mr_range: write a synthetic MR in the units of a reference whose robust range this is.
+
+    Returns ``synthesize_volume``'s info plus input, output, format, sidecar, clipped (and sent).
+    """
+    from mrgan_tf.inference import provenance
+    from mrgan_tf.io import pacs
+
+    options = options or OutputOptions()
+    modality = OUTPUT_MODALITY[predictor.name]
+    fmt, _ = check_output(out, options.out_format, modality, options.out_dtype, options.overwrite)
+    peer = pacs.parse_peer(options.send) if options.send else None
+    if peer is not None and fmt != "dicom":
+        raise SynthesisError(f"{out}: --send needs a DICOM series output (--out_format=dicom), not {fmt}")
+    if predictor.name == "ct2mr":
+        warning = ct_like_warning(vol)
+        if warning:
+            logging.warning(warning)
+    model = predictor.model_record()
+    result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
+    written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite,
+                           _series_info(predictor, vol, model, options), vol.header, progress)
+    if written.get("clipped"):
+        logging.warning("%s: %s", out, written["clipped"])
+    doc = provenance.provenance(model, vol.source, out, predictor.name, predictor.preprocess.to_dict(), written,
+                                {"synthesis": timing, "units": timing["units"]})
+    info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
+            "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
+    if peer is not None:
+        info["sent"] = pacs.store_series(out, peer, calling_aet=options.calling_aet, progress=progress).summary()
+    return info
+
+
+def synthesize_file(predictor: Predictor, src: str, out: str, batch_size: int = 16,
+                    progress: bool = False, options: OutputOptions | None = None) -> dict:
+    """Read ``src`` (any format read_volume knows), synthesize, write ``out``. VolumeError on bad input.
+
+    Args:
+        predictor: the model (``load_predictor``).
+        src: the input file or DICOM folder.
+        out: the output file or DICOM folder (see ``write_synthesis``).
+        batch_size: slices per model call.
+        progress: show a progress bar.
+        options: how the output is written and where it goes (``OutputOptions``).
+    """
+    return write_synthesis(predictor, read_volume(src), out, batch_size, progress, options)
+
+
+def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: int = 16,
+                    progress: bool = False, options: OutputOptions | None = None
+                    ) -> tuple[list[dict], dict[str, str]]:
+    """Every patient of ``root`` with an input for the model -> ``out_dir/<patient>/syn_*`` (.nii.gz by default).
+
+    Bad patients (unreadable input, existing output, a failed send) are reported and
+    skipped; returns (done, {patient: error}).
+
+    Args:
+        predictor: the model (``load_predictor``).
+        root: a dataset root, ``<root>/<patient_id>/{ct,mr}`` (``io.layout.discover_patients``).
+        out_dir: where ``<patient_id>/syn_*`` go.
+        batch_size: slices per model call.
+        progress: show progress bars.
+        options: how each output is written and where it goes (``OutputOptions``).
+    """
+    from mrgan_tf.io.layout import LayoutError, discover_patients
+    from mrgan_tf.io.pacs import PacsError
+
+    options = options or OutputOptions()
+    name = output_name(OUTPUT_STEMS[predictor.name], options.out_format or "nifti")
+
+    try:
+        patients = discover_patients(root)
+    except LayoutError as e:
+        raise SynthesisError(str(e)) from None
+    modality = INPUT_MODALITY[predictor.name]
+    todo = {pid: f.files.get(modality) for pid, f in patients.items() if f.files.get(modality) is not None}
+    errors = {pid: f.error for pid, f in patients.items() if f.error}
+    if not todo:
+        raise SynthesisError(f"{root}: no patient folder has a {modality} input")
+    done = []
+    for pid, src in todo.items():
+        try:
+            done.append(synthesize_file(predictor, str(src), os.path.join(out_dir, pid, name), batch_size, progress,
+                                        dataclasses.replace(options, patient_id=options.patient_id or pid)))
+        except (VolumeError, PacsError) as e:
+            errors[pid] = str(e)
+            logging.error("%s", e)
+    return done, errors

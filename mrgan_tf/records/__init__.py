@@ -1,0 +1,1 @@
+"""Records: the dataset spec and the conversion of volumes into sharded TFRecords."""

@@ -1,0 +1,624 @@
+"""Convert a SynthRAD-style folder of CT/MR volumes into the MR-GAN records directory.
+
+``<root>/<patient_id>/{ct,mr,mask}`` volumes -> four shard sets (paired_train,
+unpaired_ct, unpaired_mr, paired_test) plus ``dataset.json`` and ``summary.json``
+(docs/DESIGN.md, "Records"). Patients are read and prepared in worker processes;
+the main process writes shards into a hidden temporary folder beside ``--out``
+(``tfrecords_tools.atomic``'s rule) and renames it to ``--out`` only when everything
+succeeded, so a failed or interrupted run leaves no partial output, and the next run
+removes what a killed one left.
+
+TensorFlow (through ``tfrecords_tools``) is imported only in the main process when
+writing: the spawned workers import this module and must start fast.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from absl import app, flags, logging
+
+from mrgan_tf import cli
+from mrgan_tf.errors import UserError
+from mrgan_tf.io.layout import SPLITS, LayoutError, PatientTask, holds_records, plan_patients, unsupported_inputs
+from mrgan_tf.io.problems import split
+from mrgan_tf.io.readers import read_volume
+from mrgan_tf.io.volumes import VolumeError
+from mrgan_tf.preprocess import SLICE_AXES, PreprocessConfig, context, plausibility, prepare_patient
+from mrgan_tf.preprocess.plausibility import PlausibilityConfig
+from mrgan_tf.records.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
+from tfrecords_tools import atomic
+
+SUMMARY_NAME = "summary.json"
+ON_ERROR = ("fail", "skip")
+SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
+              "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask"),
+              "paired_val": ("ct", "mr", "mask")}
+# zlib level 1 instead of the default 6: the main process writes twice as fast, shards are
+# ~6% larger, reading is as fast (docs/BENCHMARKS.md, make_records section).
+COMPRESSION_LEVEL = 1
+# Errors that mean "this patient's input is bad" (skippable with on_error="skip").
+_PATIENT_ERRORS = (VolumeError, ValueError, OSError)
+
+
+class MakeRecordsError(UserError, ValueError):
+    """Bad input or configuration; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@dataclasses.dataclass
+class PatientResult:
+    """A prepared patient, kept slices only (what the main process needs to write records)."""
+
+    task: PatientTask
+    error: str | None = None
+    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (n_kept, S, S)
+    slice_index: np.ndarray | None = None
+    num_slices: int = 0
+    placement: list[float] | None = None
+    mr_range: tuple[float, float] | None = None
+    affine: np.ndarray | None = None
+    volume_shape: tuple[int, int, int] | None = None
+    registration: dict | None = None
+    body_voxels: int = 0
+    body_voxels_outside: int = 0
+    problem_kinds: tuple[str, ...] = ()     # plausibility kinds behind ``error`` or ``warnings``
+    warnings: tuple[str, ...] = ()          # accepted problems (named in the summary)
+    partial_mr_dropped: int = 0             # slice pairs dropped because their MR slice is empty
+    ct_offset_hu: float = 0.0               # subtracted from an unsigned HU+1024 CT (--unsigned_ct_offset)
+    cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU time: robust to a busy machine
+
+    @property
+    def n_kept(self) -> int:
+        return 0 if self.slice_index is None else len(self.slice_index)
+
+
+def _read_checked(task: PatientTask, checks: PlausibilityConfig) -> tuple[dict, list, float]:
+    """The patient's volumes, read and checked for plausibility; (volumes, accepted problems, CT offset).
+
+    Raises ``plausibility.ImplausibleInput`` with every unaccepted problem."""
+    vols, problems, offset = {}, [], 0.0
+    for m in ("ct", "mr", "mask"):
+        path = getattr(task, m)
+        vols[m] = read_volume(path, series_uid=checks.series_uids or None) if path else None
+        if vols[m] is None or m == "mask":
+            continue
+        found = plausibility.check_volume(vols[m], m)
+        if checks.unsigned_ct_offset is not None and any(p.kind == plausibility.UNSIGNED_CT for p in found):
+            offset = float(checks.unsigned_ct_offset)
+            vols[m] = plausibility.remove_unsigned_offset(vols[m], offset)
+            found = [p for p in found if p.kind != plausibility.UNSIGNED_CT] + plausibility.check_volume(vols[m], m)
+        problems += found
+    errors, accepted = split(problems, checks.accept)
+    if errors:
+        raise plausibility.ImplausibleInput(errors)
+    return vols, accepted, offset
+
+
+def convert_patient(task: PatientTask, cfg: PreprocessConfig, checks: PlausibilityConfig = PlausibilityConfig()
+                    ) -> PatientResult:
+    """Read, check and prepare one patient (runs in a worker). Input problems come back as ``error``
+    text, not exceptions: VolumeError does not survive pickling between processes.
+
+    Slice pairs whose MR slice is empty (an MR shorter than its CT) are dropped and counted;
+    a patient left with no slice is an error (not a patient of the records)."""
+    t0 = time.process_time()
+    who = f"patient {task.patient_id}"
+    try:
+        vols, accepted, offset = _read_checked(task, checks)
+        t1 = time.process_time()
+        prep = prepare_patient(vols["ct"], vols["mr"], vols["mask"], cfg)
+    except plausibility.ImplausibleInput as e:
+        return PatientResult(task, error=f"{who}: {e}", problem_kinds=e.kinds)
+    except _PATIENT_ERRORS as e:
+        return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"{who}: {e}")
+    t2 = time.process_time()
+    problem = prep.body_loss_problem(cfg, f"{who} ({task.ct or task.mr})")
+    if problem:
+        return PatientResult(task, error=problem)
+    keep = np.flatnonzero(prep.keep)
+    warnings = [f"{who}: {p}" for p in accepted]
+    dropped = 0
+    if prep.ct is not None and prep.mr is not None and keep.size:
+        empty = plausibility.empty_mr_slices(prep.mr[keep], prep.mask[keep])
+        dropped = int(empty.sum())
+        if dropped:
+            warnings.append(f"{who}: {dropped} of {keep.size} slice pairs have an empty MR slice (the MR covers only "
+                            f"part of the CT, {task.mr}); dropped")
+            keep = keep[~empty]
+    if not keep.size:
+        source = task.ct or task.mr
+        return PatientResult(task, error=f"{who}: " + str(plausibility.no_slices_problem(prep.shape, source,
+                                                                                          cfg.min_foreground)),
+                             problem_kinds=(plausibility.NO_SLICES,) + ((plausibility.PARTIAL_MR,) if dropped else ()))
+    depth = context.depth_problem(prep.shape[2], cfg.context_slices, cfg.slice_axis)
+    if depth:
+        return PatientResult(task, error=f"{who}: {task.ct or task.mr}: {depth}")
+    images = {"mask": prep.mask[keep]}
+    for name in ("ct", "mr"):
+        if getattr(prep, name) is not None:   # 2.5D: each kept slice with its neighbours of the whole volume
+            images[name] = (context.neighbour_stack(getattr(prep, name), cfg.context_slices, keep)
+                            if cfg.context_slices else getattr(prep, name)[keep])
+    kinds = ((plausibility.UNSUPPORTED_FILE,) * bool(task.warnings) + tuple(p.kind for p in accepted)
+             + ((plausibility.PARTIAL_MR,) if dropped else ()))
+    return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
+                         placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
+                         volume_shape=prep.shape, registration=prep.registration,
+                         body_voxels=prep.body_voxels, body_voxels_outside=prep.body_voxels_outside,
+                         problem_kinds=kinds, warnings=tuple(task.warnings) + tuple(warnings),
+                         partial_mr_dropped=dropped, ct_offset_hu=offset,
+                         cpu_seconds={"read": t1 - t0, "prepare": t2 - t1})
+
+
+class _Results:
+    """Patient results in task order, computed by a process pool started at construction
+    (so workers run while the main process imports TensorFlow). At most 2 x workers
+    patients are in flight, which bounds memory. ``workers=0``: computed here, lazily."""
+
+    def __init__(self, tasks: Sequence[PatientTask], cfg: PreprocessConfig, workers: int,
+                 checks: PlausibilityConfig = PlausibilityConfig()):
+        self._todo = iter(tasks)
+        self._cfg = cfg
+        self._checks = checks
+        self._pending: collections.deque = collections.deque()
+        self._ex = None
+        if workers > 0:
+            self._ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            for _ in range(2 * workers):
+                self._submit()
+
+    def _submit(self) -> None:
+        task = next(self._todo, None)
+        if task is not None:
+            self._pending.append(self._ex.submit(convert_patient, task, self._cfg, self._checks))
+
+    def __iter__(self) -> Iterator[PatientResult]:
+        if self._ex is None:
+            for task in self._todo:
+                yield convert_patient(task, self._cfg, self._checks)
+            return
+        while self._pending:
+            result = self._pending.popleft().result()
+            self._submit()
+            yield result
+
+    def close(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def set_fields(set_name: str, bits: int, channels: int = 1) -> dict:
+    """The record schema of one shard set: ct and mr take ``channels`` (a 2.5D stack), the mask one (its centre)."""
+    from tfrecords_tools import schema
+
+    image_dtype = "uint8" if bits == 8 else "uint16"
+    fields = {name: schema.Image("uint8", channels=1) if name == "mask"
+              else schema.Image(image_dtype, channels=channels) for name in SET_IMAGES[set_name]}
+    fields.update(patient_id=schema.String(), slice_index=schema.Int(), num_slices=schema.Int(),
+                  placement=schema.Float(length=5), mr_range=schema.Float(length=2),
+                  affine=schema.Float(length=16), volume_shape=schema.Int(length=3))
+    return fields
+
+
+def patient_records(result: PatientResult) -> Iterator[dict[str, Any]]:
+    """One record per kept slice of a prepared patient."""
+    common = {"patient_id": result.task.patient_id, "num_slices": result.num_slices,
+              "placement": np.asarray(result.placement, np.float64),
+              "mr_range": np.asarray(result.mr_range if result.mr_range else (0.0, 0.0), np.float64),
+              "affine": np.asarray(result.affine, np.float64).ravel(),
+              "volume_shape": np.asarray(result.volume_shape, np.int64)}
+    names = SET_IMAGES[result.task.set_name]
+    for i, k in enumerate(result.slice_index):
+        record = dict(common, slice_index=int(k))
+        for name in names:
+            image = result.images[name][i]
+            record[name] = image if image.ndim == 3 else image[:, :, None]   # a 2.5D stack is (S, S, C) already
+        yield record
+
+
+def _patient_entry(task: PatientTask, result: PatientResult | None, error: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"role": task.role, "split": task.split,
+                             "sources": {m: getattr(task, m) for m in ("ct", "mr", "mask") if getattr(task, m)}}
+    if error is not None:
+        entry.update(n_slices_kept=0, n_slices_skipped=0, error=error)
+        if result is not None and result.problem_kinds:
+            entry["problems"] = list(result.problem_kinds)
+        return entry
+    if result.warnings:
+        entry["warnings"] = list(result.warnings)
+    if result.problem_kinds:
+        entry["problems"] = list(result.problem_kinds)
+    if result.partial_mr_dropped:
+        entry["partial_mr_pairs_dropped"] = result.partial_mr_dropped
+    if result.ct_offset_hu:
+        entry["ct_offset_hu_subtracted"] = result.ct_offset_hu
+    entry.update(n_slices_kept=result.n_kept, n_slices_skipped=result.num_slices - result.n_kept,
+                 mr_range=list(result.mr_range) if result.mr_range else None,
+                 body_voxels=result.body_voxels, body_voxels_outside_canvas=result.body_voxels_outside,
+                 body_lost_fraction=round(result.body_voxels_outside / result.body_voxels, 6)
+                 if result.body_voxels else 0.0)
+    if result.registration is not None:
+        entry["registration_metric"] = result.registration["metric"]
+        entry["registration"] = result.registration
+    return entry
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber records without --overwrite, and anything that is not a records directory."""
+    if not out.exists():
+        try:
+            atomic.check_folder_path(out.parent, "parent folder of --out")
+        except atomic.OutputError as e:
+            raise MakeRecordsError(f"{out}: {e}") from None
+        if not out.parent.is_dir():
+            raise MakeRecordsError(f"{out}: parent folder {out.parent} does not exist")
+        return
+    if not out.is_dir():
+        raise MakeRecordsError(f"{out}: --out exists and is not a directory")
+    if holds_records(out):
+        if not overwrite:
+            raise MakeRecordsError(f"{out}: already holds records; pass --overwrite to replace them")
+    elif any(out.iterdir()):
+        raise MakeRecordsError(f"{out}: --out is a non-empty folder that does not hold records; "
+                               "refusing to replace it (choose an empty or new folder)")
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
+                 test_patients: int | Sequence[str] = 2, split_seed: int = 0,
+                 val_patients: int | Sequence[str] = 0,
+                 manifest: str | os.PathLike | None = None, on_error: str = "fail", overwrite: bool = False,
+                 workers: int = 2, examples_per_shard: int = 512, progress: bool = True,
+                 checks: PlausibilityConfig = PlausibilityConfig()) -> dict[str, Any]:
+    """Convert ``root`` into the records directory ``out``; returns the summary dict.
+
+    With workers, the caller's script needs the ``if __name__ == "__main__":`` guard
+    (spawned processes). Raises MakeRecordsError (or VolumeError) naming the file on bad
+    input; nothing is left in ``out`` then.
+
+    Args:
+        root: the dataset root, ``<root>/<patient_id>/{ct,mr,mask}`` (``io.layout``).
+        out: the records directory to write (created; replaced only with ``overwrite``).
+        cfg: preprocessing (default ``PreprocessConfig()``); written to ``dataset.json``.
+        test_patients: a count of paired patients held out (seeded hash order) or their ids.
+        split_seed: seed of that choice.
+        val_patients: a count or ids of paired validation patients (disjoint from the test ones).
+        manifest: a CSV patient_id,role,split that decides roles and the split instead.
+        on_error: "fail" at the first bad patient, or "skip" it (listed in the summary).
+        overwrite: replace an existing records directory.
+        workers: worker processes preparing patients (0: in this process; debugging, tests).
+        examples_per_shard: records per shard file.
+        progress: show a progress bar.
+        checks: which plausibility problems are accepted as warnings (``plausibility``).
+    """
+    start = time.perf_counter()
+    cfg = cfg or PreprocessConfig()
+    if on_error not in ON_ERROR:
+        raise MakeRecordsError(f"--on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if workers < 0:
+        raise MakeRecordsError(f"--workers must be >= 0, got {workers}")
+    out = Path(out).absolute()
+    check_output(out, overwrite)
+    atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
+    try:
+        tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
+                                                manifest=manifest, val_patients=val_patients, accept=checks.accept)
+    except LayoutError as e:
+        raise MakeRecordsError(str(e)) from None
+    if failed and on_error == "fail":
+        raise MakeRecordsError(next(iter(failed.values())))
+    if not tasks:
+        raise MakeRecordsError(f"{root}: no usable patients" + (f" (failed: {failed})" if failed else ""))
+    if unlisted:
+        logging.warning("%d patient folder(s) not in the manifest are left out: %s", len(unlisted), unlisted)
+
+    try:
+        tmp = Path(atomic.temporary_folder(out))
+    except OSError as e:
+        raise MakeRecordsError(_write_failure(out, e)) from None
+    patients: dict[str, dict[str, Any]] = {}
+    stage = collections.Counter()
+    try:
+        with contextlib.ExitStack() as stack:
+            results = stack.enter_context(contextlib.closing(_Results(tasks, cfg, workers, checks)))
+            from tfrecords_tools import writer as tfw  # TensorFlow: imported while the workers start
+
+            names = SET_NAMES + ((VAL_SET,) if any(t.set_name == VAL_SET for t in tasks) else ())
+            writers = {name: stack.enter_context(tfw.ShardedWriter(tmp, name,
+                                                                  set_fields(name, cfg.bits, cfg.channels),
+                                                                  examples_per_shard=examples_per_shard,
+                                                                  compression_level=COMPRESSION_LEVEL))
+                       for name in names}
+            bar = stack.enter_context(_progress(len(tasks), progress))
+            for result in results:
+                task = result.task
+                bar.update(1)
+                if result.error is not None:
+                    if on_error == "fail":
+                        hint = " (or --on_error=skip to leave the patient out)" if result.problem_kinds else ""
+                        raise MakeRecordsError(result.error + hint)
+                    logging.warning("skipping patient %s: %s", task.patient_id, result.error)
+                    failed[task.patient_id] = result.error
+                    patients[task.patient_id] = _patient_entry(task, result, result.error)
+                    continue
+                stage.update(result.cpu_seconds)
+                t0 = time.process_time()
+                w = writers[task.set_name]
+                for record in patient_records(result):
+                    w.write(record)
+                stage["write"] += time.process_time() - t0
+                patients[task.patient_id] = _patient_entry(task, result, None)
+        sets = {name: w.info for name, w in writers.items()}
+        if not any(info["count"] for info in sets.values()):
+            raise MakeRecordsError(f"{root}: no slices written (failed patients: {sorted(failed) or 'none'}; "
+                                   f"slices need a body mask covering >= min_foreground={cfg.min_foreground})")
+        for pid, error in failed.items():  # folders that failed before conversion
+            unsupported = split(unsupported_inputs(Path(root) / pid), checks.accept)[0]
+            patients.setdefault(pid, {"error": error, **({"problems": sorted({p.kind for p in unsupported})}
+                                                         if unsupported else {})})
+        ok = [t for t in tasks if t.patient_id not in failed]
+        spec = DatasetSpec(root=str(out), preprocess=cfg, sets=sets,
+                           split={s: [t.patient_id for t in ok if t.split == s] for s in SPLITS
+                                  if s != "val" or any(t.split == s for t in ok)},
+                           patients=patients, extra={"source_root": str(Path(root).absolute())})
+        seconds = time.perf_counter() - start
+        summary = _summary(out, tasks, failed, unlisted, patients, sets, stage, seconds, workers)
+        tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
+        tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
+        check_output(out, overwrite)  # still true? (another run may have written meanwhile)
+        atomic.swap_in_directory(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or _is_write_error(e):   # reads are the workers' (patient errors)
+            raise MakeRecordsError(_write_failure(out, e)) from None
+        raise
+    return summary
+
+
+def _is_write_error(e: BaseException) -> bool:
+    """TensorFlow's file errors (a TFRecord shard that cannot be written: disk full, size limit)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(e, tf.errors.OpError)
+
+
+def _write_failure(out: Path, e: BaseException) -> str:
+    reason = atomic.describe_os_error(e) if isinstance(e, OSError) else (
+        f"{type(e).__name__}: {getattr(e, 'message', '') or 'a write failed'}")
+    try:
+        free = f"; {shutil.disk_usage(out.parent).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        free = ""
+    return (f"{out}: cannot write the records ({reason}{free}); nothing was written (an earlier output is kept "
+            "as it was)")
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="patient", desc="make_records", disable=not enabled, file=sys.stderr)
+
+
+def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds, workers) -> dict[str, Any]:
+    by_role: dict[str, int] = collections.Counter(f"{t.role}/{t.split}" for t in tasks if t.patient_id not in failed)
+    skipped = collections.Counter()
+    for t in tasks:
+        skipped[t.set_name] += patients.get(t.patient_id, {}).get("n_slices_skipped", 0)
+    total = sum(info["count"] for info in sets.values())
+    errors, warnings = collections.Counter(), collections.Counter()
+    for e in patients.values():
+        (errors if "error" in e else warnings).update(set(e.get("problems", ())))   # patients per kind
+    return {
+        "out": str(out),
+        "patients": dict(sorted(by_role.items())),
+        "slices": {name: sets[name]["count"] for name in sets},
+        "skipped_slices": {name: skipped[name] for name in sets},
+        "failed_patients": dict(sorted(failed.items())),
+        "body_outside_canvas": {pid: {"voxels": e["body_voxels_outside_canvas"],
+                                      "fraction": e["body_lost_fraction"]}
+                                for pid, e in sorted(patients.items()) if e.get("body_voxels_outside_canvas")},
+        "not_in_manifest": unlisted,
+        "plausibility": {"errors": dict(sorted(errors.items())), "warnings": dict(sorted(warnings.items())),
+                         "partial_mr_pairs_dropped": {pid: e["partial_mr_pairs_dropped"]
+                                                      for pid, e in sorted(patients.items())
+                                                      if e.get("partial_mr_pairs_dropped")},
+                         "ct_offset_hu_subtracted": {pid: e["ct_offset_hu_subtracted"]
+                                                     for pid, e in sorted(patients.items())
+                                                     if e.get("ct_offset_hu_subtracted")},
+                         "patient_warnings": {pid: e["warnings"] for pid, e in sorted(patients.items())
+                                              if e.get("warnings")}},
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "slices_per_second": round(total / seconds, 2) if seconds > 0 else None,
+        "stage_cpu_seconds": {k: round(stage[k], 3) for k in ("read", "prepare", "write")},
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable summary lines (printed by the CLI)."""
+    lines = [f"records written to {summary['out']}",
+             "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
+             "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
+             "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
+             + " (below min_foreground, or an empty MR slice)"]
+    for pid, lost in summary.get("body_outside_canvas", {}).items():
+        lines.append(f"body outside the canvas: patient {pid}: {lost['fraction']:.3%} ({lost['voxels']} voxels)")
+    for pid, warnings in summary.get("plausibility", {}).get("patient_warnings", {}).items():
+        lines += [f"warning: {w}" for w in warnings]
+    if summary["failed_patients"]:
+        lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
+        lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
+    if summary["not_in_manifest"]:
+        lines.append(f"not in manifest (left out): {', '.join(summary['not_in_manifest'])}")
+    st = summary["stage_cpu_seconds"]
+    lines.append(f"time: {summary['seconds']:.1f} s, {summary['slices_per_second']} slices/s "
+                 f"(CPU: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "
+                 f"{summary['workers']} worker(s); write {st['write']:.1f} s)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+_DEFAULTS = PreprocessConfig()
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Define the CLI flags (only when run as a program, so importers' flags never collide)."""
+    flags.DEFINE_string("root", None, "Input folder: <root>/<patient_id>/ct.nii.gz, mr.nii.gz [, mask.nii.gz].",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "Output records directory.", flag_values=fv)
+    flags.DEFINE_string("manifest", None, "CSV with columns patient_id,role,split (role paired|ct|mr, "
+                        "split train|test|val) overriding roles and the split.", flag_values=fv)
+    flags.DEFINE_string("test_patients", "2", "Number of paired test patients (chosen by a seeded hash of the ids) "
+                        "or a comma-separated list of patient ids.", flag_values=fv)
+    flags.DEFINE_string("val_patients", "0", "Number of paired validation patients (disjoint from train and "
+                        "test; used by train --val_every to pick the best checkpoint) or a list of ids.",
+                        flag_values=fv)
+    flags.DEFINE_integer("split_seed", 0, "Seed of the test-patient choice.", flag_values=fv)
+    flags.DEFINE_enum("on_error", "fail", list(ON_ERROR), "fail: stop at the first bad patient; "
+                      "skip: leave bad patients out and list them in the summary.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing records directory.", flag_values=fv)
+    flags.DEFINE_integer("workers", 2, "Worker processes preparing patients (0: in the main process).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 512, "Records per shard file.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_list("accept", [], "Plausibility problems to accept as warnings (named in summary.json): "
+                      f"{', '.join(plausibility.ACCEPTABLE)}.", flag_values=fv)
+    flags.DEFINE_float("unsigned_ct_offset", None, "Subtract this (e.g. 1024) from CTs that look like unsigned "
+                       "HU+1024 (no value below 0); other CTs are left alone.", flag_values=fv)
+    flags.DEFINE_list("series_uid", [], "SeriesInstanceUID(s) to read when a DICOM folder holds several series "
+                      "(each folder takes the one listed UID it holds).", flag_values=fv)
+    # One flag per PreprocessConfig field, with its default.
+    d = _DEFAULTS
+    flags.DEFINE_float("spacing_mm", d.spacing_mm, "Isotropic voxel size after resampling (mm).", flag_values=fv)
+    flags.DEFINE_integer("image_size", d.image_size, "Slice size S (records hold S x S images).", flag_values=fv)
+    flags.DEFINE_enum("fit", d.fit, ["pad", "resize"], "pad: centred pad/crop at the resampled pixel size; "
+                      "resize: scale the longer side to S, then pad.", flag_values=fv)
+    flags.DEFINE_float("ct_window_center", d.ct_window_center, "CT window centre (HU).", flag_values=fv)
+    flags.DEFINE_float("ct_window_width", d.ct_window_width, "CT window width (HU).", flag_values=fv)
+    flags.DEFINE_string("ct_range", None, "lo,hi: store CT over this HU interval instead of the window, e.g. "
+                        "-1024,3000 (SynthRAD's clip) for a synthetic CT in real HU; needs --bits=16.",
+                        flag_values=fv)
+    flags.DEFINE_list("mr_percentiles", [str(p) for p in d.mr_percentiles],
+                      "MR normalisation percentiles lo,hi inside the body.", flag_values=fv)
+    flags.DEFINE_enum("bits", str(d.bits), ["8", "16"], "Stored image depth.", flag_values=fv)
+    flags.DEFINE_float("min_foreground", d.min_foreground, "Keep slices whose body area is at least this "
+                       "fraction of the patient's largest body slice.", flag_values=fv)
+    flags.DEFINE_float("max_body_loss", d.max_body_loss, "Fail when more than this fraction of a patient's body "
+                       "falls outside the S x S canvas (pad fit).", flag_values=fv)
+    flags.DEFINE_float("body_threshold_hu", d.body_threshold_hu, "CT body mask threshold (HU).", flag_values=fv)
+    flags.DEFINE_bool("register", d.register, "Affine MI registration of MR to CT (else world coordinates).",
+                      flag_values=fv)
+    flags.DEFINE_float("register_skull_hu", d.register_skull_hu, "CT voxels above this are left out of the "
+                       "registration metric.", flag_values=fv)
+    flags.DEFINE_enum("register_model", d.register_model, ["rigid", "affine"], "Registration transform "
+                      "(the paper used affine).", flag_values=fv)
+    flags.DEFINE_integer("context_slices", d.context_slices, "2.5D: every record carries its slice and the k "
+                         "neighbouring slices on each side (2k+1 channels, clamped at the volume's ends).",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("slice_axis", d.slice_axis, list(SLICE_AXES), "Plane the images are cut in (of the "
+                      "canonical RAS+ volume; docs/DESIGN.md).", flag_values=fv)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:
+    """PreprocessConfig from the preprocessing flags (one flag per field)."""
+    values = {}
+    for field in dataclasses.fields(PreprocessConfig):
+        value = fv[field.name].value
+        if field.name == "mr_percentiles":
+            try:
+                value = tuple(float(v) for v in value)
+            except ValueError:
+                raise MakeRecordsError(f"--mr_percentiles must be two numbers lo,hi, got {value}") from None
+        elif field.name == "bits":
+            value = int(value)
+        elif field.name == "ct_range":
+            value = parse_ct_range(value)
+        values[field.name] = value
+    try:
+        return PreprocessConfig(**values)
+    except ValueError as e:
+        raise MakeRecordsError(str(e)) from None
+
+
+def checks_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PlausibilityConfig:
+    """PlausibilityConfig from --accept, --unsigned_ct_offset and --series_uid."""
+    try:
+        return PlausibilityConfig(accept=tuple(fv.accept), unsigned_ct_offset=fv.unsigned_ct_offset,
+                                  series_uids=tuple(fv.series_uid))
+    except ValueError as e:
+        raise MakeRecordsError(str(e)) from None
+
+
+def parse_ct_range(text: str | None) -> tuple[float, float] | None:
+    """``"-1024,3000"`` -> (-1024.0, 3000.0); None/empty -> None (the window)."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise MakeRecordsError(f"--ct_range must be two numbers lo,hi in HU (e.g. -1024,3000), got {text!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise MakeRecordsError(f"--ct_range: need finite lo < hi, got {text!r}")
+    return lo, hi
+
+
+def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[str]:
+    """``"3"`` -> 3; ``"p01,p07"`` -> ["p01", "p07"]."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise MakeRecordsError(f"{flag} must be a count or a list of patient ids, got {text!r}")
+    return ids
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fv = flags.FLAGS
+    for name in ("root", "out"):
+        if not fv[name].value:
+            raise app.UsageError(f"--{name} is required")
+    if fv["manifest"].present and fv["test_patients"].present:
+        logging.warning("--manifest given: its split column decides the test patients; --test_patients ignored")
+    with cli.user_errors("make_records"):
+        summary = make_records(fv.root, fv.out, config_from_flags(fv),
+                               test_patients=parse_test_patients(fv.test_patients), split_seed=fv.split_seed,
+                               val_patients=parse_test_patients(fv.val_patients, "--val_patients"),
+                               manifest=fv.manifest, on_error=fv.on_error, overwrite=fv.overwrite,
+                               workers=fv.workers, examples_per_shard=fv.examples_per_shard,
+                               checks=checks_from_flags(fv))
+    print(format_summary(summary))
+    return 0
+
+
+run = cli.entry_point(define_flags, main)
+
+
+if __name__ == "__main__":
+    # Run the importable module, so worker processes unpickle mrgan_tf.records.make_records.* objects.
+    from mrgan_tf.records.make_records import run as _run
+
+    _run()

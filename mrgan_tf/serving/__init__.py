@@ -1,0 +1,1 @@
+"""Serving: SavedModels in TF Serving's layout, their signatures and deployment files."""

@@ -1,0 +1,1 @@
+"""Training: tf.data from records, the train CLI, callbacks, checkpoints, validation, distribution."""
