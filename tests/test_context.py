@@ -123,3 +123,22 @@ def test_image_panel_and_validation_show_a_stack_model_centre_slice(stack_model,
     want = (context.centre_slice(stack_model.syn_mr(stacks * 2 - 1, training=False).numpy())[..., 0] + 1) / 2
     assert pred.shape == (3, 32, 32)
     np.testing.assert_allclose(pred, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_flat_stacks_come_out_as_background_whatever_the_batch_size(k):
+    """Air-only slices: instance norm would turn float rounding into their whole output, so the
+    volume would change with the batch size (by 27 of 255 at demo size before they were blanked)."""
+    from mrgan_tf.inference.predictors import Predictor, _keras_fn
+    from mrgan_tf.modeling import networks
+    gen = networks.build_generator(16, 3, 128, input_nc=2 * k + 1, output_nc=2 * k + 1, name="syn_mr")
+    cfg = PreprocessConfig(image_size=128, context_slices=k)
+    pred = Predictor("ct2mr", cfg, "test", _keras_fn(gen, cfg))
+    yy, xx = np.mgrid[-1:1:128j, -1:1:128j]
+    head = np.where(xx ** 2 + yy ** 2 < 0.5, 0.4, 0.0).astype(np.float32)
+    stack = np.stack([np.zeros_like(head)] * 3 + [head, head * 0.8] + [np.zeros_like(head)] * 3)
+    one_by_one, whole = pred.predict01(stack, batch_size=1), pred.predict01(stack, batch_size=64)
+    np.testing.assert_allclose(one_by_one, whole, atol=1e-4)
+    flat = [0, 7] if k else [0, 1, 2, 5, 6, 7]          # k = 1: stacks of slices 0 and 7 are all air
+    assert np.all(whole[flat] == 0.0)                  # the 0..1 scale's background
+    assert whole[3].std() > 0

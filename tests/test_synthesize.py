@@ -73,10 +73,12 @@ def test_geometry_is_preserved_for_mha_input(to_mr, tmp_path):
 
 
 def test_every_slice_goes_through_the_model(to_mr, tiny_records):
-    """On a grid that needs no resampling, output slice k == model(windowed axial slice k), air slices too."""
+    """On a grid that needs no resampling, output slice k == model(windowed axial slice k), slices without a
+    body too; a slice without any contrast is the background (context.blank_flat_stacks_tf)."""
     cfg = tiny_records.preprocess
     ct = _head_ct((32, 32, 6))
     ct[:, :, :2] = -1000.0   # no body: make_records would drop these slices; synthesis must not
+    ct[3:6, 3:6, 0] = 40.0   # slice 0: a speck (a headrest, a marker) gives it contrast; slice 1 is flat air
     vol = Volume(ct, np.eye(4), "mem")
     out, timing = synthesis.synthesize_volume(to_mr, vol)
     assert timing["slices"] == 6
@@ -84,7 +86,8 @@ def test_every_slice_goes_through_the_model(to_mr, tiny_records):
                      cfg.bits)
     want = volume_from_axial_stack(to_mr.predict01(q01) * 255.0)
     np.testing.assert_allclose(out.data, want, atol=1e-3)
-    assert out.data[:, :, 0].max() > 0   # the air slice was synthesized, not filled
+    assert out.data[:, :, 0].max() > 0   # the slice without a body was synthesized, not filled
+    assert out.data[:, :, 1].max() == 0  # the flat one is the background, whatever the batch or the CPU
 
 
 def test_run_dir_and_saved_model_agree(to_mr, tiny_records, tmp_path_factory):

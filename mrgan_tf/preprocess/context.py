@@ -87,8 +87,33 @@ def average_overlaps_tf(y, k: int):
     return tf.math.unsorted_segment_mean(data, tf.reshape(idx, [-1]), n)[..., None]
 
 
+# The generators' output for a stack without contrast: the bottom of the [-1, 1] scale (MR background, CT air).
+BACKGROUND = -1.0
+
+
+def blank_flat_stacks_tf(generate):
+    """``generate`` on [N, H, W, C] stacks, with stacks whose values are all equal given ``BACKGROUND``.
+
+    Such a stack (air beyond the head, MR background: exact after quantisation) carries no
+    information, and instance norm turns float rounding into its whole output: 1e-6 of input
+    noise moved a constant slice's output by up to 250 on the 0-255 scale, so it differed with
+    the batch size and the CPU's kernels. Training never sees one (``min_foreground``).
+    """
+    import tensorflow as tf
+
+    def run(x):
+        y = generate(x)
+        flat = tf.equal(tf.reduce_max(x, axis=[1, 2, 3]), tf.reduce_min(x, axis=[1, 2, 3]))
+        return tf.where(flat[:, None, None, None], tf.cast(BACKGROUND, y.dtype), y)
+    return run
+
+
 def volume_generator(generate, k: int):
-    """Wrap a stack->stack ``generate`` as ordered [N, H, W, 1] slices -> [N, H, W, 1] (TF); k = 0: unchanged."""
+    """Wrap a stack->stack ``generate`` as ordered [N, H, W, 1] slices -> [N, H, W, 1] (TF).
+
+    Stacks without contrast get the background (``blank_flat_stacks_tf``); k = 0 stacks are the slices.
+    """
+    generate = blank_flat_stacks_tf(generate)
     if k == 0:
         return generate
     return lambda x: average_overlaps_tf(generate(neighbour_stack_tf(x, k)), k)
