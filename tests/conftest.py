@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -50,3 +51,22 @@ def tiny_model_factory():
         return cache[key]
 
     return make
+
+
+def rounding_tolerance(fn, x, network) -> float:
+    """How far two float32 evaluations of ``fn`` at ``x`` (other kernels, batch sizes or CPUs) may differ.
+
+    Derived from the computation, not from one machine: the output's response to a relative
+    input perturbation of float32's epsilon (the computation's condition, measured), for each
+    of ``network``'s convolutions (each rounds once more), each rounding like a sum of its
+    fan-in n terms, ~sqrt(n) epsilons in any order of accumulation (the usual statistical bound).
+    """
+    import keras
+    convs = [layer for layer in network._flatten_layers(include_self=False)
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+    fan_in = max(int(np.prod(layer.kernel.shape[:-1])) for layer in convs)
+    eps = float(np.finfo(np.float32).eps)
+    x = np.asarray(x, np.float32)
+    dx = (x * eps * np.random.default_rng(0).choice([-1.0, 1.0], x.shape)).astype(np.float32)
+    moved = np.abs(np.asarray(fn(x + dx)) - np.asarray(fn(x))).max()
+    return len(convs) * np.sqrt(fan_in) * max(float(moved), eps)
