@@ -96,6 +96,7 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none", au
     import keras
 
     from mrgan_tf.modeling import networks
+    from mrgan_tf.modeling.fast import shared_update
     from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     if baseline in ("groupnorm", "plain"):
         networks.instance_norm = lambda name=None: keras.layers.GroupNormalization(groups=-1, epsilon=1e-5,
@@ -109,6 +110,7 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none", au
     config = MRGANConfig(mode="mrgan", augment=aug, channels=2 * context_slices + 1, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
+    shared_update.attach(model)
     return model
 
 
@@ -160,7 +162,7 @@ def run_census(a) -> dict:
     """Counts generator forward passes in the traced train_step (Tanh = a generator's output)."""
     import tensorflow as tf
     model = build_model("demo", "float32", False)
-    model._shared = None        # every update inline, so each forward pass is an op of this one graph
+    model.update_runner = None  # every update inline, so each forward pass is an op of this one graph
     s = model.config.image_size
     graph = tf.function(model.train_step).get_concrete_function(tf.TensorSpec([1, s, s, 4], tf.float32)).graph
     ops = [op for op in graph.get_operations() if op.type == "Tanh"]
@@ -179,7 +181,7 @@ def run_trace(a) -> dict:
     import tensorflow as tf
     model = build_model(a.size, "float32", False)
     if a.inline:         # every update built in the step, as before shared_update.py
-        model._shared = None
+        model.update_runner = None
     s = model.config.image_size
     step = model.train_step
     if a.autograph:      # the step as it was traced before do_not_convert

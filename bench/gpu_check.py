@@ -74,6 +74,7 @@ def part_iteration(a) -> dict:
     import tensorflow as tf
 
     from mrgan_tf.modeling.augment import AugmentConfig
+    from mrgan_tf.modeling.fast import shared_update
     from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(a.precision)
@@ -81,6 +82,7 @@ def part_iteration(a) -> dict:
     config = MRGANConfig(mode="mrgan", augment=AugmentConfig(), **size)
     model = MRGAN(config)
     model.compile(make_optimizers(config, loss_scale=a.precision == "mixed_float16"), jit_compile=a.xla)
+    shared_update.attach(model)
     s = config.image_size
     batch = tf.constant(np.random.default_rng(0).integers(0, 256, (1, s, s, 4)).astype("float32"))
     it = iter(tf.data.Dataset.from_tensors(batch).repeat())

@@ -38,6 +38,7 @@ def tiny_records(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_factory():
     """Builds (and caches) a compiled tiny MRGAN per (mode, options)."""
+    from mrgan_tf.modeling.fast import shared_update
     from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig, make_optimizers
     cache = {}
 
@@ -47,6 +48,7 @@ def tiny_model_factory():
             cfg = MRGANConfig(mode=mode, **{**TINY, **overrides})
             model = MRGAN(cfg)
             model.compile(make_optimizers(cfg))
+            shared_update.attach(model)
             cache[key] = model
         return cache[key]
 

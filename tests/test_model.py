@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mrgan_tf.modeling.batch import decode
 from mrgan_tf.modeling.mrgan import MODES, MRGAN, MRGANConfig
 from mrgan_tf.training import data
 
@@ -26,7 +27,7 @@ def test_each_update_touches_only_its_own_networks(tiny_model_factory, phase):
     rng = np.random.default_rng(0)
     src, real = (tf.constant(rng.uniform(-1, 1, (1, 32, 32, 1)), tf.float32) for _ in range(2))
     before = snapshot(model)
-    model._update(model.to_mr, src=src, real=real, phase=phase)     # eager: one D then one G update
+    model._update(model.directions["mr"], src=src, real=real, phase=phase)     # eager: one D then one G update
     expected = paths(model.dis_mr.variables_for(phase)) | paths(model.syn_mr.trainable_variables)
     assert changed(before, model) == expected
     other = "paired" if phase == "unpaired" else "unpaired"
@@ -179,7 +180,7 @@ def frozen_update(phase, **overrides):
     model.compile(make_optimizers(cfg, lr=0.0))
     rng = np.random.default_rng(1)
     src, real = (tf.constant(rng.uniform(-1, 1, (2, 32, 32, 1)), tf.float32) for _ in range(2))
-    logs = model._update(model.to_mr, src=src, real=real, phase=phase)
+    logs = model._update(model.directions["mr"], src=src, real=real, phase=phase)
     fake = model.syn_mr(src, training=True)
     if phase == "unpaired":
         judged = model.dis_mr.unpaired(real, training=True), model.dis_mr.unpaired(fake, training=True)
@@ -260,7 +261,7 @@ def recorded_iteration(tiny_records, n_iter, batch):
     model.compile(make_optimizers(cfg))
     element = next(iter(data.training_dataset(tiny_records, "mrgan", batch, seed=0, n_iter=n_iter)))
     model.train_step(element)
-    return model, model.decode(element).numpy()
+    return model, decode(element, model.config.input_max).numpy()
 
 
 def test_n_iter_steps_draw_fresh_batches_unpaired_steps_first(tiny_records):

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+
+def decode(q, input_max: float):
+    """Records' integers (``input_max`` = intensity 1.0: 255 or 65535) -> the network's [-1, 1]."""
+    return tf.cast(q, tf.float32) * (2.0 / input_max) - 1.0
+
 # The packed batch's images, in channel order; each takes C channels.
 PACKED = ("unpaired_ct", "unpaired_mr", "paired_ct", "paired_mr")
 

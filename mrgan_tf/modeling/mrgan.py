@@ -22,9 +22,8 @@ import tensorflow as tf
 
 from mrgan_tf.modeling import augment as augment_lib
 from mrgan_tf.modeling import losses, networks
-from mrgan_tf.modeling.batch import split_steps, unpack
+from mrgan_tf.modeling.batch import decode, split_steps, unpack
 from mrgan_tf.modeling.fast.fused_adam import FusedAdam
-from mrgan_tf.modeling.fast.shared_update import SharedUpdates
 from mrgan_tf.modeling.modes import MODES, PAIRED_BASELINE, Mode
 from mrgan_tf.modeling.schedule import ConstantThenLinearDecay
 
@@ -121,13 +120,24 @@ class MRGANConfig:
 
 
 @dataclasses.dataclass
-class _Direction:
-    """One translation direction: its generator, the way back, and its discriminator."""
-    name: str                   # "mr" for CT->MR (SynMR, DisMR), "ct" for MR->CT
+class Networks:
+    """What one update sees of its direction: the generator, the way back, the discriminator (and pool).
+
+    No name: an update cannot tell CT->MR from MR->CT, so the one traced update that serves
+    both (``modeling.fast.shared_update``) computes what each inline update would.
+    """
     gen: keras.Model
     back: keras.Model
     dis: networks.DualHeadDiscriminator
     pool: "FakePool | None" = None
+    pool_salt: int = 0          # keys the pool's randomness apart per direction (data, not a branch)
+
+
+@dataclasses.dataclass
+class Direction:
+    """One translation direction: "mr" for CT->MR (SynMR, DisMR), "ct" for MR->CT; its networks."""
+    name: str
+    nets: Networks
 
 
 class FakePool(keras.layers.Layer):
@@ -180,16 +190,14 @@ class MRGAN(keras.Model):
             networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c, ndf_scale=config.ndf_scale,
                                            body_first_norm=config.first_conv_norm, name=f"dis_{d}")
             for d in ("mr", "ct"))
-        pools = {d: FakePool(config.pool_size, (s, s, c), name=f"pool_{d}") if config.pool_size else None
-                 for d in ("mr", "ct")}
-        self.to_mr = _Direction("mr", self.syn_mr, self.syn_ct, self.dis_mr, pools["mr"])
-        self.to_ct = _Direction("ct", self.syn_ct, self.syn_mr, self.dis_ct, pools["ct"])
-        self.pool_mr, self.pool_ct = pools["mr"], pools["ct"]      # tracked for checkpoints
+        self.pool_mr, self.pool_ct = (FakePool(config.pool_size, (s, s, c), name=f"pool_{d}") if config.pool_size
+                                      else None for d in ("mr", "ct"))
+        self.directions = _directions(self.syn_mr, self.syn_ct, self.dis_mr, self.dis_ct, self.pool_mr, self.pool_ct)
         self.iteration = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                          name="iteration", aggregation="only_first_replica")
         self.adversarial = {phase: (losses.ADVERSARIAL[kind][0], config.generator_loss(phase))
                             for phase, kind in losses.adversarial_kinds(config.adversarial).items()}
-        self._shared = None         # set by compile: both directions' updates traced once, where exact
+        self.update_runner = None   # None: updates built inline in the step; else e.g. shared_update.SharedUpdates
         self.built = True
 
     @property
@@ -211,9 +219,9 @@ class MRGAN(keras.Model):
         super().compile(optimizer=None, **kwargs)
         self.optimizers = _built_optimizers(optimizers, {"syn_mr": self.syn_mr, "syn_ct": self.syn_ct,
                                                          "dis_mr": self.dis_mr, "dis_ct": self.dis_ct})
-        self._shared = SharedUpdates.for_model(self)
 
-    def _optimizer(self, net: str, phase: str):
+    def optimizer_for(self, net: str, phase: str):
+        """The optimizer that updates ``net`` (syn_mr, dis_ct, ...) in ``phase``."""
         return self.optimizers.get(f"{net}/{phase}", self.optimizers.get(net))
 
     # ------------------------------------------------------------------ Algorithm 1
@@ -227,39 +235,34 @@ class MRGAN(keras.Model):
         autograph is not needed; skipping its source conversion of this and every
         function it calls (~350 of them, Keras layers included) saves seconds of tracing.
         """
-        steps = split_steps(self._decode_and_augment(batch), self.config.n_iter)
-        logs = {}
+        steps = split_steps(_decoded_and_augmented(batch, self.config, self._seed), self.config.n_iter)
+        to_mr, to_ct, logs = self.directions["mr"], self.directions["ct"], {}
         if self.mode.unpaired:                                         # lines 2-9
             for i, (ct, mr, _, _) in enumerate(steps):
-                logs.update(self._update(self.to_mr, src=ct, real=mr, phase="unpaired", step=i))   # lines 5-6
-                logs.update(self._update(self.to_ct, src=mr, real=ct, phase="unpaired", step=i))   # lines 7-8
+                logs.update(self._update(to_mr, src=ct, real=mr, phase="unpaired", step=i))   # lines 5-6
+                logs.update(self._update(to_ct, src=mr, real=ct, phase="unpaired", step=i))   # lines 7-8
         if self.mode.paired:                                           # lines 10-16
             for _, _, p_ct, p_mr in steps:
                 for _ in range(self.config.paired_repeats):
                     if "mr" in self.mode.paired_directions:
-                        logs.update(self._update(self.to_mr, src=p_ct, real=p_mr, phase="paired"))  # 12-13
+                        logs.update(self._update(to_mr, src=p_ct, real=p_mr, phase="paired"))  # 12-13
                     if "ct" in self.mode.paired_directions:
-                        logs.update(self._update(self.to_ct, src=p_mr, real=p_ct, phase="paired"))  # 14-15
+                        logs.update(self._update(to_ct, src=p_mr, real=p_ct, phase="paired"))  # 14-15
         self.iteration.assign_add(1)
         return _format_logs(logs)
 
-    def _update(self, d: _Direction, src, real, phase: str, step: int = 0) -> dict:
-        """A discriminator update then generator update(s) for one direction and phase; its logs.
-
-        Where both directions can share one traced update (``shared_update.py``: one
-        device, the fused Adam, no fake pool), it runs on this direction's weights there;
-        otherwise it is built here, in the step.
-        """
-        if self._shared is not None:
-            d_loss, g_loss, terms = self._shared.run(d, src, real, phase)
+    def _update(self, d: Direction, src, real, phase: str, step: int = 0) -> dict:
+        """``update`` for one direction and phase, run by ``update_runner`` where one is set; its logs."""
+        if self.update_runner is not None:
+            d_loss, g_loss, terms = self.update_runner.run(d, src, real, phase)
         else:
-            d_loss, g_loss, terms = self._update_body(d, self._optimizer(f"syn_{d.name}", phase),
-                                                      self._optimizer(f"dis_{d.name}", phase), src, real, phase, step)
+            d_loss, g_loss, terms = self.update(d.nets, self.optimizer_for(f"syn_{d.name}", phase),
+                                                self.optimizer_for(f"dis_{d.name}", phase), src, real, phase, step)
         logs = {f"{phase}/dis_{d.name}": d_loss, f"{phase}/syn_{d.name}": g_loss}
         logs.update({f"{phase}/syn_{d.name}_{k}": v for k, v in terms.items()})
         return logs
 
-    def _update_body(self, d: _Direction, g_opt, d_opt, src, real, phase: str, step: int = 0) -> tuple:
+    def update(self, d: Networks, g_opt, d_opt, src, real, phase: str, step: int = 0) -> tuple:
         """Lines 5-8 or 12-15 for one direction: (D's loss, G's loss, G's loss terms).
 
         The fake G(src) is computed once, under the generator's tape: the
@@ -297,12 +300,12 @@ class MRGAN(keras.Model):
             g_opt.apply_gradients(zip(g_tape.gradient(scaled, g_vars), g_vars))
         return d_loss, g_loss, terms
 
-    def _discriminator_update(self, d: _Direction, d_opt, real, fake, judge, phase: str, scale, step: int):
+    def _discriminator_update(self, d: Networks, d_opt, real, fake, judge, phase: str, scale, step: int):
         """D's update on ``real`` against ``fake`` (unpaired: maybe a pooled past fake); returns its loss."""
         d_vars = d.dis.variables_for(phase)
         shown = fake
         if phase == "unpaired" and d.pool is not None:
-            shown = d.pool.query(fake, self._seed((7 if d.name == "mr" else 8) + 10 * step))
+            shown = d.pool.query(fake, self._seed(d.pool_salt + 10 * step))
         with tf.GradientTape() as d_tape:
             d_loss = self.adversarial[phase][0](judge(real), judge(tf.stop_gradient(shown)),
                                                 self.config.real_label_for(phase))
@@ -318,28 +321,25 @@ class MRGAN(keras.Model):
         return tf.stack([tf.cast(self.config.seed * 1000 + salt, tf.int64),
                          self.iteration * 4096 + tf.cast(rid, tf.int64)])
 
-    def decode(self, q):
-        """Records' integers -> the network's [-1, 1]."""
-        return tf.cast(q, tf.float32) * (2.0 / self.config.input_max) - 1.0
-
-    def _decode_and_augment(self, batch):
-        """Unpaired CT, unpaired MR, paired CT and paired MR in [-1, 1], augmented (one map for the pair)."""
-        c = self.config.channels
-        u_ct, u_mr, p_ct, p_mr = unpack(self.decode(batch), c)
-        aug = self.config.augment
-        ct = augment_lib.augment(u_ct, self._seed(1), aug)
-        mr = augment_lib.augment(u_mr, self._seed(2), aug)
-        pair = augment_lib.augment(tf.concat([p_ct, p_mr], axis=-1), self._seed(3), aug)  # same map for both
-        return ct, mr, pair[..., :c], pair[..., c:]
-
     def call(self, ct, training=False):
         """Inference is SynMR(CT)."""
         return self.syn_mr(ct, training=training)
 
-    def cycle(self, ct):
-        """CT -> SynMR -> SynCT(SynMR(CT)), for Fig. 7 style checks."""
-        syn = self.syn_mr(ct, training=False)
-        return syn, self.syn_ct(syn, training=False)
+
+def _decoded_and_augmented(batch, config: MRGANConfig, seed) -> tuple:
+    """Unpaired CT, unpaired MR, paired CT and paired MR in [-1, 1], augmented (one map for the pair)."""
+    c = config.channels
+    u_ct, u_mr, p_ct, p_mr = unpack(decode(batch, config.input_max), c)
+    ct = augment_lib.augment(u_ct, seed(1), config.augment)
+    mr = augment_lib.augment(u_mr, seed(2), config.augment)
+    pair = augment_lib.augment(tf.concat([p_ct, p_mr], axis=-1), seed(3), config.augment)  # same map for both
+    return ct, mr, pair[..., :c], pair[..., c:]
+
+
+def _directions(syn_mr, syn_ct, dis_mr, dis_ct, pool_mr, pool_ct) -> dict[str, Direction]:
+    """CT->MR ("mr") and MR->CT ("ct"): each generator with the other as its way back."""
+    return {"mr": Direction("mr", Networks(syn_mr, syn_ct, dis_mr, pool_mr, pool_salt=7)),
+            "ct": Direction("ct", Networks(syn_ct, syn_mr, dis_ct, pool_ct, pool_salt=8))}
 
 
 def _built_optimizers(optimizers: dict, nets: dict) -> dict:

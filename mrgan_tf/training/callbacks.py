@@ -170,7 +170,8 @@ class TrainingMonitor(keras.callbacks.Callback):
             raise atomic.OutputError(self.history_path, f"cannot write: {atomic.describe_os_error(e)}") from None
 
     def write_images(self, it):
-        syn, rec = self.model.cycle(self.fixed["ct"])
+        syn = self.model.syn_mr(self.fixed["ct"], training=False)
+        rec = self.model.syn_ct(syn, training=False)                 # Fig. 7: CT -> SynMR -> SynCT
         centre = lambda x: np.asarray(centre_slice(x))[..., 0]  # noqa: E731  (a 2.5D stack's own slice)
         panels = [figures.slice_panel(c, s, r, b) for c, s, r, b in
                   zip(centre(self.fixed["ct"]), centre(syn), centre(self.fixed["mr"]), centre(rec))]

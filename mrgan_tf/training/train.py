@@ -238,6 +238,7 @@ def _corrupt_records_error(spec, error) -> CorruptRecordsError | None:
 
 def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
     """The model with its optimizers (call in the strategy's scope), restored from the run's latest checkpoint."""
+    from mrgan_tf.modeling.fast import shared_update
     from mrgan_tf.modeling.mrgan import MRGAN, make_optimizers
     from mrgan_tf.training import checkpoints
     model = MRGAN(model_config)
@@ -245,6 +246,7 @@ def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
                                   decay_steps=tc.decay_steps, separate_phases=tc.separate_phase_optimizers,
                                   loss_scale=tc.precision == "mixed_float16"),
                   jit_compile=tc.xla)
+    shared_update.attach(model)          # one traced update per phase for both directions, where exact
     manager = checkpoints.manager_for(model, run_dir, tc.keep_checkpoints)
     if manager.latest_checkpoint:
         checkpoints.checkpoint_for(model).restore(manager.latest_checkpoint).assert_existing_objects_matched()
