@@ -5,6 +5,7 @@ tests share models instead of building their own.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -72,3 +73,57 @@ def rounding_tolerance(fn, x, network) -> float:
     dx = (x * eps * np.random.default_rng(0).choice([-1.0, 1.0], x.shape)).astype(np.float32)
     moved = np.abs(np.asarray(fn(x + dx)) - np.asarray(fn(x))).max()
     return len(convs) * np.sqrt(fan_in) * max(float(moved), eps)
+
+
+# ---------------------------------------------------------------- one tiny model, export and run per session
+_CACHE: dict = {}
+
+
+def tiny_model():
+    """One tiny MR-GAN with random weights, for every export/synthesize/evaluate test."""
+    if "model" not in _CACHE:
+        from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
+        _CACHE["model"] = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=1))
+    return _CACHE["model"]
+
+
+def tiny_export(tmp_path_factory, spec) -> str:
+    """An export dir holding ct2mr/1 and mr2ct/1 of ``tiny_model`` for ``spec``'s preprocessing (one per spec)."""
+    key = ("export", json.dumps(getattr(spec, "preprocess", spec).to_dict(), sort_keys=True))
+    if key not in _CACHE:
+        from mrgan_tf.serving import export
+        out = str(tmp_path_factory.mktemp("export"))
+        export.export_model(tiny_model(), spec, out)
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def tiny_run(tmp_path_factory, records_dir: str) -> str:
+    """A run dir (run.json + checkpoint) of ``tiny_model``, as train.py writes it."""
+    if "run" not in _CACHE:
+        from mrgan_tf.training import checkpoints
+        run_dir = str(tmp_path_factory.mktemp("run"))
+        model = tiny_model()
+        checkpoints.save_run_config(run_dir, model.config, records_dir)
+        checkpoints.manager_for(model, run_dir).save()
+        _CACHE["run"] = run_dir
+    return _CACHE["run"]
+
+
+# ---------------------------------------------------------------- synthetic volumes
+def _head_ct(shape, seed=0) -> np.ndarray:
+    """Air around an ellipsoid of soft tissue with a brighter rim."""
+    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(sum(g ** 2 for g in grid))
+    ct = np.where(r < 0.8, 30.0, -1000.0) + np.where((r > 0.65) & (r < 0.8), 900.0, 0.0)
+    return (ct + np.random.default_rng(seed).normal(0, 5, shape)).astype(np.float32)
+
+
+def _oblique_lps_affine() -> np.ndarray:
+    """A rotated grid with flipped first two axes (as DICOM/ITK LPS data read into RAS+)."""
+    t = np.deg2rad(20)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    a = np.eye(4)
+    a[:3, :3] = rot @ np.diag([-0.9, -1.1, 1.5])
+    a[:3, 3] = [12.0, -30.0, 7.5]
+    return a

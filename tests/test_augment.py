@@ -19,12 +19,24 @@ def test_pair_channels_get_the_same_transform():
     assert not np.allclose(out[..., 0].numpy(), x[..., 0].numpy())
 
 
-def test_flip_only_is_a_mirror_or_identity():
+def test_flip_only_is_a_mirror_or_identity_and_both_happen():
     x = tf.random.stateless_uniform([8, 16, 16, 1], [0, 2])
     out = augment(x, tf.constant([5, 6]), AugmentConfig(flip=True, crop_margin=0, max_rotation_deg=0)).numpy()
+    kinds = []
     for i in range(8):
         same, mirrored = np.allclose(out[i], x[i].numpy(), atol=1e-5), np.allclose(out[i], x[i].numpy()[:, ::-1], atol=1e-5)
-        assert same or mirrored
+        assert same != mirrored                  # one or the other (a random image is not symmetric)
+        kinds.append(mirrored)
+    assert 0 < sum(kinds) < 8, kinds             # p = 0.5: this seed flips some and keeps some
+
+
+def _shifted(img, dy, dx, fill):
+    """``img`` moved so that out[r, c] = img[r + dy, c + dx], ``fill`` where that falls outside."""
+    out = np.full_like(img, fill)
+    h, w = img.shape[:2]
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = img[max(0, dy):h + min(0, dy),
+                                                                       max(0, dx):w + min(0, dx)]
+    return out
 
 
 def test_pad_crop_is_whole_pixel_shift_with_fill():
@@ -32,10 +44,14 @@ def test_pad_crop_is_whole_pixel_shift_with_fill():
     cfg = AugmentConfig(flip=False, crop_margin=3, max_rotation_deg=0, fill_value=-1.0)
     out = augment(x, tf.constant([7, 8]), cfg).numpy()
     xs = x.numpy()
+    shifts = []
     for i in range(4):
         matches = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
-                   if np.allclose(out[i, 4:12, 4:12], xs[i, 4 + dy:12 + dy, 4 + dx:12 + dx], atol=1e-5)]
-        assert matches, "output is not a whole-pixel translation of the input"
+                   if np.allclose(out[i], _shifted(xs[i], dy, dx, -1.0), atol=1e-5)]
+        assert len(matches) == 1, "output is not a whole-pixel translation of the input with the fill value"
+        shifts.append(matches[0])
+    assert any(s != (0, 0) for s in shifts), shifts          # a shift happened ...
+    assert (out == -1.0).any()                               # ... and revealed the fill value
 
 
 def test_same_seed_same_result():

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_export import tiny_export, tiny_run
+from conftest import tiny_export, tiny_run
 
 from mrgan_tf.evaluation import evaluate, metrics
 from mrgan_tf.inference import predictors, synthesis

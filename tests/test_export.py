@@ -15,45 +15,13 @@ import types
 
 import numpy as np
 import pytest
-from conftest import rounding_tolerance
+from conftest import rounding_tolerance, tiny_export, tiny_model, tiny_run
 
 from mrgan_tf.preprocess import (PreprocessConfig, dequantise, fit_to_size, from_model_range, mr_range, normalise_mr,
                                  quantise, slices, to_model_range, unfit, unwindow_ct, window_ct)
 from mrgan_tf.serving import export
 
 VENV_BIN = os.path.dirname(sys.executable)
-_CACHE: dict = {}
-
-
-def tiny_model():
-    """One tiny MR-GAN with random weights, for every export/synthesize/evaluate test."""
-    if "model" not in _CACHE:
-        from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
-        _CACHE["model"] = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=1))
-    return _CACHE["model"]
-
-
-def tiny_export(tmp_path_factory, spec) -> str:
-    """An export dir holding ct2mr/1 and mr2ct/1 of ``tiny_model`` for ``spec``'s preprocessing."""
-    if "export" not in _CACHE:
-        out = str(tmp_path_factory.mktemp("export"))
-        export.export_model(tiny_model(), spec, out)
-        _CACHE["export"] = out
-    return _CACHE["export"]
-
-
-def tiny_run(tmp_path_factory, records_dir: str) -> str:
-    """A run dir (run.json + checkpoint) of ``tiny_model``, as train.py writes it."""
-    if "run" not in _CACHE:
-        from mrgan_tf.training import checkpoints
-        run_dir = str(tmp_path_factory.mktemp("run"))
-        model = tiny_model()
-        checkpoints.save_run_config(run_dir, model.config, records_dir)
-        checkpoints.manager_for(model, run_dir).save()
-        _CACHE["run"] = run_dir
-    return _CACHE["run"]
-
-
 @pytest.fixture(scope="module")
 def exported(tiny_records, tmp_path_factory):
     return tiny_export(tmp_path_factory, tiny_records)

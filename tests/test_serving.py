@@ -22,8 +22,8 @@ import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
-from test_export import tiny_export
-from test_synthesize import _head_ct, _oblique_lps_affine
+from conftest import tiny_export
+from conftest import _head_ct, _oblique_lps_affine
 
 from mrgan_tf.inference import client, predictors, synthesis
 from mrgan_tf.io.readers import read_volume

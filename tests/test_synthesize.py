@@ -8,7 +8,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from test_export import tiny_export, tiny_run
+from conftest import _head_ct, _oblique_lps_affine, tiny_export, tiny_run
 
 from mrgan_tf.inference import outputs, predictors, synthesis
 from mrgan_tf.io.readers import read_volume
@@ -26,24 +26,6 @@ def exported(tiny_records, tmp_path_factory):
 @pytest.fixture(scope="module")
 def to_mr(exported):
     return predictors.load_predictor(exported, "ct2mr")
-
-
-def _head_ct(shape, seed=0) -> np.ndarray:
-    """Air around an ellipsoid of soft tissue with a brighter rim."""
-    grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = np.sqrt(sum(g ** 2 for g in grid))
-    ct = np.where(r < 0.8, 30.0, -1000.0) + np.where((r > 0.65) & (r < 0.8), 900.0, 0.0)
-    return (ct + np.random.default_rng(seed).normal(0, 5, shape)).astype(np.float32)
-
-
-def _oblique_lps_affine() -> np.ndarray:
-    """A rotated grid with flipped first two axes (as DICOM/ITK LPS data read into RAS+)."""
-    t = np.deg2rad(20)
-    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-    a = np.eye(4)
-    a[:3, :3] = rot @ np.diag([-0.9, -1.1, 1.5])
-    a[:3, 3] = [12.0, -30.0, 7.5]
-    return a
 
 
 def test_geometry_is_preserved_on_oblique_flipped_grid(to_mr, tmp_path):

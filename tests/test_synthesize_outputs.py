@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from orthanc_server import Orthanc
 from test_dicom_write import DS_TOL, dciodvfy_errors
-from test_export import tiny_export, tiny_model
+from conftest import tiny_export, tiny_model
 from test_io import copy_series
-from test_synthesize import _head_ct, _oblique_lps_affine
+from conftest import _head_ct, _oblique_lps_affine
 
 from mrgan_tf.inference import outputs, provenance
 from mrgan_tf.inference import predictors as predictors_lib
