@@ -57,3 +57,33 @@ def test_checkpoint_names_equal_conv2d():
 def test_refuses_strides():
     with pytest.raises(ValueError, match="stride 1"):
         NarrowConv2D(4, 3, strides=2)
+
+
+def _ops(fn, x) -> set:
+    return {op.type for op in tf.function(fn).get_concrete_function(x).graph.get_operations()}
+
+
+def test_cpu_kernels_on_cpu_plain_convs_elsewhere_same_weights_and_results():
+    """NarrowConv2D's blocking suits oneDNN only: with GPU kernels chosen the generator runs plain convs
+    (no DepthToSpace) on the same weights, and both give the same outputs and gradients."""
+    from mrgan_tf.modeling import networks
+    from mrgan_tf.modeling.fast import device
+    gen = networks.build_generator(4, 1, 32, name="syn_mr")
+    x = tf.random.stateless_uniform([2, 32, 32, 1], [1, 2], -1, 1)
+
+    def _grads(x):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = gen(x, training=True)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return [y, tape.gradient(loss, x), *tape.gradient(loss, gen.trainable_variables)]
+
+    results = {}
+    for cpu in (True, False):
+        with device.kernels(cpu=cpu):
+            results[cpu] = [t.numpy() for t in _grads(x)]
+            ops = _ops(lambda v: gen(v, training=False), tf.TensorSpec([1, 32, 32, 1]))
+        assert ("DepthToSpace" in ops) == cpu, ops
+    assert device.cpu_kernels() == (not tf.config.list_logical_devices("GPU"))
+    for a, b in zip(results[True], results[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mrgan_tf.modeling.fast import device
 from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D
 
 BLOCK = 4   # output pixels per side computed by one position of the blocked conv
@@ -112,7 +113,7 @@ class NarrowConv2D(BiasAddConv2D):
     """A stride-1 Conv2D for layers with one or two input or output channels.
 
     Same weights, names and checkpoints as ``keras.layers.Conv2D``; only the
-    computation differs (``conv2d_valid``). "same" padding is zero padding
+    computation differs (``conv2d_valid``), and only on CPU (``device.cpu_kernels``). "same" padding is zero padding
     added here, as TensorFlow places it (the extra row at the bottom/right).
     """
 
@@ -124,6 +125,8 @@ class NarrowConv2D(BiasAddConv2D):
             raise ValueError(f"{self.name}: NarrowConv2D takes channels_last")
 
     def convolution_op(self, inputs, kernel):
+        if not device.cpu_kernels():     # a GPU's conv needs no blocking: the plain op, half the FLOPs
+            return super().convolution_op(inputs, kernel)
         if self.padding == "same":
             pads = [[(k - 1) // 2, k // 2] for k in self.kernel_size]
             inputs = tf.pad(inputs, [[0, 0], *pads, [0, 0]])
