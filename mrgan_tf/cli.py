@@ -67,33 +67,70 @@ class Flag:
     name: str | None = None                # the flag's name where it is not the field's (an older name kept)
 
 
-def _flag_type(hint) -> type:
-    """``int``, ``float``, ``bool`` or ``str`` from a field's type (``int | None`` -> ``int``)."""
+def _flag_type(hint):
+    """The field's type without ``None`` (``int | None`` -> ``int``, ``tuple[float, float] | None`` -> the tuple)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if len(args) == 1 else hint
+    return args[0] if len(args) == 1 and typing.get_origin(hint) is not tuple else hint
 
 
-_DEFINE = {"bool": "DEFINE_bool", "int": "DEFINE_integer", "float": "DEFINE_float", "str": "DEFINE_string"}
+def _kind(hint) -> str:
+    """bool, int, float, str or tuple: how a field's value is written on the command line."""
+    t = _flag_type(hint)
+    if typing.get_origin(t) is tuple and typing.get_args(t):
+        return "tuple"
+    return "untyped tuple" if t is tuple else getattr(t, "__name__", str(t))
+
+
+_DEFINE = {"bool": "DEFINE_bool", "int": "DEFINE_integer", "float": "DEFINE_float", "str": "DEFINE_string",
+           "tuple": "DEFINE_list"}
 
 
 def define_field_flags(fv, cls, table: Mapping[str, Flag]) -> None:
-    """One flag per ``table`` entry (field name -> ``Flag``), typed and defaulted by that field of ``cls``."""
+    """One flag per ``table`` entry (field name -> ``Flag``), typed and defaulted by that field of ``cls``.
+
+    A tuple field is a comma-separated list flag (``--mr_percentiles=0.5,99.5``); an enum of
+    numbers (``Flag(choices=("8", "16"))``) takes the number's text.
+    """
     from absl import flags
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for field, flag in table.items():
         f = fields[field]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        kind = _flag_type(hints[field])
+        kind = _kind(hints[field])
         name = flag.name or field
         if flag.choices is not None:
-            flags.DEFINE_enum(name, default, list(flag.choices), flag.help, flag_values=fv)
-        elif kind.__name__ in _DEFINE:
-            getattr(flags, _DEFINE[kind.__name__])(name, default, flag.help, flag_values=fv)
+            flags.DEFINE_enum(name, None if default is None else str(default), list(flag.choices), flag.help,
+                              flag_values=fv)
+        elif kind in _DEFINE:
+            if kind == "tuple" and default is not None:
+                default = [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+            getattr(flags, _DEFINE[kind])(name, default, flag.help, flag_values=fv)
         else:
-            raise TypeError(f"{cls.__name__}.{field}: no flag type for {kind!r}")
+            raise TypeError(f"{cls.__name__}.{field}: no flag type for {hints[field]!r}")
 
 
-def field_values(fv, table: Mapping[str, Flag]) -> dict[str, Any]:
-    """The parsed flags of ``table`` as keyword arguments of its dataclass (field name -> value)."""
-    return {field: fv[flag.name or field].value for field, flag in table.items()}
+def field_values(fv, table: Mapping[str, Flag], cls=None) -> dict[str, Any]:
+    """The parsed flags of ``table`` as keyword arguments of its dataclass (field name -> value).
+
+    With ``cls``, each value takes its field's type (list flags -> tuples of numbers, enum
+    texts -> numbers); a value that does not convert is a ``UserError`` naming the flag.
+    """
+    values = {field: fv[flag.name or field].value for field, flag in table.items()}
+    if cls is None:
+        return values
+    hints = typing.get_type_hints(cls)
+    for field, value in values.items():
+        if value is None:
+            continue
+        t, kind = _flag_type(hints[field]), _kind(hints[field])
+        try:
+            if kind == "tuple":
+                values[field] = tuple(typing.get_args(t)[0](v) for v in value) if value else None
+            elif kind in ("int", "float") and isinstance(value, str):
+                values[field] = t(value)
+        except ValueError:
+            name = table[field].name or field
+            got = ",".join(value) if kind == "tuple" else repr(value)
+            raise UserError(f"--{name} must be {'numbers' if kind == 'tuple' else 'a number'}, got {got}") from None
+    return values

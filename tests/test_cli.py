@@ -62,3 +62,26 @@ def test_field_flags_take_type_default_and_choices_from_the_dataclass():
         fv(["tool", "--kind=c"])
     with pytest.raises(TypeError, match="Options.sizes"):
         cli.define_field_flags(flags.FlagValues(), Options, {"sizes": cli.Flag("Sizes.")})
+
+
+def test_field_flags_for_typed_tuples_and_numeric_enums():
+    import dataclasses
+
+    from absl import flags
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        pair: tuple[float, float] = (0.5, 99.5)
+        window: tuple[float, float] | None = None
+        bits: int = 8
+
+    table = {"pair": cli.Flag("Pair."), "window": cli.Flag("Window."), "bits": cli.Flag("Bits.", ("8", "16"))}
+    fv = flags.FlagValues()
+    cli.define_field_flags(fv, Options, table)
+    fv(["tool"])
+    assert Options(**cli.field_values(fv, table, Options)) == Options()
+    fv(["tool", "--pair=1,99", "--window=-1024, 3000", "--bits=16"])
+    assert Options(**cli.field_values(fv, table, Options)) == Options((1.0, 99.0), (-1024.0, 3000.0), 16)
+    fv(["tool", "--window=a,b"])
+    with pytest.raises(cli.UserError, match="--window must be numbers, got a,b"):
+        cli.field_values(fv, table, Options)

@@ -367,11 +367,20 @@ def test_body_outside_the_canvas_fails_naming_the_flags(dataset, tmp_path):
     assert "body outside the canvas: patient p0" in mr_mod.format_summary(summary)
 
 
-@pytest.mark.parametrize("text, words", [("a,b", "two numbers"), ("3000,-1024", "lo < hi"), ("1", "two numbers")])
+def _preprocess_from(argv):
+    from absl import flags
+    fv = flags.FlagValues()
+    mr_mod.define_flags(fv)
+    fv(["prog", *argv])
+    return mr_mod.config_from_flags(fv)
+
+
+@pytest.mark.parametrize("text, words", [("a,b", "numbers"), ("3000,-1024", "lo < hi"), ("1", "two finite")])
 def test_malformed_ct_range_flag(text, words):
     with pytest.raises(MakeRecordsError, match=words):
-        mr_mod.parse_ct_range(text)
-    assert mr_mod.parse_ct_range("-1024, 3000") == (-1024.0, 3000.0) and mr_mod.parse_ct_range(None) is None
+        _preprocess_from([f"--ct_range={text}", "--bits=16"])
+    assert _preprocess_from(["--ct_range=-1024, 3000", "--bits=16"]).ct_range == (-1024.0, 3000.0)
+    assert _preprocess_from([]).ct_range is None
 
 
 def test_cli_refuses_full_range_at_8_bits(dataset, tmp_path):

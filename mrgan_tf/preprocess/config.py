@@ -10,6 +10,7 @@ from mrgan_tf.preprocess.context import channels_for
 
 FIT_MODES = ("pad", "resize")
 SLICE_AXES = ("axial", "coronal", "sagittal")
+REGISTER_MODELS = ("rigid", "affine")
 # Layout fields written into a spec only when they differ from these defaults, so a default
 # dataset.json / preprocess.json stays byte-identical to those written before 2.5D and planes.
 LAYOUT_DEFAULTS = {"context_slices": 0, "slice_axis": "axial"}
@@ -50,7 +51,8 @@ class PreprocessConfig:
             self.ct_range = tuple(float(v) for v in self.ct_range)
             if len(self.ct_range) != 2 or not np.all(np.isfinite(self.ct_range)) \
                     or not self.ct_range[0] < self.ct_range[1]:
-                problems.append(f"ct_range must be two finite HU values lo,hi with lo < hi, got {self.ct_range}")
+                problems.append(f"ct_range must be two finite HU values lo,hi with lo < hi (e.g. -1024,3000), got "
+                                f"{','.join(f'{v:g}' for v in self.ct_range)}")
             elif self.bits != 16:
                 step = (self.ct_range[1] - self.ct_range[0]) / 255
                 problems.append(f"ct_range {self.ct_range[0]:g},{self.ct_range[1]:g} at bits=8 would store CT in "
@@ -68,8 +70,8 @@ class PreprocessConfig:
             problems.append(f"mr_percentiles must be (lo, hi) with 0 <= lo < hi <= 100, got {self.mr_percentiles}")
         if self.bits not in (8, 16):
             problems.append(f"bits must be 8 or 16, got {self.bits}")
-        if self.register_model not in ("rigid", "affine"):
-            problems.append(f"register_model must be 'rigid' or 'affine', got {self.register_model!r}")
+        if self.register_model not in REGISTER_MODELS:
+            problems.append(f"register_model must be one of {REGISTER_MODELS}, got {self.register_model!r}")
         if not 0 <= self.min_foreground <= 1:
             problems.append(f"min_foreground must be in [0, 1], got {self.min_foreground}")
         if not 0 <= self.max_body_loss <= 1:

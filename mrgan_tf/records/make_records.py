@@ -36,6 +36,7 @@ from mrgan_tf.io.problems import split
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import VolumeError
 from mrgan_tf.preprocess import SLICE_AXES, PreprocessConfig, context, plausibility, prepare_patient
+from mrgan_tf.preprocess.config import FIT_MODES, REGISTER_MODELS
 from mrgan_tf.preprocess.plausibility import PlausibilityConfig
 from mrgan_tf.records.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
 from tfrecords_tools import atomic
@@ -479,7 +480,31 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- CLI
 
-_DEFAULTS = PreprocessConfig()
+# Field -> flag: one per PreprocessConfig field, typed and defaulted by it (validated there, once).
+PREPROCESS_FLAGS = {
+    "spacing_mm": cli.Flag("Isotropic voxel size after resampling (mm)."),
+    "image_size": cli.Flag("Slice size S (records hold S x S images)."),
+    "fit": cli.Flag("pad: centred pad/crop at the resampled pixel size; resize: scale the longer side to S, then "
+                    "pad.", FIT_MODES),
+    "ct_window_center": cli.Flag("CT window centre (HU)."),
+    "ct_window_width": cli.Flag("CT window width (HU)."),
+    "ct_range": cli.Flag("lo,hi: store CT over this HU interval instead of the window, e.g. -1024,3000 (SynthRAD's "
+                         "clip) for a synthetic CT in real HU; needs --bits=16."),
+    "mr_percentiles": cli.Flag("MR normalisation percentiles lo,hi inside the body."),
+    "bits": cli.Flag("Stored image depth.", ("8", "16")),
+    "min_foreground": cli.Flag("Keep slices whose body area is at least this fraction of the patient's largest "
+                               "body slice."),
+    "max_body_loss": cli.Flag("Fail when more than this fraction of a patient's body falls outside the S x S "
+                              "canvas (pad fit)."),
+    "body_threshold_hu": cli.Flag("CT body mask threshold (HU)."),
+    "register": cli.Flag("Register MR to CT by mutual information (--register_model; else world coordinates)."),
+    "register_skull_hu": cli.Flag("CT voxels above this are left out of the registration metric."),
+    "register_model": cli.Flag("Registration transform: rigid (default) or affine (the paper).", REGISTER_MODELS),
+    "context_slices": cli.Flag("2.5D: every record carries its slice and the k neighbouring slices on each side "
+                               "(2k+1 channels, clamped at the volume's ends)."),
+    "slice_axis": cli.Flag("Plane the images are cut in (of the canonical RAS+ volume; docs/DESIGN.md).",
+                           SLICE_AXES),
+}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -507,56 +532,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "HU+1024 (no value below 0); other CTs are left alone.", flag_values=fv)
     flags.DEFINE_list("series_uid", [], "SeriesInstanceUID(s) to read when a DICOM folder holds several series "
                       "(each folder takes the one listed UID it holds).", flag_values=fv)
-    # One flag per PreprocessConfig field, with its default.
-    d = _DEFAULTS
-    flags.DEFINE_float("spacing_mm", d.spacing_mm, "Isotropic voxel size after resampling (mm).", flag_values=fv)
-    flags.DEFINE_integer("image_size", d.image_size, "Slice size S (records hold S x S images).", flag_values=fv)
-    flags.DEFINE_enum("fit", d.fit, ["pad", "resize"], "pad: centred pad/crop at the resampled pixel size; "
-                      "resize: scale the longer side to S, then pad.", flag_values=fv)
-    flags.DEFINE_float("ct_window_center", d.ct_window_center, "CT window centre (HU).", flag_values=fv)
-    flags.DEFINE_float("ct_window_width", d.ct_window_width, "CT window width (HU).", flag_values=fv)
-    flags.DEFINE_string("ct_range", None, "lo,hi: store CT over this HU interval instead of the window, e.g. "
-                        "-1024,3000 (SynthRAD's clip) for a synthetic CT in real HU; needs --bits=16.",
-                        flag_values=fv)
-    flags.DEFINE_list("mr_percentiles", [str(p) for p in d.mr_percentiles],
-                      "MR normalisation percentiles lo,hi inside the body.", flag_values=fv)
-    flags.DEFINE_enum("bits", str(d.bits), ["8", "16"], "Stored image depth.", flag_values=fv)
-    flags.DEFINE_float("min_foreground", d.min_foreground, "Keep slices whose body area is at least this "
-                       "fraction of the patient's largest body slice.", flag_values=fv)
-    flags.DEFINE_float("max_body_loss", d.max_body_loss, "Fail when more than this fraction of a patient's body "
-                       "falls outside the S x S canvas (pad fit).", flag_values=fv)
-    flags.DEFINE_float("body_threshold_hu", d.body_threshold_hu, "CT body mask threshold (HU).", flag_values=fv)
-    flags.DEFINE_bool("register", d.register, "Affine MI registration of MR to CT (else world coordinates).",
-                      flag_values=fv)
-    flags.DEFINE_float("register_skull_hu", d.register_skull_hu, "CT voxels above this are left out of the "
-                       "registration metric.", flag_values=fv)
-    flags.DEFINE_enum("register_model", d.register_model, ["rigid", "affine"], "Registration transform "
-                      "(the paper used affine).", flag_values=fv)
-    flags.DEFINE_integer("context_slices", d.context_slices, "2.5D: every record carries its slice and the k "
-                         "neighbouring slices on each side (2k+1 channels, clamped at the volume's ends).",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_enum("slice_axis", d.slice_axis, list(SLICE_AXES), "Plane the images are cut in (of the "
-                      "canonical RAS+ volume; docs/DESIGN.md).", flag_values=fv)
+    cli.define_field_flags(fv, PreprocessConfig, PREPROCESS_FLAGS)
 
 
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PreprocessConfig:
-    """PreprocessConfig from the preprocessing flags (one flag per field)."""
-    values = {}
-    for field in dataclasses.fields(PreprocessConfig):
-        value = fv[field.name].value
-        if field.name == "mr_percentiles":
-            try:
-                value = tuple(float(v) for v in value)
-            except ValueError:
-                raise MakeRecordsError(f"--mr_percentiles must be two numbers lo,hi, got {value}") from None
-        elif field.name == "bits":
-            value = int(value)
-        elif field.name == "ct_range":
-            value = parse_ct_range(value)
-        values[field.name] = value
+    """PreprocessConfig from the preprocessing flags (one flag per field, validated by the dataclass)."""
     try:
-        return PreprocessConfig(**values)
-    except ValueError as e:
+        return PreprocessConfig(**cli.field_values(fv, PREPROCESS_FLAGS, PreprocessConfig))
+    except (ValueError, UserError) as e:
         raise MakeRecordsError(str(e)) from None
 
 
@@ -567,20 +550,6 @@ def checks_from_flags(fv: flags.FlagValues = flags.FLAGS) -> PlausibilityConfig:
                                   series_uids=tuple(fv.series_uid))
     except ValueError as e:
         raise MakeRecordsError(str(e)) from None
-
-
-def parse_ct_range(text: str | None) -> tuple[float, float] | None:
-    """``"-1024,3000"`` -> (-1024.0, 3000.0); None/empty -> None (the window)."""
-    if text is None or not str(text).strip():
-        return None
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        lo, hi = (float(p) for p in parts)
-    except ValueError:
-        raise MakeRecordsError(f"--ct_range must be two numbers lo,hi in HU (e.g. -1024,3000), got {text!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise MakeRecordsError(f"--ct_range: need finite lo < hi, got {text!r}")
-    return lo, hi
 
 
 def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[str]:
