@@ -107,7 +107,7 @@ def build_model(size: str, precision: str, xla: bool, baseline: str = "none", au
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     aug = AugmentConfig() if augment else AugmentConfig(flip=False, crop_margin=0, max_rotation_deg=0)
-    config = MRGANConfig(mode="mrgan", augment=aug, channels=2 * context_slices + 1, **SIZES[size])
+    config = MRGANConfig(mode="mrgan", augment=aug, context_slices=context_slices, **SIZES[size])
     model = MRGAN(config)
     model.compile(make_optimizers(config), jit_compile=xla)
     shared_update.attach(model)

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from mrgan_tf.modeling import batch as batch_layout
 from mrgan_tf.preprocess import PreprocessConfig, context
+from mrgan_tf.records.spec import DatasetSpec
 from mrgan_tf.training import data
 
 
@@ -66,7 +67,7 @@ def test_layout_defaults_stay_out_of_the_spec():
 
 @pytest.fixture(scope="module")
 def stack_model(tiny_model_factory):
-    return tiny_model_factory("mrgan", channels=3)
+    return tiny_model_factory("mrgan", context_slices=1)
 
 
 def test_stack_model_maps_stacks_to_stacks_and_trains(stack_model):
@@ -81,9 +82,8 @@ def test_stack_model_maps_stacks_to_stacks_and_trains(stack_model):
 
 
 def test_records_of_another_depth_are_refused(tiny_records):
-    with pytest.raises(ValueError, match=r"context_slices=0 \(1 channels per image\) but the model takes 3 "
-                                         r"channels \(context_slices=1\)"):
-        data.training_dataset(tiny_records, "mrgan", 2, channels=3)
+    with pytest.raises(ValueError, match=r"records have context_slices=0 but the model takes context_slices=1"):
+        data.training_dataset(tiny_records, "mrgan", 2, context_slices=1)
 
 
 def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_records):
@@ -95,18 +95,18 @@ def test_a_run_resumes_only_on_records_of_its_depth_and_plane(tmp_path, tiny_rec
     from mrgan_tf.training import checkpoints
     flat = MRGANConfig(image_size=32)
     checkpoints.save_run_config(str(tmp_path / "run"), flat, tiny_records.root)
-    checkpoints.check_resume_layout(str(tmp_path / "run"), flat, tiny_records.root)    # same layout: fine
+    checkpoints.check_resume_layout(str(tmp_path / "run"), tiny_records.preprocess, tiny_records.root)   # fine
+    deep = dataclasses.replace(tiny_records.preprocess, context_slices=1)
     with pytest.raises(checkpoints.RunConfigError, match=r"run.json: the run was trained with context_slices=0 "
-                                                         r"\(1 channels per image\) but .* has context_slices=1"):
-        checkpoints.check_resume_layout(str(tmp_path / "run"), dataclasses.replace(flat, channels=3),
-                                        tiny_records.root)
+                                                         r"but .* has context_slices=1"):
+        checkpoints.check_resume_layout(str(tmp_path / "run"), deep, tiny_records.root)
     coronal = tmp_path / "coronal"
     shutil.copytree(tiny_records.root, coronal)
     spec = json.loads((coronal / "dataset.json").read_text())
     spec["preprocess"]["slice_axis"] = "coronal"
     (coronal / "dataset.json").write_text(json.dumps(spec))
-    with pytest.raises(checkpoints.RunConfigError, match=r"trained on axial slices .* holds coronal slices"):
-        checkpoints.check_resume_layout(str(tmp_path / "run"), flat, str(coronal))
+    with pytest.raises(checkpoints.RunConfigError, match=r"trained on axial slices but .* holds coronal slices"):
+        checkpoints.check_resume_layout(str(tmp_path / "run"), DatasetSpec.load(coronal).preprocess, str(coronal))
 
 
 def test_image_panel_and_validation_show_a_stack_model_centre_slice(stack_model, tmp_path):

@@ -195,6 +195,34 @@ def test_cli_run_without_checkpoint(tmp_path, tiny_records):
     assert not (run_dir / "export").exists()
 
 
+def test_a_run_folder_stands_alone_and_older_run_json_still_loads(tmp_path_factory, tiny_records, tmp_path):
+    """run.json holds the preprocessing: export and synthesis need the records no more; a run.json written
+    before (2k+1 "channels", no preprocessing) still restores, reading its records."""
+    import json
+    import shutil
+
+    from mrgan_tf.inference.predictors import load_predictor
+    from mrgan_tf.training import checkpoints
+    records = tmp_path / "records"
+    shutil.copytree(tiny_records.root, records)
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory, tiny_records.root), run_dir)
+    doc = json.loads((run_dir / "run.json").read_text())
+    assert doc["preprocess"] == tiny_records.preprocess.to_dict()
+    old = {**doc, "records": str(records), "model": {**doc["model"], "channels": 1}}
+    del old["preprocess"], old["model"]["context_slices"]
+    (run_dir / "run.json").write_text(json.dumps(old))
+    assert checkpoints.run_preprocess(str(run_dir)) == tiny_records.preprocess
+    stack = np.random.default_rng(2).uniform(0, 1, (3, 32, 32)).astype(np.float32)
+    want = load_predictor(str(run_dir), "ct2mr").predict01(stack)
+    shutil.rmtree(records)                                                         # the old run needs them ...
+    with pytest.raises(checkpoints.SpecError, match=str(records)):
+        checkpoints.run_preprocess(str(run_dir))
+    (run_dir / "run.json").write_text(json.dumps({**doc, "records": str(records)}))   # ... a new one does not
+    np.testing.assert_array_equal(load_predictor(str(run_dir), "ct2mr").predict01(stack), want)
+    assert set(export.export_run(str(run_dir), str(tmp_path / "export"))) == {"ct2mr", "mr2ct"}
+
+
 def test_export_run_from_checkpoint(tmp_path_factory, tiny_records, tmp_path):
     run_dir = tiny_run(tmp_path_factory, tiny_records.root)
     out = export.export_run(run_dir, str(tmp_path))

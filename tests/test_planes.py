@@ -158,7 +158,7 @@ def test_records_carry_edge_clamped_stacks_of_the_chosen_plane(two_patients, tmp
     assert checked > 40
     from mrgan_tf.modeling import batch as batch_layout
     from mrgan_tf.training import data
-    batch = next(iter(data.training_dataset(spec, "paired", 2, channels=3)))
+    batch = next(iter(data.training_dataset(spec, "paired", 2, context_slices=1)))
     assert batch.shape == (2, 64, 64, 12)
     _, _, p_ct, p_mr = batch_layout.unpack(batch, 3)
     assert float(p_ct.numpy().max()) > 0 and float(p_mr.numpy().max()) > 0

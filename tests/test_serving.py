@@ -348,7 +348,7 @@ def stack_export(tmp_path_factory):
     from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
     from mrgan_tf.preprocess import PreprocessConfig
     from mrgan_tf.serving import export
-    model = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=2, channels=3))
+    model = MRGAN(MRGANConfig(image_size=32, ngf=4, n_blocks=1, ndf_scale=0.125, seed=2, context_slices=1))
     out = str(tmp_path_factory.mktemp("stack_export"))
     export.export_model(model, PreprocessConfig(image_size=32, context_slices=1), out)
     return out, model

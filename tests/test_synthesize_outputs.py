@@ -114,7 +114,8 @@ def test_run_dir_provenance_reads_the_iteration_from_the_checkpoint(tmp_path):
     from mrgan_tf.training import checkpoints
     model = tiny_model()
     run_dir = str(tmp_path / "run")
-    checkpoints.save_run_config(run_dir, model.config, str(tmp_path / "records"))
+    from mrgan_tf.preprocess import PreprocessConfig
+    checkpoints.save_run_config(run_dir, model.config, str(tmp_path / "records"), PreprocessConfig(image_size=32))
     model.iteration.assign(7)
     try:
         checkpoints.manager_for(model, run_dir).save()

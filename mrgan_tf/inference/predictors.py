@@ -173,12 +173,11 @@ def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str
         return wanted
 
     if _is_run_dir(path):
-        from mrgan_tf.records.spec import DatasetSpec
-        from mrgan_tf.training.checkpoints import restore_generators
+        from mrgan_tf.training.checkpoints import restore_generators, run_preprocess
 
         model, run_cfg = restore_generators(path)
         wanted = check(tuple(SERVING_NAMES[d] for d in model.trained_directions))
-        cfg = DatasetSpec.load(run_cfg["records"]).preprocess
+        cfg = run_preprocess(path, run_cfg)
         gens = {"ct2mr": model.syn_mr, "mr2ct": model.syn_ct}
         return {n: Predictor(n, cfg, path, _keras_fn(gens[n], cfg)) for n in wanted}
     out = {}

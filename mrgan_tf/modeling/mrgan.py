@@ -4,7 +4,7 @@ One batch carries four images packed as channels of one [B, H, W, 4C] tensor
 (unpaired CT, unpaired MR, paired CT, paired MR; layout owned by
 ``mrgan_tf.training.data``) in the records' integer scale; packing keeps every
 tf.distribute strategy, multi-worker included, on plain tensors. Each image is
-C = ``channels`` slices (1, or a 2.5D stack of 2k+1): generators map a stack to
+C = ``channels`` slices (1, or a 2.5D stack of 2k+1, k = ``context_slices``): generators map a stack to
 a stack, so the cycle's way back sees a stack too; the unpaired discriminator
 judges a stack, the paired one a (source stack, result stack) pair. Decoding
 to [-1, 1] and augmentation happen here, on the replica.
@@ -26,6 +26,7 @@ from mrgan_tf.modeling.batch import decode, split_steps, unpack
 from mrgan_tf.modeling.fast.fused_adam import FusedAdam
 from mrgan_tf.modeling.modes import MODES, PAIRED_BASELINE, Mode
 from mrgan_tf.modeling.schedule import ConstantThenLinearDecay
+from mrgan_tf.preprocess.context import channels_for
 
 # Least squares generator target: 1 (Mao et al.), or the discriminator's real label, as the
 # authors' code did (``MRIGAN.generator_loss_unpair``: (D(G(x)) - 0.9)^2).
@@ -63,7 +64,7 @@ class MRGANConfig:
     augment: augment_lib.AugmentConfig = augment_lib.AugmentConfig()
     seed: int = 0
     paired_baseline_direction: str = "ct2mr"   # the paired baseline's generator: ct2mr (paper) | mr2ct (sCT)
-    channels: int = 1              # slices per image: 1 (2-D) or 2k+1 (2.5D, the records' context_slices)
+    context_slices: int = 0        # 2.5D: k neighbours each side, 2k+1 slices per image (the records' k)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -74,8 +75,8 @@ class MRGANConfig:
                              f"got {self.paired_baseline_direction!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
-        if self.channels < 1 or self.channels % 2 == 0:
-            raise ValueError(f"channels must be odd (a slice and k neighbours each side), got {self.channels}")
+        if int(self.context_slices) != self.context_slices or self.context_slices < 0:
+            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices}")
         if self.unpaired_cycle not in UNPAIRED_CYCLES:
             raise ValueError(f"unpaired_cycle must be one of {list(UNPAIRED_CYCLES)}, got {self.unpaired_cycle!r}")
         if self.generator_target not in GENERATOR_TARGETS:
@@ -84,6 +85,11 @@ class MRGANConfig:
         for name in ("n_iter", "paired_repeats", "paired_generator_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def channels(self) -> int:
+        """Slices per image: the slice and its k neighbours on each side."""
+        return channels_for(self.context_slices)
 
     @property
     def mode_spec(self) -> Mode:

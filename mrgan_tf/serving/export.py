@@ -192,9 +192,9 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
     if cfg.image_size != model.config.image_size:
         raise ExportError(f"{export_dir}: dataset image_size {cfg.image_size} != model image_size "
                           f"{model.config.image_size}")
-    if cfg.channels != model.config.channels:
-        raise ExportError(f"{export_dir}: dataset context_slices={cfg.context_slices} ({cfg.channels} channels) "
-                          f"but the model takes {model.config.channels} channels per image")
+    if cfg.context_slices != model.config.context_slices:
+        raise ExportError(f"{export_dir}: dataset context_slices={cfg.context_slices} but the model takes "
+                          f"context_slices={model.config.context_slices}")
     from tfrecords_tools.atomic import remove_stale_temporaries
 
     batching = batching or BatchingConfig()
@@ -316,12 +316,11 @@ def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | No
         version: the version to write (default: next free).
         serving_base_path: the export dir as the server sees it (see ``export_model``).
     """
-    from mrgan_tf.records.spec import DatasetSpec
-    from mrgan_tf.training.checkpoints import load_run_config, restore_generators
+    from mrgan_tf.training.checkpoints import restore_generators, run_preprocess
 
-    spec = DatasetSpec.load(load_run_config(run_dir)["records"])   # fail fast, before building the model
-    model, _ = restore_generators(run_dir, checkpoint)             # checks for a checkpoint before building
-    return export_model(model, spec, export_dir or os.path.join(run_dir, "export"), version, serving_base_path)
+    preprocess = run_preprocess(run_dir)                # fail fast, before building the model
+    model, _ = restore_generators(run_dir, checkpoint)  # checks for a checkpoint before building
+    return export_model(model, preprocess, export_dir or os.path.join(run_dir, "export"), version, serving_base_path)
 
 
 def main(argv):

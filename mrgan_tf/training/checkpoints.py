@@ -1,7 +1,8 @@
 """Run directories: the model's config beside its checkpoints, so any later
 command (resume, export, synthesize, evaluate) rebuilds exactly the trained model.
 
-Layout of ``--out``: ``run.json`` (model config + records dir), ``checkpoints/``
+Layout of ``--out``: ``run.json`` (model config, records dir and their preprocessing, so the
+run folder stands alone once its records are gone), ``checkpoints/``
 (tf.train.CheckpointManager), ``logs/`` (TensorBoard), ``history.csv``, ``export/``.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from mrgan_tf.modeling.augment import AugmentConfig
 from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
+from mrgan_tf.preprocess import PreprocessConfig
 from mrgan_tf.records.spec import SpecError
 from tfrecords_tools.atomic import atomic_write_text
 
@@ -29,14 +31,22 @@ def config_to_dict(config: MRGANConfig) -> dict:
 def config_from_dict(d: dict) -> MRGANConfig:
     d = dict(d)
     d["augment"] = AugmentConfig(**d.get("augment", {}))
+    if "channels" in d:     # run.json before k was stored as k: 2k+1 slices per image
+        d["context_slices"] = (int(d.pop("channels")) - 1) // 2
     return MRGANConfig(**d)
 
 
-def save_run_config(run_dir: str, config: MRGANConfig, records: str, **extra) -> None:
+def save_run_config(run_dir: str, config: MRGANConfig, records: str, preprocess: PreprocessConfig | None = None,
+                    **extra) -> None:
+    """run.json: the model, the records it trains on and their preprocessing (read from them when not given)."""
+    if preprocess is None:
+        from mrgan_tf.records.spec import DatasetSpec
+
+        preprocess = DatasetSpec.load(records).preprocess
     os.makedirs(run_dir, exist_ok=True)
     atomic_write_text(os.path.join(run_dir, RUN_CONFIG),
-                      json.dumps({"model": config_to_dict(config), "records": os.path.abspath(records), **extra},
-                                 indent=2))
+                      json.dumps({"model": config_to_dict(config), "records": os.path.abspath(records),
+                                  "preprocess": preprocess.to_dict(), **extra}, indent=2))
 
 
 class RunConfigError(SpecError):
@@ -59,28 +69,38 @@ def load_run_config(run_dir: str) -> dict:
     return cfg
 
 
-def check_resume_layout(run_dir: str, config: MRGANConfig, records: str) -> None:
-    """A run trained on stacks of another depth, or slices of another plane, cannot resume on these
-    records: refuse, naming both (the plane is read from the run's own records, when they are still there)."""
-    from mrgan_tf.records.spec import DatasetSpec
+def run_preprocess(run_dir: str, run_cfg: dict | None = None) -> PreprocessConfig:
+    """The preprocessing a run was trained with: from its run.json, or, for runs written before
+    run.json held it, from its records' dataset.json (a SpecError when those are gone)."""
+    run_cfg = run_cfg if run_cfg is not None else load_run_config(run_dir)
+    if "preprocess" not in run_cfg:
+        from mrgan_tf.records.spec import DatasetSpec
 
+        return DatasetSpec.load(run_cfg["records"]).preprocess
+    try:
+        return PreprocessConfig.from_dict(run_cfg["preprocess"])
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(f"{os.path.join(run_dir, RUN_CONFIG)}: bad preprocess ({e})") from None
+
+
+def check_resume_layout(run_dir: str, preprocess: PreprocessConfig, records: str) -> None:
+    """A run trained on stacks of another depth, or slices of another plane, cannot resume on the records
+    ``records`` (whose preprocessing is ``preprocess``): refuse, naming both."""
     path = os.path.join(run_dir, RUN_CONFIG)
     if not os.path.isfile(path):
         return
     run_cfg = load_run_config(run_dir)
-    had = int(run_cfg["model"].get("channels", 1))
-    if had != config.channels:
-        raise RunConfigError(f"{path}: the run was trained with context_slices={(had - 1) // 2} ({had} channels "
-                             f"per image) but {records} has context_slices={(config.channels - 1) // 2} "
-                             f"({config.channels} channels); use another --out")
     try:
-        old = DatasetSpec.load(run_cfg["records"]).preprocess.slice_axis
-    except SpecError:
-        return      # the run's records moved: nothing to compare the plane with
-    new = DatasetSpec.load(records).preprocess.slice_axis
-    if old != new:
-        raise RunConfigError(f"{path}: the run was trained on {old} slices ({run_cfg['records']}) but {records} "
-                             f"holds {new} slices; use another --out")
+        old = run_preprocess(run_dir, run_cfg)
+    except SpecError:     # an older run whose records moved: its depth from the model, its plane unknown
+        old = None
+    had = old.context_slices if old else config_from_dict(run_cfg["model"]).context_slices
+    if had != preprocess.context_slices:
+        raise RunConfigError(f"{path}: the run was trained with context_slices={had} but {records} has "
+                             f"context_slices={preprocess.context_slices}; use another --out")
+    if old is not None and old.slice_axis != preprocess.slice_axis:
+        raise RunConfigError(f"{path}: the run was trained on {old.slice_axis} slices but {records} holds "
+                             f"{preprocess.slice_axis} slices; use another --out")
 
 
 # tf.train.Checkpoint writes ``ckpt-N_temp/`` (one part per device) and merges it into

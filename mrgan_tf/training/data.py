@@ -19,12 +19,11 @@ from mrgan_tf.records.spec import DatasetSpec, SpecError
 from tfrecords_tools import reader
 
 
-def check_channels(spec: DatasetSpec, channels: int) -> None:
+def check_depth(spec: DatasetSpec, context_slices: int) -> None:
     """Refuse records whose images have another stack depth than the model, naming both."""
-    if spec.preprocess.channels != channels:
-        raise SpecError(f"{spec.root}: records have context_slices={spec.preprocess.context_slices} "
-                        f"({spec.preprocess.channels} channels per image) but the model takes "
-                        f"{channels} channels (context_slices={(channels - 1) // 2})")
+    if spec.preprocess.context_slices != context_slices:
+        raise SpecError(f"{spec.root}: records have context_slices={spec.preprocess.context_slices} but the model "
+                        f"takes context_slices={context_slices}")
 
 
 def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int, shuffle_buffer: int):
@@ -39,7 +38,7 @@ def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int
 
 def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, seed: int = 0,
                      shuffle_buffer: int = 2048, skip_batches: int = 0,
-                     unpaired_from_paired: bool = False, channels: int | None = None,
+                     unpaired_from_paired: bool = False, context_slices: int | None = None,
                      n_iter: int = 1) -> tf.data.Dataset:
     """Endless batches [n_iter x global_batch, S, S, 4C] for ``mode``; images a mode does not use are zero.
 
@@ -50,14 +49,14 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     ``skip_batches`` (iterations done) replays the stream to where a resumed run left off (the
     streams are seeded, so the resumed run sees what the uninterrupted one would).
     ``unpaired_from_paired`` also feeds the paired training slices to the
-    unpaired streams (each modality shuffled independently). ``channels``: the
-    model's channels per image, checked against the records' (None: the records').
+    unpaired streams (each modality shuffled independently). ``context_slices``: the
+    model's k, checked against the records' (None: the records').
     """
     if n_iter < 1:
         raise ValueError(f"n_iter must be at least 1, got {n_iter}")
     m = MODES[mode]
-    if channels is not None:
-        check_channels(spec, channels)
+    if context_slices is not None:
+        check_depth(spec, context_slices)
     s, c = spec.preprocess.image_size, spec.preprocess.channels
     dtype = tf.uint8 if spec.preprocess.bits == 8 else tf.uint16
     zeros = tf.data.Dataset.from_tensors(tf.zeros([s, s, c], dtype)).repeat()

@@ -169,7 +169,8 @@ def model_config_from_flags(fv: flags.FlagValues, spec) -> MRGANConfig:
     if not aug["flip"]:   # --noaugment: no flip, crop or rotation
         aug.update(crop_margin=0, max_rotation_deg=0.0)
     return MRGANConfig(**cli.field_values(fv, MODEL_FLAGS), image_size=spec.preprocess.image_size,
-                       input_max=spec.input_max, augment=AugmentConfig(**aug), channels=spec.preprocess.channels)
+                       input_max=spec.input_max, augment=AugmentConfig(**aug),
+                       context_slices=spec.preprocess.context_slices)
 
 
 def train_config_from_flags(fv: flags.FlagValues) -> TrainConfig:
@@ -218,8 +219,8 @@ def _startup_checks(out: str, spec, model_config: MRGANConfig) -> None:
                                f"{wanted[1]:g}, but the model config has image_size={model_config.image_size}, "
                                f"input_max={model_config.input_max:g} (model_config_from_flags takes the records')")
     from mrgan_tf.training import checkpoints, data
-    data.check_channels(spec, model_config.channels)              # 2.5D: the records' stack depth
-    checkpoints.check_resume_layout(out, model_config, spec.root)  # a run resumes on its own depth and plane
+    data.check_depth(spec, model_config.context_slices)               # 2.5D: the records' stack depth
+    checkpoints.check_resume_layout(out, spec.preprocess, spec.root)  # a run resumes on its own depth and plane
     atomic.check_folder_path(out, "run folder (--out)")
     for name in ("checkpoints", "logs", "export"):
         atomic.check_folder_path(os.path.join(out, name), f"run's {name} folder")
@@ -325,7 +326,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
 
     # ---- from here on the run folder is written
     if chief:
-        checkpoints.save_run_config(out, model_config, records, precision=tc.precision)
+        checkpoints.save_run_config(out, model_config, records, spec.preprocess, precision=tc.precision)
         atomic.remove_stale_temporaries(out)
         for path in checkpoints.remove_checkpoint_temporaries(out):
             logging.info("removed a half-written checkpoint a killed run left: %s", path)
