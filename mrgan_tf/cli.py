@@ -55,8 +55,16 @@ def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], in
         define_flags()
         for name in sorted(set(flags.FLAGS) - before):   # --help lists the tool's own flags
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-        app.run(main)
+        app.run(lambda argv: main(_no_arguments(argv)))
     return run
+
+
+def _no_arguments(argv: list[str]) -> list[str]:
+    """Every tool takes flags only: a stray word (a missing ``--``, a shell glob) is a usage error."""
+    if len(argv) > 1:
+        from absl import app
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    return argv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +104,10 @@ def define_field_flags(fv, cls, table: Mapping[str, Flag]) -> None:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for field, flag in table.items():
         f = fields[field]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:   # a required field: its flag has no default (the tool says when it is missing)
+            default = None if f.default_factory is dataclasses.MISSING else f.default_factory()
         kind = _kind(hints[field])
         name = flag.name or field
         if flag.choices is not None:

@@ -85,3 +85,19 @@ def test_field_flags_for_typed_tuples_and_numeric_enums():
     fv(["tool", "--window=a,b"])
     with pytest.raises(cli.UserError, match="--window must be numbers, got a,b"):
         cli.field_values(fv, table, Options)
+
+
+def test_client_and_synthesize_share_one_set_of_connection_flags():
+    from absl import flags
+
+    from mrgan_tf.inference import client, synthesize
+    tools = {}
+    for name, module in (("client", client), ("synthesize", synthesize)):
+        fv = flags.FlagValues()
+        module.define_flags(fv)
+        fv(["tool", "--server=localhost:8500", "--retries=2", "--model_version=3"])
+        tools[name] = client.connection_from_flags(fv)
+    assert tools["client"] == tools["synthesize"] == client.ClientConfig("localhost:8500", version=3, retries=2)
+    fv(["tool", "--retries=0"])
+    with pytest.raises(client.ServingError, match="--retries must be at least 1, got 0"):
+        client.connection_from_flags(fv)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from absl import app, flags
+from absl import flags
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
@@ -541,8 +541,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     with cli.user_errors("demo_data"):
         summary = build_demo_dataset(fv.out, fv.seed, fv.n_paired_train, fv.n_paired_test, fv.n_unpaired_ct,
@@ -552,7 +550,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

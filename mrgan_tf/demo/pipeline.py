@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 
 from mrgan_tf import cli
 from mrgan_tf.demo.report import read_history, stage_report, write_synthesis_png  # noqa: F401  (read_history: tests)
@@ -404,8 +404,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, below
     fv = flags.FLAGS
     with cli.user_errors("demo"):
@@ -417,7 +415,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

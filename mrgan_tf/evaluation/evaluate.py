@@ -599,8 +599,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     for name in ("model", "dataset", "out"):
         if not fv[name].value:
@@ -616,7 +614,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

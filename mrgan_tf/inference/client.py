@@ -67,6 +67,13 @@ class ClientConfig:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ServingError(f"--server={self.server}: expected host:port (gRPC) or http://host:port (REST)")
+        if not self.timeout_s > 0:
+            raise ServingError(f"--timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("max_message_mb", "retries"):
+            if getattr(self, name) < 1:
+                raise ServingError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.version is not None and self.version < 1:
+            raise ServingError(f"--model_version must be at least 1, got {self.version}")
 
     @property
     def rest(self) -> bool:
@@ -308,23 +315,34 @@ def connect(cfg: ClientConfig, model: str = "ct2mr", transport=None) -> RemotePr
 # --------------------------------------------------------------------------- CLI
 
 
+# Field -> flag: how to reach the server; the one set that ``client`` and ``synthesize --server`` share.
+CONNECTION_FLAGS = {
+    "server": cli.Flag("TF Serving address: host:port (gRPC) or http://host:port (REST)."),
+    "version": cli.Flag("Pin a model version (default: the server's latest).", name="model_version"),
+    "timeout_s": cli.Flag("Deadline of each request, seconds."),
+    "max_message_mb": cli.Flag("Message size limit of the channel, MB (requests are batched below it)."),
+    "retries": cli.Flag("Tries in all for a call the server answers UNAVAILABLE."),
+}
+
+
+def define_connection_flags(fv: flags.FlagValues) -> None:
+    cli.define_field_flags(fv, ClientConfig, CONNECTION_FLAGS)
+
+
+def connection_from_flags(fv: flags.FlagValues) -> ClientConfig:
+    """The ClientConfig the connection flags describe (validated there)."""
+    return ClientConfig(**cli.field_values(fv, CONNECTION_FLAGS, ClientConfig))
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """CLI flags, defined only when run as a program."""
-    flags.DEFINE_string("server", None, "TF Serving address: host:port (gRPC) or http://host:port (REST).",
-                        flag_values=fv)
+    define_connection_flags(fv)
     flags.DEFINE_string("ct", None, "Input CT: NIfTI, .mha/.nrrd or a DICOM folder (ct2mr).", flag_values=fv)
     flags.DEFINE_string("mr", None, "Input MR (mr2ct).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output file, any format synthesize writes.", flag_values=fv)
     flags.DEFINE_string("model_name", None, "Served model name (default: ct2mr with --ct, mr2ct with --mr).",
                         flag_values=fv)
-    flags.DEFINE_integer("model_version", None, "Pin a model version (default: the server's latest).",
-                         lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per request (capped by the message limit).", lower_bound=1,
-                         flag_values=fv)
-    flags.DEFINE_float("timeout_s", 120.0, "Deadline of each request, seconds.", lower_bound=0.001, flag_values=fv)
-    flags.DEFINE_integer("max_message_mb", 64, "Message size limit of the channel, MB.", lower_bound=1,
-                         flag_values=fv)
-    flags.DEFINE_integer("retries", 5, "Tries in all for a call the server answers UNAVAILABLE.", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
 
@@ -353,8 +371,6 @@ def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_s
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     if not fv.server:
         raise app.UsageError("--server is required (host:port or http://host:port)")
@@ -363,15 +379,11 @@ def main(argv):
     if not fv.out:
         raise app.UsageError("--out is required")
     model = fv.model_name or ("mr2ct" if fv.mr else "ct2mr")
-    cfg = ClientConfig(fv.server, fv.model_version, fv.timeout_s, fv.max_message_mb, fv.retries)
     with cli.user_errors("client"):   # ServingError is a SynthesisError, so a UserError
-        info = synthesize_remote(cfg, fv.ct or fv.mr, fv.out, model, fv.batch_size, fv.progress)
+        info = synthesize_remote(connection_from_flags(fv), fv.ct or fv.mr, fv.out, model, fv.batch_size,
+                                 fv.progress)
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s (server {info['model_s']:.1f} s)")
     return 0
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

@@ -40,6 +40,7 @@ import sys
 from absl import app, flags
 
 from mrgan_tf import cli
+from mrgan_tf.inference import client
 from mrgan_tf.inference.outputs import OutputOptions, synthesize_root, write_synthesis
 from mrgan_tf.inference.predictors import FUSIONS, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError, load_predictor
 from mrgan_tf.inference.synthesis import reference_mr_range
@@ -84,8 +85,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("mr_reference", None, "ct2mr: write the synthetic MR in this MR volume's units (its "
                         "robust percentile range inside the body), instead of the paper's 0-255.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    flags.DEFINE_string("server", None, "Run the generator on a TF Serving server instead of --model: host:port "
-                        "(gRPC) or http://host:port (REST); see mrgan_tf.inference.client.", flag_values=fv)
+    client.define_connection_flags(fv)   # --server instead of --model: the generator runs on TF Serving
 
 
 
@@ -101,16 +101,13 @@ def _direction(fv) -> str:
 
 def _load(fv, direction: str) -> Predictor | Fusion:
     if fv.server:
-        from mrgan_tf.inference.client import ClientConfig, connect
-        return connect(ClientConfig(fv.server), direction)
+        return client.connect(client.connection_from_flags(fv), direction)
     if len(fv.model) > 1 or fv.fusion:   # Fusion refuses a single model
         return Fusion(tuple(load_predictor(m, direction) for m in fv.model), fv.fusion or "median")
     return load_predictor(fv.model[0], direction)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     single = bool(fv.ct or fv.mr)
     if bool(fv.model) == bool(fv.server):
@@ -163,7 +160,3 @@ def _print_done(info: dict, model_s: bool = False) -> None:
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

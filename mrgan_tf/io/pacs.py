@@ -276,8 +276,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     if not fv.peer:
         raise app.UsageError("--peer=AET@host:port is required")
@@ -307,7 +305,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

@@ -564,8 +564,6 @@ def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     for name in ("root", "out"):
         if not fv[name].value:
@@ -584,10 +582,3 @@ def main(argv: Sequence[str]) -> int:
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    # Run the importable module, so worker processes unpickle mrgan_tf.records.make_records.* objects.
-    from mrgan_tf.records.make_records import run as _run
-
-    _run()

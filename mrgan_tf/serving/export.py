@@ -324,8 +324,6 @@ def export_run(run_dir: str, export_dir: str | None = None, checkpoint: str | No
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     if not fv.run:
         raise app.UsageError("--run is required")
@@ -341,7 +339,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()

@@ -374,8 +374,6 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     fv = flags.FLAGS
     if not fv.records or not fv.out:
         raise app.UsageError("--records and --out are required (or a --flagfile that sets them)")
@@ -388,7 +386,3 @@ def main(argv):
 
 
 run = cli.entry_point(define_flags, main)
-
-
-if __name__ == "__main__":
-    run()
