@@ -219,7 +219,7 @@ def test_refuses_non_empty_output_and_leaves_nothing_on_failure(tmp_path, monkey
             raise RuntimeError("interrupted")
         return {"mask": (np.ones((2, 2, 2), np.uint8), np.uint8)}, np.eye(4), {}
 
-    monkeypatch.setattr(demo_data, "_make_patient", failing)
+    monkeypatch.setattr(demo_data, "make_patient", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
         demo_data.build_demo_dataset(tmp_path / "fresh", **SMALL)
     with pytest.raises(RuntimeError, match="interrupted"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import tiny_export, tiny_run
 
-from mrgan_tf.evaluation import evaluate, metrics
+from mrgan_tf.evaluation import evaluate, grid, metrics, paper, patients, synthrad_metrics
 from mrgan_tf.inference import predictors, synthesis
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume
@@ -54,7 +54,7 @@ def test_numbers_equal_a_hand_computation(single, exported, tiny_records):
     assert row["psnr_paper"] == pytest.approx(row["psnr"] + 20 * np.log10(255.0), rel=1e-6)
     assert row["ssim"] == pytest.approx(metrics.ssim(ref, syn), rel=1e-5)
     assert row["mae_masked"] == pytest.approx(np.mean(np.abs(syn - ref)[mask]), rel=1e-5)
-    assert set(row) == set(evaluate.ALL_METRICS)   # the paper's table holds the paper's metrics only
+    assert set(row) == set(paper.ALL_METRICS)   # the paper's table holds the paper's metrics only
     # Avg±sd over patients with the population sd (ddof=0), as the paper's Table I
     maes = [r["mae"] for r in result["per_patient"]["mrgan"].values()]
     assert result["summary"]["mrgan"]["mae"]["mean"] == pytest.approx(np.mean(maes))
@@ -81,7 +81,7 @@ def test_report_files(single, tiny_records):
     assert doc["latency"]["mrgan"]["ms_per_slice"] > 0
     csv_lines = open(os.path.join(out, "metrics.csv")).read().splitlines()
     assert csv_lines[0] == "model,patient,metric,value"
-    assert len(csv_lines) == 1 + len(pids) * len(evaluate.ALL_METRICS)
+    assert len(csv_lines) == 1 + len(pids) * len(paper.ALL_METRICS)
     assert not [f for f in os.listdir(out) if f.startswith(".")]
 
 
@@ -108,7 +108,7 @@ def test_dataset_root_and_missing_reference(exported, tmp_path):
         (root / pid).mkdir(parents=True)
         write_nifti(Volume(_head((24, 28, 12), 40.0, -1000.0), np.eye(4)), root / pid / "ct.nii.gz")
     write_nifti(Volume(_head((24, 28, 12), 600.0, 0.0), np.eye(4)), root / "a" / "mr.nii.gz")
-    with pytest.raises(evaluate.EvaluationError, match="patient b .* has no reference MR"):
+    with pytest.raises(patients.EvaluationError, match="patient b .* has no reference MR"):
         evaluate.evaluate({"m": exported}, str(root), str(tmp_path / "out"))
     result = evaluate.evaluate({"m": exported}, str(root), str(tmp_path / "out"), skip_missing=True, fig_slices=1)
     assert list(result["per_patient"]["m"]) == ["a"]
@@ -124,14 +124,14 @@ def test_empty_test_set(exported, tiny_records, tmp_path):
     spec = json.load(open(records / "dataset.json"))
     spec["sets"]["paired_test"]["count"] = 0
     (records / "dataset.json").write_text(json.dumps(spec))
-    with pytest.raises(evaluate.EvaluationError, match="empty test set"):
+    with pytest.raises(patients.EvaluationError, match="empty test set"):
         evaluate.evaluate({"m": exported}, str(records), str(tmp_path / "out"), grid_metrics=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_parse_models():
     assert evaluate.parse_models(["paired=runs/p", "runs/mrgan/"]) == {"paired": "runs/p", "mrgan": "runs/mrgan/"}
-    with pytest.raises(evaluate.EvaluationError, match="given twice"):
+    with pytest.raises(patients.EvaluationError, match="given twice"):
         evaluate.parse_models(["a=x", "a=y"])
 
 
@@ -203,7 +203,8 @@ def _by_hand(exported, root, pid, mr_range):
     smr = Volume(denormalise_mr(syn_mr.data / 255.0, *mr_range), ct.affine)
     smr = resample_like(smr, mr, order=1, fill=mr_range[0]).data
     mr_mask = resample_like(Volume(mask.astype(np.uint8), ct.affine), mr, order=0, fill=0).data > 0
-    return (metrics.synthrad_ct_metrics(ct.data, sct, mask), metrics.synthrad_mr_metrics(mr.data, smr, mr_mask),
+    return (synthrad_metrics.synthrad_ct_metrics(ct.data, sct, mask),
+            synthrad_metrics.synthrad_mr_metrics(mr.data, smr, mr_mask),
             mr_mask)
 
 
@@ -237,8 +238,8 @@ def test_report_keeps_the_two_conventions_apart(grid_eval):
     assert "PSNR (paper conv.) m" in md[paper:synthrad] and "(paper conv.)" not in md[synthrad:]
     assert "No mask file for b: scored inside the body mask computed from the CT" in md
     csv_lines = (out / "metrics_synthrad.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + 2 * len(evaluate.GRID_METRICS)
-    assert not any(k in (out / "metrics.csv").read_text() for k in evaluate.GRID_METRICS)
+    assert len(csv_lines) == 1 + 2 * len(grid.GRID_METRICS)
+    assert not any(k in (out / "metrics.csv").read_text() for k in grid.GRID_METRICS)
     doc = json.load(open(out / "metrics.json"))
     assert doc["synthrad"]["mask_source"]["b"] == "computed"
     assert doc["synthrad"]["summary"]["m"]["sct_mae"]["n"] == 2
@@ -249,15 +250,15 @@ def test_registration_transform_carries_the_mr_onto_the_ct(exported, grid_data):
     root, _ = grid_data
     loaded = {"m": predictors.load_predictors(exported)}
     cfg = loaded["m"]["ct2mr"].preprocess
-    files = evaluate.original_files(str(root), ["c"])["c"]
-    p = evaluate.TestPatient("c", None, None, None, np.array([[0.0, 600.0]]), None)
-    aligned, _, _ = evaluate.grid_rows(loaded, "c", files, p, cfg, [])
+    files = grid.original_files(str(root), ["c"])["c"]
+    p = patients.TestPatient("c", None, None, None, np.array([[0.0, 600.0]]), None)
+    aligned, _, _ = grid.grid_rows(loaded, "c", files, p, cfg, [])
     mr = read_volume(files["mr"])
     moved = np.eye(4)
     moved[0, 3] = 3.0
     write_nifti(Volume(mr.data, moved @ mr.affine), grid_data[0].parent / "moved_mr.nii.gz")
     p.ct_to_mr = moved
-    shifted, _, _ = evaluate.grid_rows(loaded, "c", {**files, "mr": str(grid_data[0].parent / "moved_mr.nii.gz")},
+    shifted, _, _ = grid.grid_rows(loaded, "c", {**files, "mr": str(grid_data[0].parent / "moved_mr.nii.gz")},
                                        p, cfg, [])
     for key, value in aligned["m"].items():
         assert shifted["m"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
@@ -265,19 +266,19 @@ def test_registration_transform_carries_the_mr_onto_the_ct(exported, grid_data):
 
 def test_source_root_missing_moved_or_given(exported, grid_data, tiny_records, tmp_path):
     root, records = grid_data
-    with pytest.raises(evaluate.EvaluationError, match="no source_root.*--root=DATASET_ROOT"):
+    with pytest.raises(patients.EvaluationError, match="no source_root.*--root=DATASET_ROOT"):
         evaluate.evaluate({"m": exported}, tiny_records.root, str(tmp_path / "out"))
     moved = tmp_path / "records"
     shutil.copytree(records, moved)
     spec = json.load(open(moved / "dataset.json"))
     spec["source_root"] = str(tmp_path / "gone")
     (moved / "dataset.json").write_text(json.dumps(spec))
-    with pytest.raises(evaluate.EvaluationError, match=f"{tmp_path / 'gone'}: .*source_root.*--root"):
+    with pytest.raises(patients.EvaluationError, match=f"{tmp_path / 'gone'}: .*source_root.*--root"):
         evaluate.evaluate({"m": exported}, str(moved), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
-    assert evaluate.source_root(str(moved), True, str(root)) == str(root)
-    with pytest.raises(evaluate.EvaluationError, match="--root is not a directory"):
-        evaluate.source_root(str(moved), True, str(tmp_path / "nowhere"))
+    assert grid.source_root(str(moved), True, str(root)) == str(root)
+    with pytest.raises(patients.EvaluationError, match="--root is not a directory"):
+        grid.source_root(str(moved), True, str(tmp_path / "nowhere"))
 
 
 def test_preprocessing_mismatch_names_both_values(exported, tiny_records, tmp_path):

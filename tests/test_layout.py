@@ -3,7 +3,6 @@
 Read from the source (top-level and function-level imports alike), so a lazy import cannot hide a cycle.
 """
 import ast
-import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

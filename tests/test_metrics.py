@@ -9,6 +9,8 @@ import pytest
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 from mrgan_tf.evaluation import metrics as M
+from mrgan_tf.evaluation import synthrad_metrics as S
+from mrgan_tf.evaluation import tables as T
 
 REF0 = np.zeros((2, 2))
 PRED0 = np.array([[0.0, 2.0], [4.0, 6.0]])
@@ -140,9 +142,9 @@ def test_mr_physical_metrics_use_ref_range_in_mask():
 
 def test_patient_metrics_keys(rand_pair):
     ref, pred = rand_pair
-    out = M.patient_metrics(ref, pred)
+    out = S.patient_metrics(ref, pred)
     assert set(out) == {"mae", "psnr", "psnr_paper", "ssim"}
-    out = M.patient_metrics(ref, pred, mask=ref > 50)
+    out = S.patient_metrics(ref, pred, mask=ref > 50)
     assert set(out) == {"mae", "psnr", "psnr_paper", "ssim", "mae_masked", "psnr_masked",
                         "ssim_masked"}
     assert all(isinstance(v, float) for v in out.values())
@@ -163,7 +165,7 @@ def test_bad_inputs_raise():
 
 def test_summarise_sample_sd_and_missing():
     rows = [{"mae": 1.0}, {"mae": 2.0}, {"mae": 4.0}, {"psnr": 3.0}]
-    s = M.summarise(rows, ["mae", "psnr", "ssim"])
+    s = T.summarise(rows, ["mae", "psnr", "ssim"])
     assert s["mae"]["mean"] == pytest.approx(7 / 3)
     assert s["mae"]["sd"] == pytest.approx(np.std([1, 2, 4], ddof=1))
     assert s["mae"]["n"] == 3
@@ -185,7 +187,7 @@ def _table_input():
 
 
 def test_table_markdown_format():
-    text = M.table_markdown(_table_input(), metrics=("mae", "psnr"))
+    text = T.table_markdown(_table_input(), metrics=("mae", "psnr"))
     lines = text.strip().splitlines()
     assert lines[0] == "| Patient | MAE paired | MAE mrgan | PSNR paired | PSNR mrgan |"
     assert len(lines) == 2 + 10 + 1
@@ -198,13 +200,13 @@ def test_table_markdown_format():
 
 def test_table_markdown_population_sd_reproduces_paper():
     # the paper's 19.36±2.73 for MR-GAN MAE is a population sd (ddof=0)
-    text = M.table_markdown(_table_input(), metrics=("mae",), ddof=0)
+    text = T.table_markdown(_table_input(), metrics=("mae",), ddof=0)
     assert text.strip().splitlines()[-1] == "| Avg±sd | 20.34±2.09 | 19.36±2.73 |"
 
 
 def test_table_markdown_missing_patient_and_metric():
     per = {"a": {"p1": {"mae": 1.0}}, "b": {"p2": {"mae": 2.0}}}
-    text = M.table_markdown(per, metrics=("mae", "ssim"))
+    text = T.table_markdown(per, metrics=("mae", "ssim"))
     assert "| p1 | 1.00 | — | — | — |" in text
     assert "| p2 | — | 2.00 | — | — |" in text
     assert "| Avg±sd | 1.00±0.00 | 2.00±0.00 | — | — |" in text
@@ -212,14 +214,14 @@ def test_table_markdown_missing_patient_and_metric():
 
 def test_table_csv_and_json():
     per = _table_input()
-    rows = list(csv.DictReader(io.StringIO(M.table_csv(per, metrics=("mae", "psnr")))))
+    rows = list(csv.DictReader(io.StringIO(T.table_csv(per, metrics=("mae", "psnr")))))
     assert len(rows) == 2 * 10 * 2
     assert rows[0] == {"model": "paired", "patient": "Patient01", "metric": "mae", "value": "24.2"}
     missing = [r for r in rows if r["model"] == "paired" and r["patient"] == "Patient10"
                and r["metric"] == "psnr"]
     assert missing[0]["value"] == ""
     per["mrgan"]["Patient01"]["psnr"] = float("inf")
-    doc = json.loads(M.table_json(per, metrics=("mae", "psnr")))
+    doc = json.loads(T.table_json(per, metrics=("mae", "psnr")))
     assert doc["per_patient"]["mrgan"]["Patient01"]["psnr"] is None
     assert doc["per_patient"]["paired"]["Patient10"]["psnr"] is None
     assert doc["summary"]["mrgan"]["mae"]["mean"] == pytest.approx(19.363)
@@ -250,16 +252,16 @@ def test_synthrad_constant_offset_by_hand():
     ref = np.zeros((12, 12, 12), np.float32)          # 0 HU everywhere
     pred = ref + 100.0
     mask = np.ones(ref.shape, bool)
-    assert M.synthrad_mae(ref, pred, mask) == pytest.approx(100.0)
-    assert M.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 100.0))
+    assert S.synthrad_mae(ref, pred, mask) == pytest.approx(100.0)
+    assert S.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 100.0))
     # equal variances and covariance: SSIM is the luminance term of the shifted means 1024 and 1124
     shifted = (2 * 1024 * 1124 + C1_CT) / (1024 ** 2 + 1124 ** 2 + C1_CT)
-    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(shifted, rel=1e-6)
+    assert S.synthrad_ssim(ref, pred, mask) == pytest.approx(shifted, rel=1e-6)
     # the +1024 shift is what keeps this near 1: unshifted means 0 and 100 give C1 / (100^2 + C1)
     unshifted = structural_similarity(ref, pred, data_range=4024.0)
     assert unshifted == pytest.approx(C1_CT / (100.0 ** 2 + C1_CT), rel=1e-5)
     assert shifted - unshifted > 0.8
-    assert M.synthrad_ms_ssim(ref, ref, mask) == pytest.approx(1.0)
+    assert S.synthrad_ms_ssim(ref, ref, mask) == pytest.approx(1.0)
 
 
 def test_synthrad_known_noise_by_hand():
@@ -269,8 +271,8 @@ def test_synthrad_known_noise_by_hand():
     ref = np.zeros(noise.shape, np.float32)
     pred = (ref + noise).astype(np.float32)
     mask = np.ones(ref.shape, bool)
-    assert M.synthrad_mae(ref, pred, mask) == pytest.approx(50.0)
-    assert M.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 50.0))
+    assert S.synthrad_mae(ref, pred, mask) == pytest.approx(50.0)
+    assert S.synthrad_psnr(ref, pred, mask) == pytest.approx(20 * math.log10(4024.0 / 50.0))
     # A 7x7x7 box holds 172 voxels of the centre's sign and 171 of the other: local mean of the
     # noise = +-50/343; its sample variance is 343/342 * 50^2 (1 - 1/343^2); the reference's is 0.
     vy = 343 / 342 * 50.0 ** 2 * (1 - 1 / 343 ** 2)
@@ -278,24 +280,24 @@ def test_synthrad_known_noise_by_hand():
     sign = ((-1.0) ** (i + j + k))[inner]
     uy = 1024.0 + sign * 50.0 / 343
     ssim_map = (2 * 1024.0 * uy + C1_CT) / (1024.0 ** 2 + uy ** 2 + C1_CT) * C2_CT / (vy + C2_CT)
-    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map.mean(), rel=1e-5)
+    assert S.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map.mean(), rel=1e-5)
 
 
 def test_synthrad_ssim_agrees_with_skimage(ct_pair):
     ref, pred, mask = ct_pair
-    lo, hi = M.SYNTHRAD2023_HU_RANGE
+    lo, hi = S.SYNTHRAD2023_HU_RANGE
     a, b = np.clip(ref, lo, hi) - lo, np.clip(pred, lo, hi) - lo
     everywhere = np.ones(ref.shape, bool)
-    assert M.synthrad_ssim(ref, pred, everywhere) == pytest.approx(
+    assert S.synthrad_ssim(ref, pred, everywhere) == pytest.approx(
         structural_similarity(a, b, data_range=hi - lo), abs=1e-6)
     # with a mask: outside set to -1024 (0 after the shift), map cropped by 3, mean inside the mask
     a, b = np.where(mask, a, 0), np.where(mask, b, 0)
     _, ssim_map = structural_similarity(a, b, data_range=hi - lo, full=True)
     inner = (slice(3, -3),) * 3
-    assert M.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map[inner][mask[inner]].mean(), abs=1e-6)
+    assert S.synthrad_ssim(ref, pred, mask) == pytest.approx(ssim_map[inner][mask[inner]].mean(), abs=1e-6)
     # one MS-SSIM level of weight 1 is that SSIM, where the mask keeps 3 voxels off the edges
-    one_level = M.synthrad_ms_ssim(ref, pred, mask, value_range=M.SYNTHRAD2023_HU_RANGE, weights=(1.0,))
-    assert one_level == pytest.approx(M.synthrad_ssim(ref, pred, mask), abs=1e-5)
+    one_level = S.synthrad_ms_ssim(ref, pred, mask, value_range=S.SYNTHRAD2023_HU_RANGE, weights=(1.0,))
+    assert one_level == pytest.approx(S.synthrad_ssim(ref, pred, mask), abs=1e-5)
 
 
 def test_synthrad_psnr_clips_to_the_population_range(ct_pair):
@@ -303,23 +305,23 @@ def test_synthrad_psnr_clips_to_the_population_range(ct_pair):
     wild = pred.copy()
     wild[mask] = np.where(ref[mask] > 500, 9000.0, -3000.0)   # far outside [-1024, 3000]
     clipped = np.clip(wild, -1024, 3000)
-    assert M.synthrad_psnr(ref, wild, mask) == pytest.approx(M.synthrad_psnr(ref, clipped, mask))
-    assert M.synthrad_mae(ref, wild, mask) > M.synthrad_mae(ref, clipped, mask)   # MAE is not clipped
+    assert S.synthrad_psnr(ref, wild, mask) == pytest.approx(S.synthrad_psnr(ref, clipped, mask))
+    assert S.synthrad_mae(ref, wild, mask) > S.synthrad_mae(ref, clipped, mask)   # MAE is not clipped
     mse = np.mean((np.clip(ref[mask], -1024, 3000) - clipped[mask]).astype(np.float64) ** 2)
-    assert M.synthrad_psnr(ref, wild, mask) == pytest.approx(10 * math.log10(4024.0 ** 2 / mse))
+    assert S.synthrad_psnr(ref, wild, mask) == pytest.approx(10 * math.log10(4024.0 ** 2 / mse))
 
 
 def test_synthrad_mask_excludes_a_huge_error(ct_pair):
     ref, pred, mask = ct_pair
-    before = M.synthrad_ct_metrics(ref, pred, mask)
+    before = S.synthrad_ct_metrics(ref, pred, mask)
     broken = pred.copy()
     broken[:, :, :3] = 3000.0          # a slab of bone where the body is not
     assert not mask[:, :, :3].any()
-    after = M.synthrad_ct_metrics(ref, broken, mask)
+    after = S.synthrad_ct_metrics(ref, broken, mask)
     for key in before:
         assert after[key] == pytest.approx(before[key], abs=1e-9), key
     everywhere = np.ones(ref.shape, bool)
-    whole_before, whole_after = (M.synthrad_ct_metrics(ref, p, everywhere) for p in (pred, broken))
+    whole_before, whole_after = (S.synthrad_ct_metrics(ref, p, everywhere) for p in (pred, broken))
     assert whole_after["mae"] > whole_before["mae"] + 300
     assert whole_after["psnr"] < whole_before["psnr"] - 5
     assert whole_after["ssim"] < whole_before["ssim"] - 0.05
@@ -331,7 +333,7 @@ def test_synthrad_ms_ssim_falls_with_the_noise(ct_pair):
     ref, _, mask = ct_pair
     rng = np.random.default_rng(5)
     noise = rng.normal(0, 1, ref.shape)
-    values = [M.synthrad_ms_ssim(ref, ref + s * noise, mask) for s in (0.0, 30.0, 300.0)]
+    values = [S.synthrad_ms_ssim(ref, ref + s * noise, mask) for s in (0.0, 30.0, 300.0)]
     assert values[0] == pytest.approx(1.0)
     assert 1.0 > values[1] > values[2] > 0.0
 
@@ -341,39 +343,39 @@ def test_synthrad_mr_metrics_use_the_reference_range(ct_pair):
     ref = (ref_hu - ref_hu.min()) / 4 + 10.0        # MR-like positive units
     pred = ref + 5.0
     pred[0, 0, 0] = 1e6                              # outside the mask: ignored
-    out = M.synthrad_mr_metrics(ref, pred, mask)
+    out = S.synthrad_mr_metrics(ref, pred, mask)
     lo, hi = ref[mask].min(), ref[mask].max()
     assert (out["range_lo"], out["range_hi"]) == (pytest.approx(lo), pytest.approx(hi))
     assert out["mae"] == pytest.approx(5.0, rel=1e-5)
     # the prediction is clipped into the reference's range before the squared error
     mse = np.mean((ref[mask] - np.clip(pred[mask], lo, hi)).astype(np.float64) ** 2)
     assert out["psnr"] == pytest.approx(10 * math.log10((hi - lo) ** 2 / mse))
-    assert out["ssim"] == pytest.approx(M.synthrad_ssim(ref, pred, mask, (lo, hi)))
+    assert out["ssim"] == pytest.approx(S.synthrad_ssim(ref, pred, mask, (lo, hi)))
     assert 0 < out["ms_ssim"] <= 1
 
 
 def test_synthrad_bad_inputs_raise():
     vol = np.zeros((8, 8, 8))
     with pytest.raises(ValueError, match="3-D"):
-        M.synthrad_mae(vol[0], vol[0], np.ones((8, 8)))
+        S.synthrad_mae(vol[0], vol[0], np.ones((8, 8)))
     with pytest.raises(ValueError, match="empty"):
-        M.synthrad_ct_metrics(vol, vol, np.zeros(vol.shape))
+        S.synthrad_ct_metrics(vol, vol, np.zeros(vol.shape))
     with pytest.raises(ValueError, match="mask shape"):
-        M.synthrad_mae(vol, vol, np.ones((8, 8, 7)))
+        S.synthrad_mae(vol, vol, np.ones((8, 8, 7)))
     with pytest.raises(ValueError, match="at least 7"):
-        M.synthrad_ssim(np.zeros((8, 8, 6)), np.zeros((8, 8, 6)), np.ones((8, 8, 6)))
+        S.synthrad_ssim(np.zeros((8, 8, 6)), np.zeros((8, 8, 6)), np.ones((8, 8, 6)))
     with pytest.raises(ValueError, match="constant"):
-        M.synthrad_mr_metrics(vol, vol, np.ones(vol.shape))
+        S.synthrad_mr_metrics(vol, vol, np.ones(vol.shape))
 
 
 def test_gradient_mae_sees_flicker_between_slices_not_a_constant_offset():
     ref = np.tile(np.arange(6, dtype=np.float32)[None, None, :], (4, 4, 1))      # a ramp along axis 2
     mask = np.ones(ref.shape, bool)
-    assert M.gradient_mae(ref, ref + 7.0, mask, axis=2) == 0.0              # offset: same steps
+    assert S.gradient_mae(ref, ref + 7.0, mask, axis=2) == 0.0              # offset: same steps
     flicker = ref + np.where(np.arange(6) % 2, 1.0, -1.0)[None, None, :]
-    assert M.gradient_mae(ref, flicker, mask, axis=2) == pytest.approx(2.0)
-    assert M.gradient_mae(ref, flicker, mask, axis=0) == 0.0
+    assert S.gradient_mae(ref, flicker, mask, axis=2) == pytest.approx(2.0)
+    assert S.gradient_mae(ref, flicker, mask, axis=0) == 0.0
     with pytest.raises(ValueError, match="no neighbouring voxel pair along axis 2"):
         alone = np.zeros(ref.shape, bool)
         alone[:, :, 0] = True
-        M.gradient_mae(ref, flicker, alone, axis=2)
+        S.gradient_mae(ref, flicker, alone, axis=2)

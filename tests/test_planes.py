@@ -173,7 +173,8 @@ def test_context_deeper_than_the_volume_is_refused_naming_the_file(two_patients,
 
 
 def test_evaluation_refuses_a_model_of_another_plane_or_depth_naming_both():
-    from mrgan_tf.evaluation.evaluate import EvaluationError, check_preprocessing
+    from mrgan_tf.evaluation.patients import EvaluationError
+    from mrgan_tf.evaluation.grid import check_preprocessing
     model = identity(dataclasses.replace(CFG, slice_axis="sagittal", context_slices=1), "sag")
     with pytest.raises(EvaluationError, match=r"context_slices 1 \(model\) vs 0 \(test data\); slice_axis "
                                               r"'sagittal' \(model\) vs 'axial' \(test data\)"):

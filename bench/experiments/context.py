@@ -19,7 +19,7 @@ sagittal 2-D models), ``fused_k1`` (the same with k = 1 models); ``coronal_2d`` 
    patients' CTs on their original grids (``synthesize.Fusion`` for the fused arms) and its
    SynMR is scored against the reference MR on the MR's grid, inside the mask: MAE, PSNR,
    SSIM (``evaluate.grid_rows``, SynthRAD definitions, the reference's units) and slice
-   consistency, ``metrics.gradient_mae`` along the superior-inferior axis (reused while no
+   consistency, ``synthrad_metrics.gradient_mae`` along the superior-inferior axis (reused while no
    export changed);
 4. ``<results>/context.{md,json}``: mean ± sd over seeds (population sd) of the patient
    means, every arm against 2-D (difference, combined sd, whether it exceeds it), the
@@ -119,8 +119,9 @@ def superior_axis(affine: np.ndarray) -> int:
 
 def evaluate_seed(grid: ContextGrid, seed: int, arms: Sequence[str], png: str | None = None) -> dict:
     """Every arm's 3-D scores on the test patients' original grids (reused while no export changed)."""
-    from mrgan_tf.evaluation import metrics
-    from mrgan_tf.evaluation.evaluate import grid_rows, load_records_patients, original_files, source_root
+    from mrgan_tf.evaluation import synthrad_metrics
+    from mrgan_tf.evaluation.grid import grid_rows, original_files, source_root
+    from mrgan_tf.evaluation.patients import load_records_patients
     from mrgan_tf.inference.predictors import Fusion, load_predictor
     from mrgan_tf.serving.export import resolve_version_dir
 
@@ -145,7 +146,7 @@ def evaluate_seed(grid: ContextGrid, seed: int, arms: Sequence[str], png: str | 
         scored, _, _ = grid_rows(loaded, pid, files[pid], p, cfg, notes, volumes=volumes)
         axis = superior_axis(volumes["grid"].affine)
         for a in arms:
-            scored[a]["smr_slice_grad_mae"] = metrics.gradient_mae(volumes["reference"], volumes[a],
+            scored[a]["smr_slice_grad_mae"] = synthrad_metrics.gradient_mae(volumes["reference"], volumes[a],
                                                                    volumes["mask"], axis)
             rows[a][pid] = scored[a]
         if i == 0 and png:

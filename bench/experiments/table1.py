@@ -450,7 +450,7 @@ def experiment_main(argv, run, name: str, extra_errors: tuple = ()) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from mrgan_tf.demo.data import DemoDataError
-    from mrgan_tf.evaluation.evaluate import EvaluationError
+    from mrgan_tf.evaluation.patients import EvaluationError
     from mrgan_tf.records.make_records import MakeRecordsError
     from mrgan_tf.serving.export import ExportError
     try:

@@ -372,7 +372,7 @@ def _plan(n_paired_train, n_paired_test, n_unpaired_ct, n_unpaired_mr, train_bas
     return plan
 
 
-def _make_patient(p: PlannedPatient, rng: np.random.Generator, spacing: float, work: float,
+def make_patient(p: PlannedPatient, rng: np.random.Generator, spacing: float, work: float,
                   keep_labels: bool = False):
     """Arrays to write for one patient: {name: (array, dtype)}, affine, and a summary record.
 
@@ -502,7 +502,7 @@ def build_demo_dataset(out_dir, seed: int = 0, n_paired_train: int = 4, n_paired
     try:
         for index, p in enumerate(tqdm(plan, desc="demo patients", unit="patient", disable=not progress)):
             rng = np.random.default_rng([seed, index])
-            arrays, affine, record = _make_patient(p, rng, spacing, work)
+            arrays, affine, record = make_patient(p, rng, spacing, work)
             for name, (data, dtype) in arrays.items():
                 write_nifti(Volume(data, affine, f"demo:{p.patient_id}"), tmp / p.patient_id / f"{name}.nii.gz",
                             dtype=dtype)

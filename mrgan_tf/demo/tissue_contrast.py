@@ -70,7 +70,7 @@ def replay_demo_labels(data_dir, patient_id: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{data}: no patient {patient_id!r} in {demo_data.MANIFEST}")
     spacing = float(summary["spacing_mm"])
     rng = np.random.default_rng([summary["seed"], index])           # as build_demo_dataset seeds it
-    arrays, _, _ = demo_data._make_patient(plan[index], rng, spacing, max(1.0, spacing / 2), keep_labels=True)
+    arrays, _, _ = demo_data.make_patient(plan[index], rng, spacing, max(1.0, spacing / 2), keep_labels=True)
     ct = read_volume(str(data / patient_id / "ct.nii.gz")).data
     if ct.shape != arrays["ct"][0].shape or not np.array_equal(ct, arrays["ct"][0].astype(np.int16)):
         raise ValueError(f"{data / patient_id}: replaying the demo generation does not give this CT "
