@@ -24,7 +24,8 @@ from scipy import ndimage
 from mrgan_tf.io.volumes import Volume
 from mrgan_tf.io.writers import write_nifti
 from mrgan_tf.preprocess import PreprocessConfig
-from mrgan_tf.records.make_records import format_summary, make_records
+from mrgan_tf.records.summary import format_summary
+from mrgan_tf.records.make_records import make_records
 
 SHAPE = (180, 220, 150)
 N_PAIRED, N_CT, N_MR = 7, 3, 3

@@ -14,6 +14,7 @@ import pytest
 
 from mrgan_tf import preprocess as pp
 from mrgan_tf.io import layout
+from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume
 from mrgan_tf.io.writers import write_nifti
 from mrgan_tf.records import make_records as mr_mod
@@ -105,7 +106,7 @@ def test_round_trip_and_dataset_layout(converted, dataset):
     pid = spec.split["train"][[p.startswith("p") for p in spec.split["train"]].index(True)]
     entry = spec.patients[pid]
     assert entry["role"] == "paired" and entry["split"] == "train"
-    ct, mr = (mr_mod.read_volume(dataset / pid / f"{m}.nii.gz") for m in ("ct", "mr"))
+    ct, mr = (read_volume(dataset / pid / f"{m}.nii.gz") for m in ("ct", "mr"))
     ref = pp.resample_to_spacing(pp.to_canonical(ct), SPACING)
     body = pp.body_mask_from_ct(ref.data, CFG.body_threshold_hu)
     lo, hi = pp.mr_range(mr.data, body, CFG.mr_percentiles)  # same grid: MR resampling is the identity

@@ -92,7 +92,8 @@ def needed_models(arms: Sequence[str]) -> list[str]:
 
 def build_records(grid: ContextGrid, models: Sequence[str], workers: int) -> None:
     """The records of every (plane, k) the models need, from the demo data with the demo's preprocessing."""
-    from mrgan_tf.records.make_records import format_summary, make_records
+    from mrgan_tf.records.summary import format_summary
+    from mrgan_tf.records.make_records import make_records
     from mrgan_tf.records.spec import DatasetSpec
 
     base = DatasetSpec.load(grid.records).preprocess

@@ -242,7 +242,8 @@ class Demo:
 
     # ---- 2. records
     def stage_records(self):
-        from mrgan_tf.records.make_records import format_summary, make_records
+        from mrgan_tf.records.summary import format_summary
+        from mrgan_tf.records.make_records import make_records
         cfg = self.preprocess_config()
         key = cfg.to_dict()
         cmd = [_cmd_text(self.records_command())]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -26,31 +25,25 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 from absl import app, flags, logging
 
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
 from mrgan_tf.io.layout import SPLITS, LayoutError, PatientTask, holds_records, plan_patients, unsupported_inputs
 from mrgan_tf.io.problems import split
-from mrgan_tf.io.readers import read_volume
-from mrgan_tf.io.volumes import VolumeError
-from mrgan_tf.preprocess import SLICE_AXES, PreprocessConfig, context, plausibility, prepare_patient
+from mrgan_tf.preprocess import SLICE_AXES, PreprocessConfig, plausibility
 from mrgan_tf.preprocess.config import FIT_MODES, REGISTER_MODELS
 from mrgan_tf.preprocess.plausibility import PlausibilityConfig
+from mrgan_tf.records.convert import SET_IMAGES, PatientResult, convert_patient, patient_records
 from mrgan_tf.records.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
+from mrgan_tf.records.summary import SUMMARY_NAME, _patient_entry, _summary, format_summary
 from tfrecords_tools import atomic
 
-SUMMARY_NAME = "summary.json"
 ON_ERROR = ("fail", "skip")
-SET_IMAGES = {"paired_train": ("ct", "mr", "mask"), "unpaired_ct": ("ct", "mask"),
-              "unpaired_mr": ("mr", "mask"), "paired_test": ("ct", "mr", "mask"),
-              "paired_val": ("ct", "mr", "mask")}
 # zlib level 1 instead of the default 6: the main process writes twice as fast, shards are
 # ~6% larger, reading is as fast (docs/BENCHMARKS.md, make_records section).
 COMPRESSION_LEVEL = 1
 # Errors that mean "this patient's input is bad" (skippable with on_error="skip").
-_PATIENT_ERRORS = (VolumeError, ValueError, OSError)
 
 
 class MakeRecordsError(UserError, ValueError):
@@ -60,108 +53,10 @@ class MakeRecordsError(UserError, ValueError):
 # --------------------------------------------------------------------------- worker
 
 
-@dataclasses.dataclass
-class PatientResult:
-    """A prepared patient, kept slices only (what the main process needs to write records)."""
-
-    task: PatientTask
-    error: str | None = None
-    images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> (n_kept, S, S)
-    slice_index: np.ndarray | None = None
-    num_slices: int = 0
-    placement: list[float] | None = None
-    mr_range: tuple[float, float] | None = None
-    affine: np.ndarray | None = None
-    volume_shape: tuple[int, int, int] | None = None
-    registration: dict | None = None
-    body_voxels: int = 0
-    body_voxels_outside: int = 0
-    problem_kinds: tuple[str, ...] = ()     # plausibility kinds behind ``error`` or ``warnings``
-    warnings: tuple[str, ...] = ()          # accepted problems (named in the summary)
-    partial_mr_dropped: int = 0             # slice pairs dropped because their MR slice is empty
-    ct_offset_hu: float = 0.0               # subtracted from an unsigned HU+1024 CT (--unsigned_ct_offset)
-    cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # CPU time: robust to a busy machine
-
-    @property
-    def n_kept(self) -> int:
-        return 0 if self.slice_index is None else len(self.slice_index)
 
 
-def _read_checked(task: PatientTask, checks: PlausibilityConfig) -> tuple[dict, list, float]:
-    """The patient's volumes, read and checked for plausibility; (volumes, accepted problems, CT offset).
-
-    Raises ``plausibility.ImplausibleInput`` with every unaccepted problem."""
-    vols, problems, offset = {}, [], 0.0
-    for m in ("ct", "mr", "mask"):
-        path = getattr(task, m)
-        vols[m] = read_volume(path, series_uid=checks.series_uids or None) if path else None
-        if vols[m] is None or m == "mask":
-            continue
-        found = plausibility.check_volume(vols[m], m)
-        if checks.unsigned_ct_offset is not None and any(p.kind == plausibility.UNSIGNED_CT for p in found):
-            offset = float(checks.unsigned_ct_offset)
-            vols[m] = plausibility.remove_unsigned_offset(vols[m], offset)
-            found = [p for p in found if p.kind != plausibility.UNSIGNED_CT] + plausibility.check_volume(vols[m], m)
-        problems += found
-    errors, accepted = split(problems, checks.accept)
-    if errors:
-        raise plausibility.ImplausibleInput(errors)
-    return vols, accepted, offset
 
 
-def convert_patient(task: PatientTask, cfg: PreprocessConfig, checks: PlausibilityConfig = PlausibilityConfig()
-                    ) -> PatientResult:
-    """Read, check and prepare one patient (runs in a worker). Input problems come back as ``error``
-    text, not exceptions: VolumeError does not survive pickling between processes.
-
-    Slice pairs whose MR slice is empty (an MR shorter than its CT) are dropped and counted;
-    a patient left with no slice is an error (not a patient of the records)."""
-    t0 = time.process_time()
-    who = f"patient {task.patient_id}"
-    try:
-        vols, accepted, offset = _read_checked(task, checks)
-        t1 = time.process_time()
-        prep = prepare_patient(vols["ct"], vols["mr"], vols["mask"], cfg)
-    except plausibility.ImplausibleInput as e:
-        return PatientResult(task, error=f"{who}: {e}", problem_kinds=e.kinds)
-    except _PATIENT_ERRORS as e:
-        return PatientResult(task, error=str(e) if isinstance(e, VolumeError) else f"{who}: {e}")
-    t2 = time.process_time()
-    problem = prep.body_loss_problem(cfg, f"{who} ({task.ct or task.mr})")
-    if problem:
-        return PatientResult(task, error=problem)
-    keep = np.flatnonzero(prep.keep)
-    warnings = [f"{who}: {p}" for p in accepted]
-    dropped = 0
-    if prep.ct is not None and prep.mr is not None and keep.size:
-        empty = plausibility.empty_mr_slices(prep.mr[keep], prep.mask[keep])
-        dropped = int(empty.sum())
-        if dropped:
-            warnings.append(f"{who}: {dropped} of {keep.size} slice pairs have an empty MR slice (the MR covers only "
-                            f"part of the CT, {task.mr}); dropped")
-            keep = keep[~empty]
-    if not keep.size:
-        source = task.ct or task.mr
-        return PatientResult(task, error=f"{who}: " + str(plausibility.no_slices_problem(prep.shape, source,
-                                                                                          cfg.min_foreground)),
-                             problem_kinds=(plausibility.NO_SLICES,) + ((plausibility.PARTIAL_MR,) if dropped else ()))
-    depth = context.depth_problem(prep.shape[2], cfg.context_slices, cfg.slice_axis)
-    if depth:
-        return PatientResult(task, error=f"{who}: {task.ct or task.mr}: {depth}")
-    images = {"mask": prep.mask[keep]}
-    for name in ("ct", "mr"):
-        if getattr(prep, name) is not None:   # 2.5D: each kept slice with its neighbours of the whole volume
-            images[name] = (context.neighbour_stack(getattr(prep, name), cfg.context_slices, keep)
-                            if cfg.context_slices else getattr(prep, name)[keep])
-    kinds = ((plausibility.UNSUPPORTED_FILE,) * bool(task.warnings) + tuple(p.kind for p in accepted)
-             + ((plausibility.PARTIAL_MR,) if dropped else ()))
-    return PatientResult(task, images=images, slice_index=keep, num_slices=int(prep.shape[2]),
-                         placement=prep.placement.to_list(), mr_range=prep.mr_range, affine=prep.affine,
-                         volume_shape=prep.shape, registration=prep.registration,
-                         body_voxels=prep.body_voxels, body_voxels_outside=prep.body_voxels_outside,
-                         problem_kinds=kinds, warnings=tuple(task.warnings) + tuple(warnings),
-                         partial_mr_dropped=dropped, ct_offset_hu=offset,
-                         cpu_seconds={"read": t1 - t0, "prepare": t2 - t1})
 
 
 class _Results:
@@ -217,47 +112,8 @@ def set_fields(set_name: str, bits: int, channels: int = 1) -> dict:
     return fields
 
 
-def patient_records(result: PatientResult) -> Iterator[dict[str, Any]]:
-    """One record per kept slice of a prepared patient."""
-    common = {"patient_id": result.task.patient_id, "num_slices": result.num_slices,
-              "placement": np.asarray(result.placement, np.float64),
-              "mr_range": np.asarray(result.mr_range if result.mr_range else (0.0, 0.0), np.float64),
-              "affine": np.asarray(result.affine, np.float64).ravel(),
-              "volume_shape": np.asarray(result.volume_shape, np.int64)}
-    names = SET_IMAGES[result.task.set_name]
-    for i, k in enumerate(result.slice_index):
-        record = dict(common, slice_index=int(k))
-        for name in names:
-            image = result.images[name][i]
-            record[name] = image if image.ndim == 3 else image[:, :, None]   # a 2.5D stack is (S, S, C) already
-        yield record
 
 
-def _patient_entry(task: PatientTask, result: PatientResult | None, error: str | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"role": task.role, "split": task.split,
-                             "sources": {m: getattr(task, m) for m in ("ct", "mr", "mask") if getattr(task, m)}}
-    if error is not None:
-        entry.update(n_slices_kept=0, n_slices_skipped=0, error=error)
-        if result is not None and result.problem_kinds:
-            entry["problems"] = list(result.problem_kinds)
-        return entry
-    if result.warnings:
-        entry["warnings"] = list(result.warnings)
-    if result.problem_kinds:
-        entry["problems"] = list(result.problem_kinds)
-    if result.partial_mr_dropped:
-        entry["partial_mr_pairs_dropped"] = result.partial_mr_dropped
-    if result.ct_offset_hu:
-        entry["ct_offset_hu_subtracted"] = result.ct_offset_hu
-    entry.update(n_slices_kept=result.n_kept, n_slices_skipped=result.num_slices - result.n_kept,
-                 mr_range=list(result.mr_range) if result.mr_range else None,
-                 body_voxels=result.body_voxels, body_voxels_outside_canvas=result.body_voxels_outside,
-                 body_lost_fraction=round(result.body_voxels_outside / result.body_voxels, 6)
-                 if result.body_voxels else 0.0)
-    if result.registration is not None:
-        entry["registration_metric"] = result.registration["metric"]
-        entry["registration"] = result.registration
-    return entry
 
 
 # --------------------------------------------------------------------------- output directory
@@ -420,62 +276,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="patient", desc="make_records", disable=not enabled, file=sys.stderr)
 
 
-def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds, workers) -> dict[str, Any]:
-    by_role: dict[str, int] = collections.Counter(f"{t.role}/{t.split}" for t in tasks if t.patient_id not in failed)
-    skipped = collections.Counter()
-    for t in tasks:
-        skipped[t.set_name] += patients.get(t.patient_id, {}).get("n_slices_skipped", 0)
-    total = sum(info["count"] for info in sets.values())
-    errors, warnings = collections.Counter(), collections.Counter()
-    for e in patients.values():
-        (errors if "error" in e else warnings).update(set(e.get("problems", ())))   # patients per kind
-    return {
-        "out": str(out),
-        "patients": dict(sorted(by_role.items())),
-        "slices": {name: sets[name]["count"] for name in sets},
-        "skipped_slices": {name: skipped[name] for name in sets},
-        "failed_patients": dict(sorted(failed.items())),
-        "body_outside_canvas": {pid: {"voxels": e["body_voxels_outside_canvas"],
-                                      "fraction": e["body_lost_fraction"]}
-                                for pid, e in sorted(patients.items()) if e.get("body_voxels_outside_canvas")},
-        "not_in_manifest": unlisted,
-        "plausibility": {"errors": dict(sorted(errors.items())), "warnings": dict(sorted(warnings.items())),
-                         "partial_mr_pairs_dropped": {pid: e["partial_mr_pairs_dropped"]
-                                                      for pid, e in sorted(patients.items())
-                                                      if e.get("partial_mr_pairs_dropped")},
-                         "ct_offset_hu_subtracted": {pid: e["ct_offset_hu_subtracted"]
-                                                     for pid, e in sorted(patients.items())
-                                                     if e.get("ct_offset_hu_subtracted")},
-                         "patient_warnings": {pid: e["warnings"] for pid, e in sorted(patients.items())
-                                              if e.get("warnings")}},
-        "workers": workers,
-        "seconds": round(seconds, 3),
-        "slices_per_second": round(total / seconds, 2) if seconds > 0 else None,
-        "stage_cpu_seconds": {k: round(stage[k], 3) for k in ("read", "prepare", "write")},
-    }
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """Human-readable summary lines (printed by the CLI)."""
-    lines = [f"records written to {summary['out']}",
-             "patients: " + ", ".join(f"{k} {v}" for k, v in summary["patients"].items()),
-             "slices:   " + ", ".join(f"{k} {v}" for k, v in summary["slices"].items()),
-             "skipped:  " + ", ".join(f"{k} {v}" for k, v in summary["skipped_slices"].items())
-             + " (below min_foreground, or an empty MR slice)"]
-    for pid, lost in summary.get("body_outside_canvas", {}).items():
-        lines.append(f"body outside the canvas: patient {pid}: {lost['fraction']:.3%} ({lost['voxels']} voxels)")
-    for pid, warnings in summary.get("plausibility", {}).get("patient_warnings", {}).items():
-        lines += [f"warning: {w}" for w in warnings]
-    if summary["failed_patients"]:
-        lines.append(f"failed patients ({len(summary['failed_patients'])}, skipped):")
-        lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
-    if summary["not_in_manifest"]:
-        lines.append(f"not in manifest (left out): {', '.join(summary['not_in_manifest'])}")
-    st = summary["stage_cpu_seconds"]
-    lines.append(f"time: {summary['seconds']:.1f} s, {summary['slices_per_second']} slices/s "
-                 f"(CPU: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "
-                 f"{summary['workers']} worker(s); write {st['write']:.1f} s)")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
