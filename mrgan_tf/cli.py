@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import types
 import typing
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -77,8 +78,10 @@ class Flag:
 
 def _flag_type(hint):
     """The field's type without ``None`` (``int | None`` -> ``int``, ``tuple[float, float] | None`` -> the tuple)."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if len(args) == 1 and typing.get_origin(hint) is not tuple else hint
+    return args[0] if len(args) == 1 else hint
 
 
 def _kind(hint) -> str:

@@ -20,6 +20,7 @@ from conftest import rounding_tolerance, tiny_export, tiny_model, tiny_run
 from mrgan_tf.preprocess import (PreprocessConfig, dequantise, fit_to_size, from_model_range, mr_range, normalise_mr,
                                  quantise, slices, to_model_range, unfit, unwindow_ct, window_ct)
 from mrgan_tf.serving import export
+from mrgan_tf.serving.names import PREPROCESS_ASSET
 
 VENV_BIN = os.path.dirname(sys.executable)
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_layout_and_stored_preprocessing(exported, tiny_records):
     for name in ("ct2mr", "mr2ct"):
         version_dir = os.path.join(exported, name, "1")
         assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
-        with open(os.path.join(version_dir, "assets", export.PREPROCESS_ASSET)) as f:
+        with open(os.path.join(version_dir, "assets", PREPROCESS_ASSET)) as f:
             info = json.load(f)
         assert info["name"] == name
         assert PreprocessConfig.from_dict(info["preprocess"]) == tiny_records.preprocess

@@ -46,7 +46,7 @@ from absl import app, flags, logging
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig
-from mrgan_tf.serving.names import ASSET_FORMAT, DIRECTIONS, PREPROCESS_ASSET, SERVING_NAMES  # noqa: F401
+from mrgan_tf.serving.names import ASSET_FORMAT, DIRECTIONS, PREPROCESS_ASSET, SERVING_NAMES
 
 TMP_PREFIX = ".tmp-"
 
