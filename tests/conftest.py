@@ -111,7 +111,7 @@ def tiny_run(tmp_path_factory, records_dir: str) -> str:
 
 
 # ---------------------------------------------------------------- synthetic volumes
-def _head_ct(shape, seed=0) -> np.ndarray:
+def head_ct(shape, seed=0) -> np.ndarray:
     """Air around an ellipsoid of soft tissue with a brighter rim."""
     grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     r = np.sqrt(sum(g ** 2 for g in grid))
@@ -119,7 +119,7 @@ def _head_ct(shape, seed=0) -> np.ndarray:
     return (ct + np.random.default_rng(seed).normal(0, 5, shape)).astype(np.float32)
 
 
-def _oblique_lps_affine() -> np.ndarray:
+def oblique_lps_affine() -> np.ndarray:
     """A rotated grid with flipped first two axes (as DICOM/ITK LPS data read into RAS+)."""
     t = np.deg2rad(20)
     rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
@@ -127,3 +127,96 @@ def _oblique_lps_affine() -> np.ndarray:
     a[:3, :3] = rot @ np.diag([-0.9, -1.1, 1.5])
     a[:3, 3] = [12.0, -30.0, 7.5]
     return a
+
+
+def oblique_lps_grid() -> np.ndarray:
+    """Rotated (17 and -8 degrees), anisotropic and translated: a scanner's oblique series, in its own axes."""
+    a, b = np.deg2rad(17.0), np.deg2rad(-8.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rz @ rx @ np.diag([0.9, 1.1, 2.5])
+    aff[:3, 3] = [-91.5, 12.25, -40.0]
+    return aff
+
+
+def oblique_affine() -> np.ndarray:
+    """``oblique_lps_grid`` rounded to float32 because NIfTI stores float32."""
+    return oblique_lps_grid().astype(np.float32).astype(np.float64)
+
+
+# ---------------------------------------------------------------- patients on disk
+HEAD_SHAPE = (40, 48, 30)
+HEAD_SPACING = 2.0
+
+
+def records_config():
+    """The preprocessing the make_records tests use: 2 mm, 64 px."""
+    from mrgan_tf import preprocess as pp
+    return pp.PreprocessConfig(spacing_mm=HEAD_SPACING, image_size=64)
+
+
+def head_pair(shift=(0.0, 0.0, 0.0), seed=0):
+    """CT (HU) and MR volumes of an ellipsoid head on a 2 mm grid centred on the origin."""
+    from mrgan_tf.io.volumes import Volume
+    affine = np.diag([HEAD_SPACING] * 3 + [1.0])
+    affine[:3, 3] = -(np.array(HEAD_SHAPE) - 1) / 2 * HEAD_SPACING
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in HEAD_SHAPE], indexing="ij"), -1)
+    p = idx * HEAD_SPACING + affine[:3, 3] - np.asarray(shift)
+    r_head = np.sqrt(((p / [32, 40, 24]) ** 2).sum(-1))
+    r_brain = np.sqrt(((p / [26, 34, 19]) ** 2).sum(-1))
+    noise = np.random.default_rng(seed).normal(0, 5, HEAD_SHAPE)
+    ct = np.where(r_head < 1, 1000.0, -1000.0) + np.where(r_brain < 1, -960.0, 0.0) + noise
+    mr = np.where(r_head < 1, 300.0, 0.0) + np.where(r_brain < 1, 400.0, 0.0) + noise + 10 * p[..., 0]
+    return Volume(ct.astype(np.float32), affine), Volume(mr.astype(np.float32), affine)
+
+
+def add_patient(root, pid, modalities=("ct", "mr"), seed=0, suffix=".nii.gz"):
+    """A patient folder ``root/pid`` holding ``head_pair``'s volumes as ``<modality><suffix>``."""
+    from pathlib import Path
+
+    from mrgan_tf.io.writers import write_volume
+    folder = Path(root) / pid
+    folder.mkdir(parents=True)
+    ct, mr = head_pair(seed=seed)
+    for name in modalities:
+        write_volume({"ct": ct, "mr": mr}[name], folder / f"{name}{suffix}", modality=name.upper(), dtype="float32")
+    return folder
+
+
+# ---------------------------------------------------------------- DICOM test data and validation
+DS_TOL = 1e-6   # mm: what a 16-character Decimal String keeps of a position
+
+
+def copy_series(src: str, dst):
+    """Copy one of pydicom's test folders so the test owns it (pydicom's folders hold other files)."""
+    import shutil
+    from pathlib import Path
+
+    import pydicom.data
+    tests = Path(pydicom.data.get_testdata_file("DICOMDIR")).parent
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in (tests / src).iterdir():
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def dciodvfy(path) -> list[str]:
+    """dciodvfy's output lines for one file."""
+    import subprocess
+
+    from orthanc_server import require_tool
+    run = subprocess.run([require_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True, text=True,
+                         timeout=60)
+    return (run.stdout + run.stderr).splitlines()
+
+
+def dciodvfy_errors(folder) -> dict[str, list[str]]:
+    """dciodvfy's Error lines for every file of ``folder`` (warnings are allowed; see README)."""
+    out = {}
+    for f in sorted(folder.iterdir()):
+        errors = [ln for ln in dciodvfy(f) if ln.startswith("Error")]
+        if errors:
+            out[f.name] = errors
+    return out

@@ -118,7 +118,7 @@ def test_pydicom_bundled_enhanced_ct_and_mr_files_are_read():
 
 @pytest.mark.parametrize("keyword", ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"])
 def test_classic_series_missing_geometry_names_the_tag_and_the_file(tmp_path, keyword):
-    from test_io import copy_series
+    from conftest import copy_series
     folder = copy_series("98892001/CT5N", tmp_path / "ct")
     ds = pydicom.dcmread(folder / "2392")
     delattr(ds, keyword)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,46 +9,21 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from conftest import DS_TOL, copy_series, dciodvfy, dciodvfy_errors, oblique_lps_grid
 from mrgan_tf.io import dicom_write
 from mrgan_tf.io.dicom import read_dicom_series
 from mrgan_tf.io.dicom_write import SeriesInfo, write_dicom_series
 from mrgan_tf.io.volumes import LPS_TO_RAS, Volume, VolumeError
 from orthanc_server import require_tool
-from test_io import copy_series
-
-DS_TOL = 1e-6   # mm: what a 16-character Decimal String keeps of a position
 
 
 def oblique_ras() -> np.ndarray:
     """A rotated, anisotropic grid whose slices run along row x column (as a DICOM series stacks them)."""
-    a, b = np.deg2rad(17.0), np.deg2rad(-8.0)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    lps = np.eye(4)
-    lps[:3, :3] = rz @ rx @ np.diag([0.9, 1.1, 2.5])
-    lps[:3, 3] = [-91.5, 12.25, -40.0]
-    return LPS_TO_RAS @ lps
+    return LPS_TO_RAS @ oblique_lps_grid()
 
 
 def head(shape=(12, 10, 6), lo=-1024.0, hi=2500.0) -> np.ndarray:
     return np.random.default_rng(1).uniform(lo, hi, shape).astype(np.float32)
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's output lines for one file."""
-    run = subprocess.run([require_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True, text=True,
-                         timeout=60)
-    return (run.stdout + run.stderr).splitlines()
-
-
-def dciodvfy_errors(folder: Path) -> dict[str, list[str]]:
-    """dciodvfy's Error lines for every file of ``folder`` (warnings are allowed; see README)."""
-    out = {}
-    for f in sorted(folder.iterdir()):
-        errors = [ln for ln in dciodvfy(f) if ln.startswith("Error")]
-        if errors:
-            out[f.name] = errors
-    return out
 
 
 def sitk_series(folder: Path) -> sitk.Image:

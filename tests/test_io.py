@@ -12,6 +12,7 @@ import pydicom.data
 import pytest
 import SimpleITK as sitk
 
+from conftest import copy_series, oblique_affine
 from mrgan_tf.io.dicom import read_dicom_series
 from mrgan_tf.io.readers import find_modality_file, read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -19,25 +20,6 @@ from mrgan_tf.io.writers import write_nifti
 
 DICOMDIR_TESTS = Path(pydicom.data.get_testdata_file("DICOMDIR")).parent
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def copy_series(src: str, dst: Path) -> Path:
-    """Copy one test folder so the test owns it (pydicom's folders hold other files)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in (DICOMDIR_TESTS / src).iterdir():
-        shutil.copy(f, dst / f.name)
-    return dst
-
-
-def oblique_affine() -> np.ndarray:
-    """Rotated, anisotropic, translated; rounded to float32 because NIfTI stores float32."""
-    a, b = np.deg2rad(17.0), np.deg2rad(-8.0)
-    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    aff = np.eye(4)
-    aff[:3, :3] = rz @ rx @ np.diag([0.9, 1.1, 2.5])
-    aff[:3, 3] = [-91.5, 12.25, -40.0]
-    return aff.astype(np.float32).astype(np.float64)
 
 
 def random_volume(shape=(6, 7, 5)) -> np.ndarray:

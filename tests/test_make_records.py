@@ -12,43 +12,18 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import HEAD_SHAPE, HEAD_SPACING, add_patient, head_pair, records_config
 from mrgan_tf import preprocess as pp
 from mrgan_tf.io import layout
 from mrgan_tf.io.readers import read_volume
-from mrgan_tf.io.volumes import Volume
 from mrgan_tf.io.writers import write_nifti
 from mrgan_tf.records import make_records as mr_mod
 from mrgan_tf.records.make_records import MakeRecordsError, make_records
 from mrgan_tf.records.spec import SET_NAMES, DatasetSpec
 from tfrecords_tools import reader
 
-SHAPE = (40, 48, 30)
-SPACING = 2.0
-CFG = pp.PreprocessConfig(spacing_mm=SPACING, image_size=64)
+CFG = records_config()
 REPO = Path(__file__).resolve().parents[1]
-
-
-def head(shift=(0.0, 0.0, 0.0), seed=0):
-    """CT (HU) and MR volumes of an ellipsoid head on a 2 mm grid centred on the origin."""
-    affine = np.diag([SPACING] * 3 + [1.0])
-    affine[:3, 3] = -(np.array(SHAPE) - 1) / 2 * SPACING
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1)
-    p = idx * SPACING + affine[:3, 3] - np.asarray(shift)
-    r_head = np.sqrt(((p / [32, 40, 24]) ** 2).sum(-1))
-    r_brain = np.sqrt(((p / [26, 34, 19]) ** 2).sum(-1))
-    noise = np.random.default_rng(seed).normal(0, 5, SHAPE)
-    ct = np.where(r_head < 1, 1000.0, -1000.0) + np.where(r_brain < 1, -960.0, 0.0) + noise
-    mr = np.where(r_head < 1, 300.0, 0.0) + np.where(r_brain < 1, 400.0, 0.0) + noise + 10 * p[..., 0]
-    return Volume(ct.astype(np.float32), affine), Volume(mr.astype(np.float32), affine)
-
-
-def add_patient(root, pid, modalities=("ct", "mr"), seed=0):
-    folder = Path(root) / pid
-    folder.mkdir(parents=True)
-    ct, mr = head(seed=seed)
-    for name in modalities:
-        write_nifti({"ct": ct, "mr": mr}[name], folder / f"{name}.nii.gz")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +82,11 @@ def test_round_trip_and_dataset_layout(converted, dataset):
     entry = spec.patients[pid]
     assert entry["role"] == "paired" and entry["split"] == "train"
     ct, mr = (read_volume(dataset / pid / f"{m}.nii.gz") for m in ("ct", "mr"))
-    ref = pp.resample_to_spacing(pp.to_canonical(ct), SPACING)
+    ref = pp.resample_to_spacing(pp.to_canonical(ct), HEAD_SPACING)
     body = pp.body_mask_from_ct(ref.data, CFG.body_threshold_hu)
     lo, hi = pp.mr_range(mr.data, body, CFG.mr_percentiles)  # same grid: MR resampling is the identity
     examples = [ex for ex in reader.iterate(out, "paired_train") if ex["patient_id"] == pid]
-    assert len(examples) == entry["n_slices_kept"] and entry["n_slices_kept"] + entry["n_slices_skipped"] == SHAPE[2]
+    assert len(examples) == entry["n_slices_kept"] and entry["n_slices_kept"] + entry["n_slices_skipped"] == HEAD_SHAPE[2]
     ex = examples[len(examples) // 2]
     k = ex["slice_index"]
     exp_ct, placement = pp.fit_to_size(pp.axial_image(pp.window_ct(ref.data, 40, 80), k), 64, pad_value=0)
@@ -122,7 +97,7 @@ def test_round_trip_and_dataset_layout(converted, dataset):
     np.testing.assert_array_equal(ex["mask"][..., 0], exp_mask)
     np.testing.assert_allclose(ex["mr_range"], [lo, hi], rtol=1e-6)
     np.testing.assert_allclose(ex["affine"].reshape(4, 4), ref.affine, atol=1e-5)
-    assert ex["volume_shape"].tolist() == list(SHAPE) and ex["num_slices"] == SHAPE[2]
+    assert ex["volume_shape"].tolist() == list(HEAD_SHAPE) and ex["num_slices"] == HEAD_SHAPE[2]
     np.testing.assert_allclose(ex["placement"], placement.to_list())
     # CT-only examples have no MR range; slices of one patient are in order.
     assert all(e["mr_range"].tolist() == [0, 0] for e in reader.iterate(out, "unpaired_ct"))
@@ -186,7 +161,7 @@ def test_bad_patient_fails_cleanly_naming_the_file(tmp_path, case):
         nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), bad / "ct.nii.gz")
         culprit, words = bad / "ct.nii.gz", "4-D"
     elif case == "nan":
-        ct, _ = head()
+        ct, _ = head_pair()
         ct.data[3, 3, 3] = np.nan
         nib.save(nib.Nifti1Image(ct.data, ct.affine), bad / "ct.nii.gz")
         culprit, words = bad / "ct.nii.gz", "NaN"
@@ -195,7 +170,7 @@ def test_bad_patient_fails_cleanly_naming_the_file(tmp_path, case):
             f.unlink()
         culprit, words = bad, "neither a CT nor an MR"
     else:
-        _, mr = head()
+        _, mr = head_pair()
         mr.affine[2, 3] += 500
         write_nifti(mr, bad / "mr.nii.gz")
         culprit, words = bad / "mr.nii.gz", "does not overlap"
@@ -334,7 +309,7 @@ def test_config_from_flags_covers_every_field():
 # ------------------------------------------------------------------ HU range, validation split, body loss
 
 def test_full_hu_range_and_validation_patients(dataset, tmp_path):
-    cfg = pp.PreprocessConfig(spacing_mm=SPACING, image_size=64, ct_range=(-1024, 3000), bits=16)
+    cfg = pp.PreprocessConfig(spacing_mm=HEAD_SPACING, image_size=64, ct_range=(-1024, 3000), bits=16)
     out = tmp_path / "full"
     summary = make_records(dataset, out, cfg, test_patients=1, val_patients=1, workers=0, progress=False)
     spec = DatasetSpec.load(out)
@@ -357,11 +332,11 @@ def test_validation_patients_must_not_be_test_patients(dataset, tmp_path):
 
 
 def test_body_outside_the_canvas_fails_naming_the_flags(dataset, tmp_path):
-    small = pp.PreprocessConfig(spacing_mm=SPACING, image_size=24)   # 48 mm canvas, 64 x 80 mm head
+    small = pp.PreprocessConfig(spacing_mm=HEAD_SPACING, image_size=24)   # 48 mm canvas, 64 x 80 mm head
     msg = run_fail(dataset, tmp_path / "o", small, test_patients=1)
     assert "outside the 24 x 24 canvas" in msg and "--image_size" in msg and "--fit=resize" in msg
     assert no_leftovers(tmp_path / "o")
-    tolerant = pp.PreprocessConfig(spacing_mm=SPACING, image_size=24, max_body_loss=1.0)
+    tolerant = pp.PreprocessConfig(spacing_mm=HEAD_SPACING, image_size=24, max_body_loss=1.0)
     summary = make_records(dataset, tmp_path / "t", tolerant, test_patients=1, workers=0, progress=False)
     lost = summary["body_outside_canvas"]
     assert set(lost) == set(DatasetSpec.load(tmp_path / "t").patients) and all(v["fraction"] > 0 for v in lost.values())

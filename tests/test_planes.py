@@ -125,7 +125,7 @@ def test_a_volume_thinner_than_a_stack_is_refused_naming_it():
 
 @pytest.fixture(scope="module")
 def two_patients(tmp_path_factory):
-    from test_make_records import add_patient
+    from conftest import add_patient
     root = tmp_path_factory.mktemp("planes") / "root"
     for i in range(2):
         add_patient(root, f"p{i}", seed=i)
@@ -173,8 +173,8 @@ def test_context_deeper_than_the_volume_is_refused_naming_the_file(two_patients,
 
 
 def test_evaluation_refuses_a_model_of_another_plane_or_depth_naming_both():
-    from mrgan_tf.evaluation.patients import EvaluationError
     from mrgan_tf.evaluation.grid import check_preprocessing
+    from mrgan_tf.evaluation.patients import EvaluationError
     model = identity(dataclasses.replace(CFG, slice_axis="sagittal", context_slices=1), "sag")
     with pytest.raises(EvaluationError, match=r"context_slices 1 \(model\) vs 0 \(test data\); slice_axis "
                                               r"'sagittal' \(model\) vs 'axial' \(test data\)"):

@@ -6,8 +6,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_make_records import CFG, add_patient, head
 
+from conftest import add_patient, head_pair, records_config
 from mrgan_tf.inference import synthesis
 from mrgan_tf.io import layout
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -25,7 +25,7 @@ def vol(data, source="x.nii.gz"):
 # ------------------------------------------------------------------ pure checks
 
 def test_volume_checks():
-    ct, mr = head()
+    ct, mr = head_pair()
     assert pl.check_volume(ct, "ct") == [] and pl.check_volume(mr, "mr") == []
     zero = pl.check_volume(vol(np.zeros((4, 4, 4)), "z.nii"), "ct")
     assert [p.kind for p in zero] == ["constant"] and "z.nii" in str(zero[0]) and "every voxel is 0" in str(zero[0])
@@ -76,7 +76,7 @@ def bad_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad") / "root"
     for i in range(2):
         add_patient(root, f"good{i}", seed=i)
-    ct, mr = head(seed=0)
+    ct, mr = head_pair(seed=0)
 
     def patient(pid, ct_data=None, mr_vol=None):
         folder = root / pid
@@ -105,7 +105,7 @@ def bad_root(tmp_path_factory):
 
 
 def test_make_records_names_counts_and_drops(bad_root, tmp_path):
-    summary = make_records(bad_root, tmp_path / "out", CFG, test_patients=0, on_error="skip", workers=0,
+    summary = make_records(bad_root, tmp_path / "out", records_config(), test_patients=0, on_error="skip", workers=0,
                            progress=False)
     failed = summary["failed_patients"]
     assert sorted(failed) == ["analyze_ct", "constant_mr", "huge_ct", "tiny", "unsigned_ct", "zero_ct"]
@@ -134,7 +134,7 @@ def test_make_records_accepts_and_mends_on_request(bad_root, tmp_path):
     only.mkdir()
     for pid in ("good0", "unsigned_ct", "analyze_ct"):
         (only / pid).symlink_to(bad_root / pid)
-    summary = make_records(only, tmp_path / "out", CFG, test_patients=0, workers=0, progress=False,
+    summary = make_records(only, tmp_path / "out", records_config(), test_patients=0, workers=0, progress=False,
                            checks=PlausibilityConfig(accept=("unsupported_file",), unsigned_ct_offset=1024))
     assert summary["failed_patients"] == {} and summary["patients"] == {"mr/train": 1, "paired/train": 2}
     assert summary["plausibility"]["ct_offset_hu_subtracted"] == {"unsigned_ct": 1024.0}
@@ -152,7 +152,7 @@ def test_synthesize_refuses_constant_input_and_warns_on_unsigned_ct(caplog):
     predictor = types.SimpleNamespace(name="ct2mr")   # the checks run before the model is used
     with pytest.raises(VolumeError, match="every voxel is 0"):
         synthesis.prepare_input(predictor, vol(np.zeros((8, 8, 8)), "zero.nii.gz"))
-    ct, _ = head()
+    ct, _ = head_pair()
     with pytest.raises(AttributeError):               # past the checks, into the (absent) model's preprocessing
         synthesis.prepare_input(predictor, ct.with_data(ct.data + 1024))
     assert "HU+1024" in caplog.text
@@ -162,8 +162,8 @@ def test_synthesize_refuses_constant_input_and_warns_on_unsigned_ct(caplog):
 
 def test_several_dicom_series_name_the_flag_and_a_list_picks_one(tmp_path):
     import pydicom
-    from test_io import copy_series
 
+    from conftest import copy_series
     from mrgan_tf.io.dicom import read_dicom_series
     single = copy_series("98892001/CT5N", tmp_path / "single")
     both = tmp_path / "ct"

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS, train_configs
 
+from conftest import TINY_FLAGS, train_configs
 from tfrecords_tools import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -81,7 +81,7 @@ def test_atomic_output_heals_the_folder_and_names_unwritable_paths(tmp_path):
 # ------------------------------------------------------------------ make_records
 
 def small_root(root):
-    from test_make_records import add_patient
+    from conftest import add_patient
     for i in range(3):
         add_patient(root, f"p{i}", seed=i)
     return root
@@ -185,9 +185,8 @@ def test_train_corrupt_shard_names_shard_and_record(tiny_records, tmp_path):
 
 
 def test_train_startup_failures_write_nothing(tmp_path):
-    from records_factory import write_tiny_records
-
     from mrgan_tf.training import train
+    from records_factory import write_tiny_records
     records = tmp_path / "records"
     write_tiny_records(str(records), size=32, per_set=4)
     os.remove(records / "unpaired_ct.shards.json")           # a missing unpaired set

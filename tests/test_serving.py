@@ -22,9 +22,8 @@ import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
-from conftest import tiny_export
-from conftest import _head_ct, _oblique_lps_affine
 
+from conftest import head_ct, oblique_lps_affine, tiny_export
 from mrgan_tf.inference import client, predictors, synthesis
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume
@@ -164,7 +163,7 @@ def test_double_checks_requests_as_tf_serving_does(servers, exported):
 
 
 def test_client_volume_over_grpc_equals_synthesize(servers, exported, grpc_cfg, tmp_path):
-    vol = Volume(_head_ct((24, 28, 20)), _oblique_lps_affine(), "mem")
+    vol = Volume(head_ct((24, 28, 20)), oblique_lps_affine(), "mem")
     for name in ("ct2mr", "mr2ct"):
         src = vol if name == "ct2mr" else Volume(np.clip(vol.data + 1000.0, 0, None), vol.affine, "mem")
         local, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, name), src)
@@ -202,7 +201,7 @@ def test_batches_are_ordered_and_capped_by_the_message_limit(servers, grpc_cfg):
 
 def test_client_over_rest_equals_synthesize(servers, exported):
     cfg = client.ClientConfig(servers.rest_url, timeout_s=60.0, retries=1)
-    vol = Volume(_head_ct((20, 24, 6)), np.eye(4), "mem")
+    vol = Volume(head_ct((20, 24, 6)), np.eye(4), "mem")
     before = len(servers.rest_calls)
     remote, _ = synthesis.synthesize_volume(client.connect(cfg, "ct2mr"), vol, batch_size=4)
     local, _ = synthesis.synthesize_volume(predictors.load_predictor(exported, "ct2mr"), vol)
@@ -320,7 +319,7 @@ def test_docs_rest_examples_are_accepted(servers):
 
 def test_cli_client_and_synthesize_server_flag(servers, tmp_path):
     src = tmp_path / "ct.nii.gz"
-    write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), src)
+    write_nifti(Volume(head_ct((24, 28, 20)), np.eye(4)), src)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -388,7 +387,7 @@ def test_stack_model_runs_in_saved_model_cli_and_synthesize(stack_export, tmp_pa
     assert "Result for output key mr_255" in run.stdout
     pred = predictors.load_predictor(out, "ct2mr")
     assert pred.preprocess.context_slices == 1
-    ct = Volume(_head_ct((20, 24, 12)), _oblique_lps_affine(), str(tmp_path / "ct.nii.gz"))
+    ct = Volume(head_ct((20, 24, 12)), oblique_lps_affine(), str(tmp_path / "ct.nii.gz"))
     syn, info = synthesis.synthesize_volume(pred, ct, batch_size=3)
     whole, _ = synthesis.synthesize_volume(pred, ct, batch_size=64)
     np.testing.assert_allclose(syn.data, whole.data, atol=1e-3)

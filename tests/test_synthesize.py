@@ -8,8 +8,8 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import _head_ct, _oblique_lps_affine, tiny_export, tiny_run
 
+from conftest import head_ct, oblique_lps_affine, tiny_export, tiny_run
 from mrgan_tf.inference import outputs, predictors, synthesis
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -30,7 +30,7 @@ def to_mr(exported):
 
 def test_geometry_is_preserved_on_oblique_flipped_grid(to_mr, tmp_path):
     src = tmp_path / "ct.nii.gz"
-    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    write_nifti(Volume(head_ct((24, 28, 20)), oblique_lps_affine()), src)
     info = outputs.synthesize_file(to_mr, str(src), str(tmp_path / "syn.nii.gz"))
     ref, out = read_volume(src), read_volume(tmp_path / "syn.nii.gz")
     assert out.shape == ref.shape == (24, 28, 20)
@@ -43,7 +43,7 @@ def test_geometry_is_preserved_on_oblique_flipped_grid(to_mr, tmp_path):
 
 def test_geometry_is_preserved_for_mha_input(to_mr, tmp_path):
     import SimpleITK as sitk
-    img = sitk.GetImageFromArray(_head_ct((20, 28, 24)))   # (z, y, x)
+    img = sitk.GetImageFromArray(head_ct((20, 28, 24)))   # (z, y, x)
     img.SetSpacing((0.8, 1.2, 1.5))
     img.SetOrigin((5.0, -3.0, 10.0))
     img.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))   # swapped x/y, flipped z
@@ -58,7 +58,7 @@ def test_every_slice_goes_through_the_model(to_mr, tiny_records):
     """On a grid that needs no resampling, output slice k == model(windowed axial slice k), slices without a
     body too; a slice without any contrast is the background (context.blank_flat_stacks_tf)."""
     cfg = tiny_records.preprocess
-    ct = _head_ct((32, 32, 6))
+    ct = head_ct((32, 32, 6))
     ct[:, :, :2] = -1000.0   # no body: make_records would drop these slices; synthesis must not
     ct[3:6, 3:6, 0] = 40.0   # slice 0: a speck (a headrest, a marker) gives it contrast; slice 1 is flat air
     vol = Volume(ct, np.eye(4), "mem")
@@ -82,7 +82,7 @@ def test_run_dir_and_saved_model_agree(to_mr, tiny_records, tmp_path_factory):
 def test_mr2ct_volume_in_hu_with_air_outside_the_field_of_view(exported, tiny_records):
     cfg = tiny_records.preprocess
     to_ct = predictors.load_predictor(exported, "mr2ct")
-    mr = np.clip(_head_ct((40, 24, 5)) + 1000.0, 0, None)   # 40 mm wide: pad fit crops 4 mm per side
+    mr = np.clip(head_ct((40, 24, 5)) + 1000.0, 0, None)   # 40 mm wide: pad fit crops 4 mm per side
     out, _ = synthesis.synthesize_volume(to_ct, Volume(mr, np.eye(4), "mem"))
     assert out.shape == mr.shape
     low, high = cfg.ct_window_center - cfg.ct_window_width / 2, cfg.ct_window_center + cfg.ct_window_width / 2
@@ -96,8 +96,8 @@ def test_folder_mode(to_mr, tmp_path):
     root, out_dir = tmp_path / "root", tmp_path / "out"
     for pid in ("p1", "p2", "p3"):
         (root / pid).mkdir(parents=True)
-    write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p1" / "ct.nii.gz")
-    write_nifti(Volume(_head_ct((24, 28, 20)), np.eye(4)), root / "p2" / "mr.nii.gz")   # no CT: nothing to do
+    write_nifti(Volume(head_ct((24, 28, 20)), np.eye(4)), root / "p1" / "ct.nii.gz")
+    write_nifti(Volume(head_ct((24, 28, 20)), np.eye(4)), root / "p2" / "mr.nii.gz")   # no CT: nothing to do
     nib.save(nib.Nifti1Image(np.zeros((10, 10), np.float32), np.eye(4)), str(root / "p3" / "ct.nii.gz"))
     done, errors = outputs.synthesize_root(to_mr, str(root), str(out_dir))
     assert [d["output"] for d in done] == [str(out_dir / "p1" / "syn_mr.nii.gz")]
@@ -114,14 +114,14 @@ def test_bad_inputs(to_mr, tmp_path):
     with pytest.raises(VolumeError, match="no such file"):
         outputs.synthesize_file(to_mr, str(tmp_path / "missing.nii.gz"), str(tmp_path / "o.nii.gz"))
     assert not (tmp_path / "o.nii.gz").exists()
-    assert synthesis.ct_like_warning(Volume(_head_ct((16, 16, 16)), np.eye(4), "ct")) is None
+    assert synthesis.ct_like_warning(Volume(head_ct((16, 16, 16)), np.eye(4), "ct")) is None
     assert "do not look like a CT" in synthesis.ct_like_warning(Volume(np.full((4, 4, 4), 50.0), np.eye(4), "x"))
     assert "do not look like a CT" in synthesis.ct_like_warning(Volume(np.full((4, 4, 4), 9000.0), np.eye(4)))
 
 
 def test_cli(exported, tmp_path):
     src, bad = tmp_path / "ct.nii.gz", tmp_path / "flat.nii.gz"
-    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    write_nifti(Volume(head_ct((24, 28, 20)), oblique_lps_affine()), src)
     nib.save(nib.Nifti1Image(np.zeros((10, 10), np.float32), np.eye(4)), str(bad))
     cmd = [sys.executable, "-m", "mrgan_tf.synthesize", f"--model={exported}", "--noprogress"]
     ok = subprocess.Popen(cmd + [f"--ct={src}", f"--out={tmp_path / 'syn.nii.gz'}"], stdout=subprocess.PIPE,
@@ -140,7 +140,7 @@ def test_cli(exported, tmp_path):
 def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
     import json
     src = tmp_path / "ct.nii.gz"
-    write_nifti(Volume(_head_ct((24, 28, 20)), _oblique_lps_affine()), src)
+    write_nifti(Volume(head_ct((24, 28, 20)), oblique_lps_affine()), src)
     cmd = [sys.executable, "-m", "mrgan_tf.synthesize", f"--model={exported}", "--noprogress", f"--ct={src}"]
     fused = subprocess.Popen(cmd + [f"--model={exported}", "--fusion=mean", f"--out={tmp_path / 'fused.nii.gz'}"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -164,7 +164,7 @@ def _identity_predictor(name, cfg):
 def test_synthetic_ct_is_int16_hu_over_the_full_range():
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32, ct_range=(-1024, 3000), bits=16)
-    mr = np.clip(_head_ct((40, 24, 6)) + 1000.0, 0, None)   # 40 mm wide on a 32 px canvas: 8 px outside
+    mr = np.clip(head_ct((40, 24, 6)) + 1000.0, 0, None)   # 40 mm wide on a 32 px canvas: 8 px outside
     out, info = synthesis.synthesize_volume(_identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
     assert out.data.dtype == np.int16 and out.shape == mr.shape
     assert out.data.min() >= -1024 and out.data.max() <= 3000
@@ -177,14 +177,14 @@ def test_synthetic_ct_is_int16_hu_over_the_full_range():
 def test_synthetic_mr_in_reference_units(tmp_path):
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32)
-    ct = Volume(_head_ct((24, 24, 6)), np.eye(4), "mem")
+    ct = Volume(head_ct((24, 24, 6)), np.eye(4), "mem")
     pred = _identity_predictor("ct2mr", cfg)
     scale, info255 = synthesis.synthesize_volume(pred, ct)
     ref_units, info = synthesis.synthesize_volume(pred, ct, mr_range=(100.0, 900.0))
     np.testing.assert_allclose(ref_units.data, 100.0 + scale.data / 255.0 * 800.0, atol=1e-3)
     assert "0-255" in info255["units"] and "100..900" in info["units"]
     ref = tmp_path / "ref_mr.nii.gz"
-    write_nifti(Volume(np.clip(_head_ct((24, 24, 6)) + 1000, 0, None), np.eye(4)), ref)
+    write_nifti(Volume(np.clip(head_ct((24, 24, 6)) + 1000, 0, None), np.eye(4)), ref)
     lo, hi = synthesis.reference_mr_range(str(ref), pred)
     assert 0 <= lo < hi
     with pytest.raises(predictors.SynthesisError, match="only a synthetic MR"):

@@ -11,18 +11,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from orthanc_server import Orthanc
-from test_dicom_write import DS_TOL, dciodvfy_errors
-from conftest import tiny_export, tiny_model
-from test_io import copy_series
-from conftest import _head_ct, _oblique_lps_affine
 
-from mrgan_tf.inference import outputs, provenance
+from conftest import DS_TOL, copy_series, dciodvfy_errors, head_ct, oblique_lps_affine, tiny_export, tiny_model
+from mrgan_tf.inference import outputs
 from mrgan_tf.inference import predictors as predictors_lib
+from mrgan_tf.inference import provenance
 from mrgan_tf.io import pacs
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.io.writers import write_volume
+from orthanc_server import Orthanc
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +71,8 @@ def test_dicom_ct_in_synthetic_mr_series_out_on_the_source_grid(predictors, expo
 
 def test_mr2ct_to_mha_is_int16_hu_with_a_sidecar_and_refusals(predictors, tmp_path):
     src = tmp_path / "p1" / "mr.nii.gz"
-    mr = np.clip(_head_ct((24, 28, 20)) + 1000.0, 0, None)
-    write_volume(Volume(mr, _oblique_lps_affine()), src)
+    mr = np.clip(head_ct((24, 28, 20)) + 1000.0, 0, None)
+    write_volume(Volume(mr, oblique_lps_affine()), src)
     out = tmp_path / "p1" / "syn_ct.mha"
     info = outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))
     assert info["format"] == "mha" and sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkInt16
@@ -99,7 +97,7 @@ def test_mr2ct_to_mha_is_int16_hu_with_a_sidecar_and_refusals(predictors, tmp_pa
 def test_folder_mode_writes_one_dicom_series_per_patient(predictors, tmp_path):
     root, out_dir = tmp_path / "root", tmp_path / "out"
     for pid in ("p1", "p2"):
-        write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), root / pid / "ct.nii.gz", modality="CT")
+        write_volume(Volume(head_ct((20, 22, 6)), np.eye(4)), root / pid / "ct.nii.gz", modality="CT")
     (out_dir / "p2" / "syn_mr").mkdir(parents=True)   # already there: refused, reported, not replaced
     done, errors = outputs.synthesize_root(predictors["ct2mr"], str(root), str(out_dir),
                                               options=outputs.OutputOptions(out_format="dicom"))
@@ -135,7 +133,7 @@ def orthanc(tmp_path_factory):
 
 def test_send_stores_the_series_in_orthanc(predictors, orthanc, tmp_path):
     src = tmp_path / "p3" / "ct.nii.gz"
-    write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
+    write_volume(Volume(head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
     info = outputs.synthesize_file(predictors["ct2mr"], str(src), str(tmp_path / "p3" / "syn_mr"),
                                       options=outputs.OutputOptions(send=orthanc.peer))
     assert "stored 6 of 6" in info["sent"]
@@ -147,7 +145,7 @@ def test_send_stores_the_series_in_orthanc(predictors, orthanc, tmp_path):
 def test_failed_send_keeps_the_complete_series_and_says_nothing_was_stored(predictors, tmp_path):
     from orthanc_server import free_port
     src = tmp_path / "p4" / "ct.nii.gz"
-    write_volume(Volume(_head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
+    write_volume(Volume(head_ct((20, 22, 6)), np.eye(4)), src, modality="CT")
     out = tmp_path / "p4" / "syn_mr"
     with pytest.raises(pacs.PacsError, match=r"cannot reach the peer.*nothing was stored \(0 of 6 instances"):
         outputs.synthesize_file(predictors["ct2mr"], str(src), str(out), options=outputs.OutputOptions(

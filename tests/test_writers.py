@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_io import oblique_affine
 
+from conftest import oblique_affine
 from mrgan_tf.io import writers
 from mrgan_tf.io.quantise import fitting_rescale, quantise
 from mrgan_tf.io.readers import read_volume
