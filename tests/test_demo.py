@@ -15,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from mrgan_tf.demo import data as demo_data
+from mrgan_tf.demo import anatomy
 from mrgan_tf.demo import pipeline as demo
+from mrgan_tf.demo import report, runs
 
 STEPS = 3
 TOY_ARGS = ["--size_scale=0.25", f"--steps={STEPS}", "--train_flag=--ngf=4", "--train_flag=--n_blocks=1",
@@ -77,7 +78,7 @@ def test_runs_have_checkpoints_history_and_loadable_savedmodels(built):
     for mode in demo.MODES:
         run = os.path.join(out, mode)
         assert tf.train.latest_checkpoint(os.path.join(run, "checkpoints")).endswith(f"ckpt-{STEPS}")
-        curves = demo.read_history(os.path.join(run, "history.csv"))
+        curves = report.read_history(os.path.join(run, "history.csv"))
         assert curves and next(iter(curves.values()))[0][-1] == STEPS
         exported = load_exported(os.path.join(run, "export"), "ct2mr")
         y = exported.normalised(ct=x)["mr"].numpy()
@@ -126,7 +127,7 @@ def test_synthesized_volume_is_on_the_ct_grid(built):
     import nibabel as nib
     out, _ = built
     pid, real = demo.Demo(demo.DemoOptions(out=out, **TOY_OPTIONS).resolved()).cranium_patient()
-    assert real == demo_data.CRANIUM_INV3.is_file()
+    assert real == anatomy.CRANIUM_INV3.is_file()
     ct = nib.load(os.path.join(out, "data", pid, "ct.nii.gz"))
     syn = nib.load(os.path.join(out, demo.SYN_NAME if real else f"{pid}_syn_mr.nii.gz"))
     assert syn.shape == ct.shape
@@ -172,17 +173,17 @@ def test_cli_bad_flag_exits_nonzero_with_message(tmp_path):
 
 
 def test_console_filter():
-    assert not demo._worth_showing("I1124 22:52:10.987956 139625383144320 signature_serialization.py:156] x\n")
-    assert demo._worth_showing("I1124 22:52:10.987956 139625383144320 train.py:99] resuming\n")
-    assert demo._worth_showing("W1124 22:52:10.987956 139625383144320 anything.py:1] careful\n")
-    assert demo._worth_showing("trained 3 iterations in 5.0 s -> /x\n")
+    assert not runs.worth_showing("I1124 22:52:10.987956 139625383144320 signature_serialization.py:156] x\n")
+    assert runs.worth_showing("I1124 22:52:10.987956 139625383144320 train.py:99] resuming\n")
+    assert runs.worth_showing("W1124 22:52:10.987956 139625383144320 anything.py:1] careful\n")
+    assert runs.worth_showing("trained 3 iterations in 5.0 s -> /x\n")
 
 
 def test_read_history(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("iteration,a/loss,b,iterations_per_second\n10,1.5,nan,3\n20,1.0,2,3.5\n")
-    curves = demo.read_history(str(path))
+    curves = report.read_history(str(path))
     assert set(curves) == {"a/loss", "b"}
     assert curves["a/loss"] == ([10, 20], [1.5, 1.0])
     assert np.isnan(curves["b"][1][0])
-    assert demo.read_history(str(tmp_path / "missing.csv")) == {}
+    assert report.read_history(str(tmp_path / "missing.csv")) == {}

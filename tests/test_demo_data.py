@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from mrgan_tf.demo import anatomy, patients
 from mrgan_tf.demo import data as demo_data
 from mrgan_tf.io.invesalius import read_inv3
 from mrgan_tf.io.volumes import VolumeError
 
-CRANIUM = demo_data.CRANIUM_INV3
+CRANIUM = anatomy.CRANIUM_INV3
 needs_cranium = pytest.mark.skipif(
     not CRANIUM.is_file(), reason=f"{CRANIUM} absent (install Debian package invesalius-examples)")
 needs_debian = pytest.mark.skipif(
-    not (demo_data._debian_available() and CRANIUM.is_file()),
+    not (anatomy.debian_available() and CRANIUM.is_file()),
     reason="Debian mricron-data / invesalius-examples absent (CI installs them)")
 
 SMALL = dict(n_paired_train=1, n_paired_test=1, n_unpaired_ct=2, n_unpaired_mr=1, size_scale=0.5,
@@ -108,7 +109,7 @@ def test_read_cranium_matches_documented_geometry():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    if not (demo_data._debian_available() and CRANIUM.is_file()):
+    if not (anatomy.debian_available() and CRANIUM.is_file()):
         pytest.skip("Debian mricron-data / invesalius-examples absent (CI installs them)")
     root = tmp_path_factory.mktemp("demo")
     runs = {}
@@ -118,9 +119,9 @@ def built(tmp_path_factory):
 
 
 def _manifest(folder: Path) -> list[dict]:
-    with open(folder / demo_data.MANIFEST, newline="") as f:
+    with open(folder / patients.MANIFEST, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == demo_data.MANIFEST_COLUMNS
+        assert tuple(reader.fieldnames) == patients.MANIFEST_COLUMNS
         return list(reader)
 
 
@@ -237,8 +238,8 @@ def test_rejects_bad_arguments(tmp_path):
 
 
 def test_falls_back_to_nilearn_without_debian_files(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(demo_data, "MRICRON_DIR", tmp_path / "missing")
-    monkeypatch.setattr(demo_data, "CRANIUM_INV3", tmp_path / "missing.inv3")
+    monkeypatch.setattr(anatomy, "MRICRON_DIR", tmp_path / "missing")
+    monkeypatch.setattr(anatomy, "CRANIUM_INV3", tmp_path / "missing.inv3")
     summary = demo_data.build_demo_dataset(tmp_path / "o", n_paired_train=1, n_paired_test=1,
                                            n_unpaired_ct=1, n_unpaired_mr=0, size_scale=0.5, progress=False)
     assert summary["train_bases"] == summary["test_bases"] == ["mni152"]

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import table1  # noqa: E402
-from table1 import ExperimentError, _read_json, _say, _stats, _write_json  # noqa: E402
+from table1 import ExperimentError, _read_json, say, _stats, _write_json  # noqa: E402
 
 # trained model -> (slice_axis, context_slices)
 MODELS = {f"{axis}_k{k}": (axis, k) for k in (0, 1, 2) for axis in ("axial", "coronal", "sagittal")}
@@ -104,13 +104,13 @@ def build_records(grid: ContextGrid, models: Sequence[str], workers: int) -> Non
         cfg = dataclasses.replace(base, slice_axis=axis, context_slices=k)
         spec = _read_json(os.path.join(out, "dataset.json"))
         if spec.get("preprocess") == cfg.to_dict():
-            _say(f"[records {run}] reusing {out}")
+            say(f"[records {run}] reusing {out}")
             continue
-        _say(f"[records {run}] python -m mrgan_tf.make_records --root={data} --out={out} "
+        say(f"[records {run}] python -m mrgan_tf.make_records --root={data} --out={out} "
              f"--manifest={os.path.join(data, 'demo_manifest.csv')} --slice_axis={axis} --context_slices={k} ...")
         summary = make_records(data, out, cfg, manifest=os.path.join(data, "demo_manifest.csv"), overwrite=True,
                                workers=workers)
-        _say(format_summary(summary))
+        say(format_summary(summary))
 
 
 def superior_axis(affine: np.ndarray) -> int:
@@ -142,7 +142,7 @@ def evaluate_seed(grid: ContextGrid, seed: int, arms: Sequence[str], png: str | 
     rows: dict = {a: {} for a in arms}
     notes: list[str] = []
     for i, (pid, p) in enumerate(patients.items()):
-        _say(f"[eval seed {seed}] patient {pid}: {', '.join(arms)}")
+        say(f"[eval seed {seed}] patient {pid}: {', '.join(arms)}")
         volumes: dict = {}
         scored, _, _ = grid_rows(loaded, pid, files[pid], p, cfg, notes, volumes=volumes)
         axis = superior_axis(volumes["grid"].affine)
@@ -271,13 +271,13 @@ def run_experiment() -> int:
     doc = {**agg, "partial": partial, "expected_seeds": seeds, "steps": FLAGS.steps, "wall_seconds": wall,
            "config": os.path.relpath(grid.config, REPO), "train_flags": grid.train_flags,
            "total_seconds_this_call": time.perf_counter() - t0,
-           "commands": {f"{m}/seed{s}": table1.demo._cmd_text(grid.command(m, s)) for m in models for s in seeds},
+           "commands": {f"{m}/seed{s}": table1.runs.cmd_text(grid.command(m, s)) for m in models for s in seeds},
            "code": {f"{m}/seed{s}": [x.get("code") for x in grid.state(m, s).get("sessions", [])]
                     for m in models for s in seeds}}
     table1.atomic_write_text(os.path.join(FLAGS.results, "context.md"), md)
     _write_json(os.path.join(FLAGS.results, "context.json"), doc)
-    _say(md)
-    _say(f"wrote context.md, context.json and {os.path.basename(png)} to {FLAGS.results} "
+    say(md)
+    say(f"wrote context.md, context.json and {os.path.basename(png)} to {FLAGS.results} "
          f"in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -208,7 +208,7 @@ def run_experiment() -> int:
     per_arm: dict[str, dict] = {}
     for i, (arm, seed) in enumerate(todo):
         grid = grids[arm]
-        table1._say(f"--- {i + 1}/{len(todo)}: {arm} seed {seed}")
+        table1.say(f"--- {i + 1}/{len(todo)}: {arm} seed {seed}")
         if not grid.finished("mrgan", seed) and not FLAGS.aggregate_only:
             grid.train("mrgan", seed)
         evaluated = os.path.isfile(os.path.join(grid.dir, "eval", f"seed{seed}", "metrics.json"))
@@ -236,8 +236,8 @@ def run_experiment() -> int:
     atomic_write_text(os.path.join(FLAGS.results, "fidelity.md"), "\n".join(md))
     atomic_write_text(os.path.join(FLAGS.results, "fidelity.json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
     figure(os.path.join(FLAGS.results, "fidelity_mae.png"), arms, FLAGS.groups)
-    table1._say("\n".join(md))
-    table1._say(f"wrote {FLAGS.results} in {time.perf_counter() - t0:.0f} s")
+    table1.say("\n".join(md))
+    table1.say(f"wrote {FLAGS.results} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

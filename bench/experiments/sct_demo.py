@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import table1  # noqa: E402
 
 from mrgan_tf.demo import pipeline as demo  # noqa: E402
+from mrgan_tf.demo import runs  # noqa: E402
 from mrgan_tf.demo.sct import CT_RANGE, sct_figure, sct_table  # noqa: E402
 from tfrecords_tools.atomic import atomic_write_text  # noqa: E402
 
@@ -46,7 +47,7 @@ def run() -> int:
     d = demo.Demo(opts)
     for stage in (d.stage_data, d.stage_records):
         status, commands = stage()
-        table1._say(f"{status}: {'; '.join(commands)}")
+        table1.say(f"{status}: {'; '.join(commands)}")
     grid = table1.Grid(root, "sct", FLAGS.config, FLAGS.steps, ["--paired_baseline_direction=mr2ct"])
     from mrgan_tf.evaluation.evaluate import evaluate
     per_seed = {}
@@ -56,7 +57,7 @@ def run() -> int:
                 grid.train(mode, seed)
         out = os.path.join(grid.dir, "eval", f"seed{seed}")
         models = {m: os.path.join(grid.run_dir(m, seed), "export") for m in modes}
-        table1._say(f"[eval seed {seed}] python -m mrgan_tf.evaluate "
+        table1.say(f"[eval seed {seed}] python -m mrgan_tf.evaluate "
                     + " ".join(f"--model={m}={p}" for m, p in models.items()) + f" --dataset={grid.records} "
                     f"--out={out}")
         t_eval = time.perf_counter()
@@ -72,7 +73,7 @@ def run() -> int:
     timings = {m: {s: grid.state(m, s).get("finished") for s in seeds} for m in modes}
     doc = {"steps": FLAGS.steps, "seeds": seeds, "ct_range": CT_RANGE, "config": os.path.relpath(grid.config, REPO),
            "train_flags": grid.train_flags, "timings": timings,
-           "commands": {f"{m}/seed{s}": demo._cmd_text(grid.command(m, s)) for m in modes for s in seeds},
+           "commands": {f"{m}/seed{s}": runs.cmd_text(grid.command(m, s)) for m in modes for s in seeds},
            "code": table1.code_version(),
            "per_seed": {s: v["synthrad"]["per_patient"] for s, v in per_seed.items()},
            "eval_seconds": {s: v["eval_seconds"] for s, v in per_seed.items()},

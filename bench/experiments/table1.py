@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere in the checkout
 
 from mrgan_tf.demo import pipeline as demo  # noqa: E402
+from mrgan_tf.demo import report, runs  # noqa: E402
 from tfrecords_tools.writer import atomic_write_text  # noqa: E402
 
 MODES = ("mrgan", "paired", "unpaired")
@@ -85,7 +86,7 @@ def check_flagfile(path: str) -> None:
         raise ExperimentError(f"{path}: train flagfile not found")
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(msg, flush=True)
 
 
@@ -115,7 +116,7 @@ def build_inputs(root: str, config: str, steps: int, workers: int) -> str:
     d = demo.Demo(opts)
     for stage in (d.stage_data, d.stage_records):
         status, commands = stage()
-        _say(f"{status}: {'; '.join(commands)}")
+        say(f"{status}: {'; '.join(commands)}")
     return d.records
 
 
@@ -169,19 +170,19 @@ class Grid:
         settings = json.loads(json.dumps(self.settings(mode, seed)))
         state = self.state(mode, seed)
         if state and state.get("settings") != settings:
-            _say(f"[{mode} seed {seed}] settings changed: removing {run}")
+            say(f"[{mode} seed {seed}] settings changed: removing {run}")
             shutil.rmtree(run)
             state = {}
         os.makedirs(run, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
-        state = {"settings": settings, "command": demo._cmd_text(self.command(mode, seed)),
+        state = {"settings": settings, "command": runs.cmd_text(self.command(mode, seed)),
                  "sessions": state.get("sessions", [])}
         _write_json(os.path.join(run, "experiment.json"), state)
         log = os.path.join(self.logs, f"{mode}_seed{seed}.log")
-        _say(f"[{mode} seed {seed}] {state['command']}  (log {log})")
+        say(f"[{mode} seed {seed}] {state['command']}  (log {log})")
         version = code_version()
         t0 = time.perf_counter()
-        child = demo._Child(f"{mode}/{seed}", self.command(mode, seed), log)
+        child = runs.Child(f"{mode}/{seed}", self.command(mode, seed), log)
         next_report = t0 + 60.0
         while child.proc.poll() is None:
             try:
@@ -190,9 +191,9 @@ class Grid:
                 pass
             if time.perf_counter() >= next_report:
                 next_report += 60.0
-                p = demo._history_progress(run)
+                p = runs.history_progress(run)
                 if p:
-                    _say(f"  [{mode} seed {seed}] iteration {p[0]}/{self.steps} ({p[1]:.2f} it/s, "
+                    say(f"  [{mode} seed {seed}] iteration {p[0]}/{self.steps} ({p[1]:.2f} it/s, "
                          f"{time.perf_counter() - t0:.0f} s)")
         rc = child.finish()
         seconds = time.perf_counter() - t0
@@ -204,7 +205,7 @@ class Grid:
         state["finished"] = {"seconds": sum(s["seconds"] for s in state["sessions"]),
                              "iterations_per_second": _steady_rate(run)}
         _write_json(os.path.join(run, "experiment.json"), state)
-        _say(f"[{mode} seed {seed}] done in {seconds:.0f} s")
+        say(f"[{mode} seed {seed}] done in {seconds:.0f} s")
 
     def train_and_evaluate(self, seeds: Sequence[int], runs: Sequence[str], aggregate_only: bool, evaluate,
                            eval_file: str) -> dict:
@@ -215,7 +216,7 @@ class Grid:
         for seed in seeds:
             for run in runs:
                 if self.finished(run, seed):
-                    _say(f"[{run} seed {seed}] finished earlier: skipped")
+                    say(f"[{run} seed {seed}] finished earlier: skipped")
                 elif not aggregate_only:
                     self.train(run, seed)
             if all(self.finished(r, seed) for r in runs):
@@ -261,7 +262,7 @@ def evaluate_seed(grid: Grid, seed: int, modes: Sequence[str]) -> dict | None:
     done = _read_json(os.path.join(out, "experiment_eval.json"))
     if done.get("models") == key and os.path.isfile(os.path.join(out, "metrics.json")):
         return _read_json(os.path.join(out, "metrics.json"))
-    _say(f"[eval seed {seed}] python -m mrgan_tf.evaluate "
+    say(f"[eval seed {seed}] python -m mrgan_tf.evaluate "
          + " ".join(f"--model={m}={p}" for m, p in models.items()) + f" --dataset={grid.records} --out={out}")
     evaluate(models, grid.records, out)
     _write_json(os.path.join(out, "experiment_eval.json"), {"models": key})
@@ -386,7 +387,7 @@ def write_results(grid: Grid, agg: Mapping, results: str, expected_seeds: Sequen
     doc = {**agg, "partial": partial, "expected_seeds": list(expected_seeds), "steps": grid.steps,
            "config": os.path.relpath(grid.config, REPO), "config_lines": grid.config_lines,
            "train_flags": grid.train_flags, "schedule": dict(zip(("decay_start", "decay_steps"), schedule(grid.steps))),
-           "timings": timings, "commands": {f"{m}/seed{s}": demo._cmd_text(grid.command(m, s))
+           "timings": timings, "commands": {f"{m}/seed{s}": runs.cmd_text(grid.command(m, s))
                                             for m in modes for s in expected_seeds}}
     title = "# Table I at CPU scale" + (" (PARTIAL: seeds " + ", ".join(map(str, agg["seeds"])) + " of "
                                        + ", ".join(map(str, expected_seeds)) + ")" if partial else "")
@@ -412,7 +413,7 @@ def write_results(grid: Grid, agg: Mapping, results: str, expected_seeds: Sequen
             os.replace(dst + ".tmp", dst)
             files.append(dst)
     for m in agg["modes"]:
-        curves = demo.read_history(os.path.join(grid.run_dir(m, first), "history.csv"))
+        curves = report.read_history(os.path.join(grid.run_dir(m, first), "history.csv"))
         if curves:
             files.append(figures.loss_curves(os.path.join(results, f"table1_loss_{m}.png"), curves,
                                              title=f"{LABELS[m]} (seed {first}): training losses", smooth=0.8))
@@ -440,8 +441,8 @@ def run_experiment() -> int:
         raise ExperimentError(f"{grid.dir}: no seed has all of {', '.join(modes)} trained and evaluated")
     agg = aggregate(per_seed)
     files = write_results(grid, agg, FLAGS.results, seeds, modes)
-    _say(Path(files[0]).read_text())
-    _say(f"wrote {len(files)} files to {FLAGS.results} in {time.perf_counter() - t0:.0f} s")
+    say(Path(files[0]).read_text())
+    say(f"wrote {len(files)} files to {FLAGS.results} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

@@ -5,7 +5,7 @@
 Stages (each reused when its output exists and was built with the same settings;
 ``--rebuild`` redoes everything; a stage that is redone makes every later one redo):
 
-1. ``<out>/data``: the offline demo set (``demo_data.build_demo_dataset``);
+1. ``<out>/data``: the offline demo set (``demo.data.build_demo_dataset``);
 2. ``<out>/records``: ``make_records`` with the set's own train/test manifest;
 3. ``<out>/{mrgan,paired,unpaired}``: ``python -m mrgan_tf.train --flagfile=configs/demo.cfg``,
    one process per mode (each trace costs ~45 s; processes keep TF state apart).
@@ -36,9 +36,8 @@ from typing import Any, Callable
 from absl import flags
 
 from mrgan_tf import cli
-from mrgan_tf.demo.report import read_history, stage_report, write_synthesis_png  # noqa: F401  (read_history: tests)
-from mrgan_tf.demo.runs import (MODES, DemoError,  # noqa: F401  (_Child, _cmd_text, ...: used by bench/experiments)
-                                TrainingStage, _Child, _cmd_text, _history_progress, _say, _worth_showing)
+from mrgan_tf.demo.report import stage_report, write_synthesis_png
+from mrgan_tf.demo.runs import MODES, DemoError, TrainingStage, cmd_text, say
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.cfg"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
@@ -230,13 +229,13 @@ class Demo:
         cmd = [f"python -m mrgan_tf.demo_data --out={self.data} --seed={self.o.seed} "
                f"--size_scale={self.o.size_scale:g} --overwrite"]
         if self._reuse("data", key, os.path.isfile(os.path.join(self.data, "demo_summary.json"))):
-            _say(f"reusing {self.data}")
+            say(f"reusing {self.data}")
             return "reused", cmd
         summary = build_demo_dataset(self.data, seed=self.o.seed, size_scale=self.o.size_scale, overwrite=True)
-        _say(f"wrote {len(summary['patients'])} patients ({summary['total_bytes'] / 1e6:.1f} MB) at "
+        say(f"wrote {len(summary['patients'])} patients ({summary['total_bytes'] / 1e6:.1f} MB) at "
              f"{summary['spacing_mm']:g} mm to {self.data}")
         for w in summary["warnings"]:
-            _say(f"WARNING: {w}")
+            say(f"WARNING: {w}")
         self.state.record("data", key)
         return "built", cmd
 
@@ -246,13 +245,13 @@ class Demo:
         from mrgan_tf.records.make_records import make_records
         cfg = self.preprocess_config()
         key = cfg.to_dict()
-        cmd = [_cmd_text(self.records_command())]
+        cmd = [cmd_text(self.records_command())]
         if self._reuse("records", key, os.path.isfile(os.path.join(self.records, "dataset.json"))):
-            _say(f"reusing {self.records}")
+            say(f"reusing {self.records}")
             return "reused", cmd
         summary = make_records(self.data, self.records, cfg, manifest=os.path.join(self.data, "demo_manifest.csv"),
                                overwrite=True, workers=self.o.workers)
-        _say(format_summary(summary))
+        say(format_summary(summary))
         self.state.record("records", key)
         return "built", cmd
 
@@ -270,7 +269,7 @@ class Demo:
                 resolve_version_dir(export_dir, "ct2mr")
             except ExportError:  # train exports when it ends; a run stopped before that has none
                 cmd = f"python -m mrgan_tf.export --run={self.runs[mode]}"
-                _say(f"[{mode}] {cmd}")
+                say(f"[{mode}] {cmd}")
                 commands.append(cmd)
                 export_run(self.runs[mode])
                 status = "exported"
@@ -280,24 +279,24 @@ class Demo:
                     self.exports[mode][name] = resolve_version_dir(export_dir, name)
                 except ExportError:
                     pass
-            _say(f"[{mode}] " + ", ".join(f"{n}: {p}" for n, p in self.exports[mode].items()))
+            say(f"[{mode}] " + ", ".join(f"{n}: {p}" for n, p in self.exports[mode].items()))
         return status, commands
 
     # ---- 5. evaluation
     def stage_eval(self):
         from mrgan_tf.evaluation.evaluate import evaluate
         models = {m: os.path.join(self.runs[m], "export") for m in MODES}
-        cmd = [_cmd_text(["python", "-m", "mrgan_tf.evaluate", *[f"--model={m}={p}" for m, p in models.items()],
+        cmd = [cmd_text(["python", "-m", "mrgan_tf.evaluate", *[f"--model={m}={p}" for m, p in models.items()],
                           f"--dataset={self.records}", f"--out={self.eval}"])]
         key = {m: self.exports[m] for m in MODES}
         metrics_md = os.path.join(self.eval, "metrics.md")
         if self._reuse("eval", key, os.path.isfile(os.path.join(self.eval, "metrics.json"))):
-            _say(f"reusing {self.eval}")
+            say(f"reusing {self.eval}")
             self.metrics_md = Path(metrics_md).read_text()
             return "reused", cmd
         result = evaluate(models, self.records, self.eval, progress=False)
         self.metrics_md = result["markdown"]
-        _say(self.metrics_md)
+        say(self.metrics_md)
         self.state.record("eval", key)
         return "built", cmd
 
@@ -341,16 +340,16 @@ class CraniumSynthesis:
         self.d.syn = {"patient": pid, "real": real, "ct": ct, "out": out, "png": png}
         key = {"model": self.d.exports["mrgan"]["ct2mr"], "ct": ct}
         if self.d._reuse("synthesize", key, os.path.isfile(out) and os.path.isfile(png)):
-            _say(f"reusing {out}")
+            say(f"reusing {out}")
             return "reused", cmd
         if not real:
-            _say(f"WARNING: the real Cranium CT is not in {self.d.data}; using simulated CT {pid}")
+            say(f"WARNING: the real Cranium CT is not in {self.d.data}; using simulated CT {pid}")
         predictor = load_predictor(model, "ct2mr")
         info = synthesize_file(predictor, ct, out, options=OutputOptions(overwrite=True))   # a rebuild replaces it
-        _say(f"{out}: {info['slices']} slices in {info['total_s']:.1f} s (model {info['model_s']:.1f} s)")
+        say(f"{out}: {info['slices']} slices in {info['total_s']:.1f} s (model {info['model_s']:.1f} s)")
         write_synthesis_png(ct, out, png, predictor.preprocess,
                             title=f"{pid}{' (real Cranium CT)' if real else ''}: CT | SynMR (MR-GAN)")
-        _say(f"wrote {png}")
+        say(f"wrote {png}")
         self.d.state.record("synthesize", key)
         return "built", cmd
 
@@ -364,7 +363,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     os.makedirs(opts.out, exist_ok=True)
     demo = Demo(opts)
     stages = Stages(8, demo.state)
-    _say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
+    say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
          f"{opts.image_size} px at {opts.spacing_mm:g} mm{', --rebuild' if opts.rebuild else ''})")
     stages.run("Demo data", demo.stage_data)
     stages.run("Records (make_records)", demo.stage_records)
@@ -375,7 +374,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     stages.run("Synthetic CT in HU (full-range records, MR-GAN)", demo.sct)
     stages.run("Loss curves + report", lambda: demo.stage_report(stages))
     report = os.path.join(opts.out, "report.md")
-    _say(f"\ndone in {stages.elapsed()}: {report}\nTensorBoard: tensorboard --logdir {opts.out}")
+    say(f"\ndone in {stages.elapsed()}: {report}\nTensorBoard: tensorboard --logdir {opts.out}")
     return {"out": opts.out, "report": report, "data": demo.data, "records": demo.records, "runs": demo.runs,
             "exports": demo.exports, "eval": demo.eval, "synthesis": demo.syn, "loss_curves": demo.loss_pngs,
             "sct": {"records": demo.sct.records, "eval": demo.sct.eval, "png": demo.sct.png,

@@ -6,7 +6,7 @@ import json
 import os
 import re
 
-from mrgan_tf.demo.runs import MODES, DemoError, _say
+from mrgan_tf.demo.runs import MODES, DemoError, say
 
 
 def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -145,8 +145,8 @@ def stage_report(demo, stages) -> tuple[str, list]:
             demo.loss_pngs[mode] = figures.loss_curves(os.path.join(demo.figures, f"loss_{mode}.png"), curves,
                                                        title=f"{mode}: training losses", smooth=0.6)
     demo.contrast_md = tissue_contrast.demo_markdown(demo.data, os.path.join(demo.runs["mrgan"], "export"))
-    _say(demo.contrast_md)
+    say(demo.contrast_md)
     path = os.path.join(demo.out, "report.md")
     atomic_write_text(path, report_markdown(demo, stages))
-    _say(f"wrote {path}")
+    say(f"wrote {path}")
     return "built", []

@@ -37,11 +37,11 @@ class DemoError(UserError, RuntimeError):
     """A demo stage failed; the message names the stage and where its log is."""
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _worth_showing(line: str) -> bool:
+def worth_showing(line: str) -> bool:
     """Console filter for child output: drop TensorFlow's INFO chatter (it stays in the log file)."""
     if any(n in line for n in _NOISE):
         return False
@@ -49,11 +49,11 @@ def _worth_showing(line: str) -> bool:
     return not (m and m.group(1) == "I" and m.group(2) not in _OUR_FILES)
 
 
-def _cmd_text(cmd: Sequence[str]) -> str:
+def cmd_text(cmd: Sequence[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd).replace(shlex.quote(sys.executable), "python")
 
 
-class _Child:
+class Child:
     """A subprocess whose merged output goes to a log file and, filtered and prefixed, to the console."""
 
     def __init__(self, name: str, cmd: list[str], log_path: str):
@@ -69,7 +69,7 @@ class _Child:
     def _copy(self) -> None:
         for line in self.proc.stdout:
             self._log.write(line)
-            if _worth_showing(line):
+            if worth_showing(line):
                 print(f"  [{self.name}] {line.rstrip()}", flush=True)
 
     def finish(self) -> int:
@@ -83,7 +83,7 @@ class _Child:
             return "".join(f.readlines()[-n:])
 
 
-def _history_progress(run_dir: str) -> tuple[int, float] | None:
+def history_progress(run_dir: str) -> tuple[int, float] | None:
     """(last iteration, iterations/s) from a run's history.csv, or None before its first row."""
     path = os.path.join(run_dir, "history.csv")
     try:
@@ -112,10 +112,10 @@ class TrainingPool:
         while pending or running:
             while pending and len(running) < self.jobs:
                 name = pending.pop(0)
-                _say(f"[{name}] {_cmd_text(self.command(name))}")
-                _say(f"[{name}] tracing the train step first (tens of seconds), then {self.steps} iterations")
+                say(f"[{name}] {cmd_text(self.command(name))}")
+                say(f"[{name}] tracing the train step first (tens of seconds), then {self.steps} iterations")
                 on_start(name)
-                running[name] = (_Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log")),
+                running[name] = (Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log")),
                                  time.perf_counter())
             finished = self._wait_any(running)
             child, t = running.pop(finished)
@@ -141,10 +141,10 @@ class TrainingPool:
             if time.perf_counter() >= next_report:
                 next_report += PROGRESS_EVERY_S
                 for name in running:
-                    p = _history_progress(self.run_dirs[name])
+                    p = history_progress(self.run_dirs[name])
                     if p and p != last.get(name):
                         last[name] = p
-                        _say(f"  [{name}] iteration {p[0]}/{self.steps} ({p[1]:.2f} it/s)")
+                        say(f"  [{name}] iteration {p[0]}/{self.steps} ({p[1]:.2f} it/s)")
 
 
 class TrainingStage:
@@ -165,19 +165,19 @@ class TrainingStage:
         key = {"config": config, "train_flags": list(self.d.o.train_flags), "seed": self.d.o.seed}
         todo, commands = [], []
         for mode in MODES:
-            commands.append(_cmd_text(self.d.train_command(mode)))
+            commands.append(cmd_text(self.d.train_command(mode)))
             if not self._reuse_run(mode, key):
                 if os.path.isdir(self.d.runs[mode]):
-                    _say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.d.runs[mode]}")
+                    say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.d.runs[mode]}")
                     shutil.rmtree(self.d.runs[mode])
                 todo.append(mode)
                 continue
             done = self._trained_iterations(mode)
             if done >= self.d.o.steps:
-                _say(f"[{mode}] reusing {self.d.runs[mode]} ({done} iterations)")
+                say(f"[{mode}] reusing {self.d.runs[mode]} ({done} iterations)")
                 self.d.iterations[mode] = done
             else:
-                _say(f"[{mode}] resuming {self.d.runs[mode]} from iteration {done}")
+                say(f"[{mode}] resuming {self.d.runs[mode]} from iteration {done}")
                 todo.append(mode)
         self._train_all(todo, key)
         self.d.dirty = self.d.dirty or bool(todo)

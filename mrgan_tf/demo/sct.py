@@ -96,19 +96,19 @@ class SyntheticCTStage:
 
         d, cfg = self.d, self.preprocess_config()
         manifest = os.path.join(d.data, "demo_manifest.csv")
-        records_cmd = demo_lib._cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16"]) \
+        records_cmd = demo_lib.cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16"]) \
             .replace(f"--out={d.records}", f"--out={self.records}")
-        commands = [records_cmd, demo_lib._cmd_text(self.train_command()),
+        commands = [records_cmd, demo_lib.cmd_text(self.train_command()),
                     f"python -m mrgan_tf.evaluate --model=mrgan={self.run_dir}/export --dataset={self.records} "
                     f"--out={self.eval}"]
         key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:]}
         if not d.dirty and d.state.matches("sct", key) and os.path.isfile(os.path.join(self.eval, "metrics.json")) \
                 and os.path.isfile(self.png):
-            demo_lib._say(f"reusing {self.eval}")
+            demo_lib.say(f"reusing {self.eval}")
             self._read_scores()
             return "reused", commands
         d.state.forget("sct")
-        demo_lib._say(records_cmd)
+        demo_lib.say(records_cmd)
         make_records(d.data, self.records, cfg, manifest=manifest, overwrite=True, workers=d.o.workers,
                      progress=False)
         demo_lib.TrainingPool(lambda name: self.train_command(), {"sct": self.run_dir}, d.logs, 1,
@@ -118,7 +118,7 @@ class SyntheticCTStage:
         from mrgan_tf.inference.predictors import load_predictor
         sct_figure(self.png, d.data, sorted(next(iter(self.per_patient.values()))),
                    {"MR-GAN": load_predictor(os.path.join(self.run_dir, "export"), "mr2ct")})
-        demo_lib._say(sct_table(self.per_patient))
+        demo_lib.say(sct_table(self.per_patient))
         d.state.record("sct", key)
         return "built", commands
 

@@ -59,18 +59,18 @@ def compare(synthetic: Contrast, reference: Contrast, tolerance: float = TOLERAN
 # ---------------------------------------------------------------- the demo's test heads
 def replay_demo_labels(data_dir, patient_id: str) -> dict[str, np.ndarray]:
     """Tissue labels of one demo patient on its CT's and its MR's anatomy ("labels", "mr_labels")."""
-    from mrgan_tf.demo import data as demo_data
+    from mrgan_tf.demo import patients
     from mrgan_tf.io.readers import read_volume
     data = Path(data_dir)
     summary = json.loads((data / "demo_summary.json").read_text())
-    with open(data / demo_data.MANIFEST, newline="") as f:
-        plan = [demo_data.PlannedPatient(**row) for row in csv.DictReader(f)]
+    with open(data / patients.MANIFEST, newline="") as f:
+        plan = [patients.PlannedPatient(**row) for row in csv.DictReader(f)]
     index = next((i for i, p in enumerate(plan) if p.patient_id == patient_id), None)
     if index is None:
-        raise ValueError(f"{data}: no patient {patient_id!r} in {demo_data.MANIFEST}")
+        raise ValueError(f"{data}: no patient {patient_id!r} in {patients.MANIFEST}")
     spacing = float(summary["spacing_mm"])
     rng = np.random.default_rng([summary["seed"], index])           # as build_demo_dataset seeds it
-    arrays, _, _ = demo_data.make_patient(plan[index], rng, spacing, max(1.0, spacing / 2), keep_labels=True)
+    arrays, _, _ = patients.make_patient(plan[index], rng, spacing, max(1.0, spacing / 2), keep_labels=True)
     ct = read_volume(str(data / patient_id / "ct.nii.gz")).data
     if ct.shape != arrays["ct"][0].shape or not np.array_equal(ct, arrays["ct"][0].astype(np.int16)):
         raise ValueError(f"{data / patient_id}: replaying the demo generation does not give this CT "
@@ -80,13 +80,14 @@ def replay_demo_labels(data_dir, patient_id: str) -> dict[str, np.ndarray]:
 
 def demo_contrast(data_dir, export_dir, tolerance: float = TOLERANCE) -> dict:
     """The WM/GM check on every paired test head of a demo data set, with the run's ct2mr export."""
-    from mrgan_tf.demo import data as demo_data
+    from mrgan_tf.demo.anatomy import GM, WM
+    from mrgan_tf.demo.patients import MANIFEST
     from mrgan_tf.inference.predictors import load_predictor
     from mrgan_tf.inference.synthesis import synthesize_volume
     from mrgan_tf.io.readers import read_volume
     from mrgan_tf.preprocess import mr_range, normalise_mr
     data = Path(data_dir)
-    with open(data / demo_data.MANIFEST, newline="") as f:
+    with open(data / MANIFEST, newline="") as f:
         heads = [r["patient_id"] for r in csv.DictReader(f) if r["role"] == "paired" and r["split"] == "test"]
     if not heads:
         raise ValueError(f"{data}: no paired test patients")
@@ -99,8 +100,8 @@ def demo_contrast(data_dir, export_dir, tolerance: float = TOLERANCE) -> dict:
         mask = read_volume(str(data / pid / "mask.nii.gz")).data > 0
         syn, _ = synthesize_volume(predictor, ct)
         ref = 255.0 * normalise_mr(mr, *mr_range(mr, mask, predictor.preprocess.mr_percentiles))
-        per_head[pid] = compare(wm_over_gm(syn.data, labels["labels"], demo_data.WM, demo_data.GM, mask),
-                                wm_over_gm(ref, labels["mr_labels"], demo_data.WM, demo_data.GM, mask), tolerance)
+        per_head[pid] = compare(wm_over_gm(syn.data, labels["labels"], WM, GM, mask),
+                                wm_over_gm(ref, labels["mr_labels"], WM, GM, mask), tolerance)
     syn_mean = float(np.mean([r["synthetic_ratio"] for r in per_head.values()]))
     ref_mean = float(np.mean([r["reference_ratio"] for r in per_head.values()]))
     rel = abs(syn_mean - ref_mean) / ref_mean
