@@ -127,16 +127,19 @@ def synthesize_root(predictor: Predictor, root: str, out_dir: str, batch_size: i
         progress: show progress bars.
         options: how each output is written and where it goes (``OutputOptions``).
     """
-    from mrgan_tf.io.layout import LayoutError, discover_patients
+    from mrgan_tf.io.layout import LayoutError, not_patients_line, scan_root
     from mrgan_tf.io.pacs import PacsError
 
     options = options or OutputOptions()
     name = output_name(OUTPUT_STEMS[predictor.name], options.out_format or "nifti")
 
     try:
-        patients = discover_patients(root)
+        contents = scan_root(root)
     except LayoutError as e:
         raise SynthesisError(str(e)) from None
+    patients = contents.patients
+    if contents.not_patients:
+        logging.warning("%s: %s", root, not_patients_line(contents.not_patients))
     modality = INPUT_MODALITY[predictor.name]
     todo = {pid: f.files.get(modality) for pid, f in patients.items() if f.files.get(modality) is not None}
     errors = {pid: f.error for pid, f in patients.items() if f.error}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,6 +22,7 @@ from absl import logging
 
 from mrgan_tf.errors import UserError
 from mrgan_tf.io import problems
+from mrgan_tf.io.formats import MODALITY_SUFFIXES
 from mrgan_tf.io.problems import Problem
 from mrgan_tf.io.readers import find_modality_file
 from mrgan_tf.io.volumes import VolumeError
@@ -81,39 +83,96 @@ class PatientFolder:
     warnings: tuple[str, ...] = ()
 
 
-def discover_patients(root: str | os.PathLike, accept: Sequence[str] = ()) -> dict[str, PatientFolder]:
-    """Patient folders of ``root`` (sorted; hidden entries and plain files ignored).
+@dataclasses.dataclass
+class RootContents:
+    """A dataset root as found: its patient folders, and what else it holds (not a patient, and why)."""
 
-    An image file in a patient folder that no reader takes (``ct.img``, a loose ``.dcm``)
-    makes the folder unusable unless ``accept`` holds ``unsupported_file`` (then a warning)."""
+    patients: dict[str, PatientFolder]
+    not_patients: dict[str, str]   # entry name -> why it is not a patient folder (listed, never silently dropped)
+
+
+def not_patients_line(not_patients: dict[str, str]) -> str:
+    """One line for the output: what of the root was left out as not a patient."""
+    return ("not patients (left out): " + "; ".join(f"{n} ({why})" for n, why in not_patients.items()))
+
+
+def scan_root(root: str | os.PathLike, accept: Sequence[str] = ()) -> RootContents:
+    """Patient folders of ``root`` (sorted), and the entries that are not patients.
+
+    Public datasets carry more than patients (SynthRAD's ``overview/`` of spreadsheets
+    and PNGs, a README): a plain file, or a folder of files none of which is an image, is
+    not a patient and is listed in ``not_patients``; hidden entries are ignored. A folder
+    that is empty, or holds images but neither a CT nor an MR, is a patient with an error. An image file
+    that no reader takes (``ct.img``, a loose ``.dcm``) makes the folder unusable unless
+    ``accept`` holds ``unsupported_file`` (then a warning)."""
     root = Path(root)
     if not root.exists():
         raise LayoutError(f"{root}: --root does not exist")
     if not root.is_dir():
         raise LayoutError(f"{root}: --root is not a directory")
-    # A records directory written into the root by an earlier run is not a patient.
-    folders = sorted(p for p in root.iterdir()
-                     if not p.name.startswith(".") and p.is_dir() and not holds_records(p))
+    not_patients = {}
+    folders = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            not_patients[entry.name] = "a file, not a patient folder"
+        elif holds_records(entry):   # written into the root by an earlier make_records
+            not_patients[entry.name] = "a records directory"
+        elif not holds_images(entry) and any(not p.name.startswith(".") for p in entry.iterdir()):
+            not_patients[entry.name] = "a folder without images"   # (an empty folder is a patient lacking them)
+        else:
+            folders.append(entry)
     if not folders:
         what = "is empty" if not any(root.iterdir()) else "has no patient folders (<root>/<patient_id>/ct.nii.gz ...)"
         raise LayoutError(f"{root}: --root {what}")
-    found = {}
-    for folder in folders:
-        try:
-            files = {m: find_modality_file(folder, m) for m in ("ct", "mr", "mask")}
-        except VolumeError as e:
-            found[folder.name] = PatientFolder(folder, {}, str(e))
-            continue
-        error = None
-        errors, warnings = problems.split(unsupported_inputs(folder), accept)
-        if errors:
-            found[folder.name] = PatientFolder(folder, files, "; ".join(map(str, errors)))
-            continue
-        if files["ct"] is None and files["mr"] is None:
-            error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
-                    ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
-        found[folder.name] = PatientFolder(folder, files, error, tuple(f"{w} (accepted: left out)" for w in warnings))
-    return found
+    return RootContents({folder.name: _patient_folder(folder, accept) for folder in folders}, not_patients)
+
+
+def discover_patients(root: str | os.PathLike, accept: Sequence[str] = ()) -> dict[str, PatientFolder]:
+    """The patient folders of ``root`` (``scan_root`` without what is not a patient)."""
+    return scan_root(root, accept).patients
+
+
+def _patient_folder(folder: Path, accept: Sequence[str]) -> PatientFolder:
+    try:
+        files = {m: find_modality_file(folder, m) for m in ("ct", "mr", "mask")}
+    except VolumeError as e:
+        return PatientFolder(folder, {}, str(e))
+    errors, warnings = problems.split(unsupported_inputs(folder), accept)
+    if errors:
+        return PatientFolder(folder, files, "; ".join(map(str, errors)))
+    error = None
+    if files["ct"] is None and files["mr"] is None:
+        error = f"{folder}: patient folder has neither a CT nor an MR (expected ct.nii.gz and/or mr.nii.gz, " \
+                ".nii/.mha/.nrrd, or ct/ mr/ DICOM folders)"
+    return PatientFolder(folder, files, error, tuple(f"{w} (accepted: left out)" for w in warnings))
+
+
+# What makes a folder a patient's: an image of any kind this project or a scanner writes.
+IMAGE_SUFFIXES = frozenset(MODALITY_SUFFIXES) | {".nhdr", ".raw", ".img", ".hdr", ".ima", ".nii.bz2", ".mnc",
+                                                 ".mgz", ".mgh", ".par", ".rec", ".gipl", ".vtk"}
+
+
+def holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image: a ct/mr/mask entry, a volume file, or a subfolder of DICOM files."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    for entry in entries:
+        name = entry.name.lower()
+        if name.split(".")[0] in ("ct", "mr", "mask") or (entry.is_file() and _suffix(name) in IMAGE_SUFFIXES):
+            return True
+    return any(_is_dicom_file(f) for sub in entries if sub.is_dir()
+               for f in itertools.islice((f for f in sub.iterdir() if f.is_file()), 3))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """The DICOM preamble's 'DICM' at byte 128 (how a series of extensionless files is recognised)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
@@ -184,13 +243,15 @@ def choose_val_patients(candidates: Sequence[str], val_patients: int | Sequence[
 
 def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str] = 2, split_seed: int = 0,
                   manifest: str | os.PathLike | None = None, val_patients: int | Sequence[str] = 0,
-                  accept: Sequence[str] = ()) -> tuple[list[PatientTask], dict[str, str], list[str]]:
+                  accept: Sequence[str] = ()) -> tuple[list[PatientTask], dict[str, str], list[str], dict[str, str]]:
     """Decide role and split of every patient folder.
 
     Returns (tasks, failed {id: error} for folders unusable as found, unlisted ids
-    left out because the manifest does not name them).
+    left out because the manifest does not name them, {entry: why} of the root's
+    entries that are not patients).
     """
-    found = discover_patients(root, accept)
+    contents = scan_root(root, accept)
+    found = contents.patients
     failed = {pid: f.error for pid, f in found.items() if f.error}
     usable = {pid: f for pid, f in found.items() if not f.error}
 
@@ -238,7 +299,7 @@ def plan_patients(root: str | os.PathLike, *, test_patients: int | Sequence[str]
         logging.warning("no paired patients: paired_train and paired_test will be empty")
     elif not any(t.set_name == "paired_train" for t in tasks):
         logging.warning("every paired patient is a test patient: paired_train will be empty")
-    return tasks, failed, unlisted
+    return tasks, failed, unlisted, contents.not_patients
 
 
 def holds_records(path: Path) -> bool:

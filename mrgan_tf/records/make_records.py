@@ -179,7 +179,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
     check_output(out, overwrite)
     atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
     try:
-        tasks, failed, unlisted = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
+        tasks, failed, unlisted, not_patients = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
                                                 manifest=manifest, val_patients=val_patients, accept=checks.accept)
     except LayoutError as e:
         raise MakeRecordsError(str(e)) from None
@@ -240,7 +240,7 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
                                   if s != "val" or any(t.split == s for t in ok)},
                            patients=patients, extra={"source_root": str(Path(root).absolute())})
         seconds = time.perf_counter() - start
-        summary = _summary(out, tasks, failed, unlisted, patients, sets, stage, seconds, workers)
+        summary = _summary(out, tasks, failed, unlisted, not_patients, patients, sets, stage, seconds, workers)
         tfw.atomic_write_text(tmp / SPEC_NAME, json.dumps(spec.to_dict(), indent=1) + "\n")
         tfw.atomic_write_text(tmp / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
         check_output(out, overwrite)  # still true? (another run may have written meanwhile)

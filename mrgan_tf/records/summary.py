@@ -5,7 +5,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from mrgan_tf.io.layout import PatientTask
+from mrgan_tf.io.layout import PatientTask, not_patients_line
 from mrgan_tf.records.convert import PatientResult
 
 SUMMARY_NAME = "summary.json"
@@ -40,7 +40,8 @@ def _patient_entry(task: PatientTask, result: PatientResult | None, error: str |
 
 
 
-def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds, workers) -> dict[str, Any]:
+def _summary(out: Path, tasks, failed, unlisted, not_patients, patients, sets, stage, seconds,
+             workers) -> dict[str, Any]:
     by_role: dict[str, int] = collections.Counter(f"{t.role}/{t.split}" for t in tasks if t.patient_id not in failed)
     skipped = collections.Counter()
     for t in tasks:
@@ -59,6 +60,7 @@ def _summary(out: Path, tasks, failed, unlisted, patients, sets, stage, seconds,
                                       "fraction": e["body_lost_fraction"]}
                                 for pid, e in sorted(patients.items()) if e.get("body_voxels_outside_canvas")},
         "not_in_manifest": unlisted,
+        "not_patients": dict(not_patients),
         "plausibility": {"errors": dict(sorted(errors.items())), "warnings": dict(sorted(warnings.items())),
                          "partial_mr_pairs_dropped": {pid: e["partial_mr_pairs_dropped"]
                                                       for pid, e in sorted(patients.items())
@@ -92,6 +94,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines += [f"  {pid}: {err}" for pid, err in summary["failed_patients"].items()]
     if summary["not_in_manifest"]:
         lines.append(f"not in manifest (left out): {', '.join(summary['not_in_manifest'])}")
+    if summary.get("not_patients"):
+        lines.append(not_patients_line(summary["not_patients"]))
     st = summary["stage_cpu_seconds"]
     lines.append(f"time: {summary['seconds']:.1f} s, {summary['slices_per_second']} slices/s "
                  f"(CPU: read {st['read']:.1f} s, prepare {st['prepare']:.1f} s in "

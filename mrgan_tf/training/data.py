@@ -26,6 +26,32 @@ def check_depth(spec: DatasetSpec, context_slices: int) -> None:
                         f"takes context_slices={context_slices}")
 
 
+def unpaired_sources(spec: DatasetSpec, mode: str, from_paired: bool | None = None) -> dict[str, tuple[str, ...]]:
+    """Which shard sets feed the unpaired CT and MR streams of ``mode`` (decided here only).
+
+    ``from_paired``: True adds the paired training slices to both streams; False never
+    does (a missing unpaired set is then an error); None (auto) uses them for a modality
+    whose unpaired set is empty, so an all-paired dataset (SynthRAD) trains MR-GAN as it comes.
+    """
+    if not MODES[mode].unpaired:
+        return {}
+    out = {}
+    for modality in ("ct", "mr"):
+        own = f"unpaired_{modality}"
+        use_paired = from_paired if from_paired is not None else not spec.count(own)
+        sets = [own] + (["paired_train"] if use_paired else [])
+        out[modality] = tuple(n for n in sets if spec.count(n)) or (own,)   # empty: require() explains
+    return out
+
+
+def describe_sources(sources: dict[str, tuple[str, ...]], spec: DatasetSpec) -> str:
+    """One start-up line: where the unpaired streams come from, and why the paired slices where they do."""
+    def one(modality: str, sets: tuple[str, ...]) -> str:
+        why = f" (the records have no unpaired {modality.upper()})" if not spec.count(f"unpaired_{modality}") else ""
+        return f"unpaired {modality.upper()} slices from {' + '.join(sets)}{why}"
+    return "; ".join(one(m, sets) for m, sets in sources.items())
+
+
 def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int, shuffle_buffer: int):
     """An endless shuffled stream of [S, S, C * len(fields)] images from one shard set."""
     spec.require(set_name)
@@ -38,7 +64,7 @@ def _stream(spec: DatasetSpec, set_name: str, fields: tuple[str, ...], seed: int
 
 def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, seed: int = 0,
                      shuffle_buffer: int = 2048, skip_batches: int = 0,
-                     unpaired_from_paired: bool = False, context_slices: int | None = None,
+                     unpaired_from_paired: bool | None = None, context_slices: int | None = None,
                      n_iter: int = 1) -> tf.data.Dataset:
     """Endless batches [n_iter x global_batch, S, S, 4C] for ``mode``; images a mode does not use are zero.
 
@@ -48,8 +74,9 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     of them from the i-th (so every step's global batch is ``global_batch_size``).
     ``skip_batches`` (iterations done) replays the stream to where a resumed run left off (the
     streams are seeded, so the resumed run sees what the uninterrupted one would).
-    ``unpaired_from_paired`` also feeds the paired training slices to the
-    unpaired streams (each modality shuffled independently). ``context_slices``: the
+    ``unpaired_from_paired`` (``unpaired_sources``: None = where the records have no
+    unpaired set) feeds the paired training slices to the unpaired streams too (each
+    modality shuffled independently). ``context_slices``: the
     model's k, checked against the records' (None: the records').
     """
     if n_iter < 1:
@@ -61,11 +88,12 @@ def training_dataset(spec: DatasetSpec, mode: str, global_batch_size: int, *, se
     dtype = tf.uint8 if spec.preprocess.bits == 8 else tf.uint16
     zeros = tf.data.Dataset.from_tensors(tf.zeros([s, s, c], dtype)).repeat()
 
+    sources = unpaired_sources(spec, mode, unpaired_from_paired)
+
     def unpaired(modality: str, salt: int):
         if not m.unpaired:
             return zeros
-        sets = [f"unpaired_{modality}"] + (["paired_train"] if unpaired_from_paired else [])
-        sets = [n for n in sets if spec.count(n)] or [f"unpaired_{modality}"]   # require() explains
+        sets = sources[modality]
         streams = [_stream(spec, n, (modality,), seed + salt + i, shuffle_buffer) for i, n in enumerate(sets)]
         if len(streams) == 1:
             return streams[0]

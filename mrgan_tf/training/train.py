@@ -48,7 +48,7 @@ class TrainConfig:
     decay_steps: int = 200_000
     separate_phase_optimizers: bool = False
     steps: int | None = None                  # None: decay_start + decay_steps
-    unpaired_from_paired: bool = False
+    unpaired_from_paired: bool | None = None   # None: where the records have no unpaired set
     precision: str = "float32"                # one of PRECISIONS
     xla: bool = False
     deterministic: bool = False
@@ -131,7 +131,9 @@ TRAIN_FLAGS = {
     "separate_phase_optimizers": cli.Flag("One Adam per network and phase (authors' code: 8). Off by default: "
                                           "at CPU scale it was worse in every seed (docs/RESULTS.md)."),
     "steps": cli.Flag("Total iterations (default decay_start + decay_steps)."),
-    "unpaired_from_paired": cli.Flag("Also feed paired training slices to the unpaired streams."),
+    "unpaired_from_paired": cli.Flag("Feed the paired training slices to the unpaired streams too. Default: for a "
+                                     "modality the records have no unpaired slices of (an all-paired dataset such "
+                                     "as SynthRAD); --nounpaired_from_paired: never."),
     "precision": cli.Flag("mixed_bfloat16 for AVX-512 BF16 CPUs / TPUs; mixed_float16 (with loss scaling) for "
                           "GPUs.", PRECISIONS),
     "xla": cli.Flag("Compile the train step with XLA (for GPUs/TPUs; on this CPU it measured 1.2-1.5x slower)."),
@@ -320,13 +322,17 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
     ds = data.training_dataset(spec, model_config.mode, tc.batch_size * replicas, seed=model_config.seed,
                                skip_batches=start, unpaired_from_paired=tc.unpaired_from_paired,
                                n_iter=model_config.n_iter)
+    sources = data.unpaired_sources(spec, model_config.mode, tc.unpaired_from_paired)
+    if chief and sources:
+        print(f"train: {data.describe_sources(sources, spec)}", flush=True)
     fixed = None
     if chief and (spec.count("paired_test") or spec.count("paired_train")):
         fixed = data.fixed_slices(spec, tc.image_slices)
 
     # ---- from here on the run folder is written
     if chief:
-        checkpoints.save_run_config(out, model_config, records, spec.preprocess, precision=tc.precision)
+        checkpoints.save_run_config(out, model_config, records, spec.preprocess, precision=tc.precision,
+                                    unpaired_sources=sources)
         atomic.remove_stale_temporaries(out)
         for path in checkpoints.remove_checkpoint_temporaries(out):
             logging.info("removed a half-written checkpoint a killed run left: %s", path)
