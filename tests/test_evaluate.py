@@ -237,11 +237,14 @@ def test_report_keeps_the_two_conventions_apart(grid_eval):
         assert md.index(label) > synthrad and label not in md[paper:synthrad]
     assert "PSNR (paper conv.) m" in md[paper:synthrad] and "(paper conv.)" not in md[synthrad:]
     assert "No mask file for b: scored inside the body mask computed from the CT" in md
+    # the tiny records keep the paper's 40/80 HU window: the report says what that means for the sCT numbers
+    assert "CT range of the models: 0..80 HU (a display window): their synthetic CT cannot represent air" in md[synthrad:]
     csv_lines = (out / "metrics_synthrad.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 2 * len(grid.GRID_METRICS)
     assert not any(k in (out / "metrics.csv").read_text() for k in grid.GRID_METRICS)
     doc = json.load(open(out / "metrics.json"))
     assert doc["synthrad"]["mask_source"]["b"] == "computed"
+    assert doc["synthrad"]["ct_range_hu"] == [0.0, 80.0] and doc["synthrad"]["ct_windowed"] is True
     assert doc["synthrad"]["summary"]["m"]["sct_mae"]["n"] == 2
 
 

@@ -74,23 +74,28 @@ def test_mr2ct_to_mha_is_int16_hu_with_a_sidecar_and_refusals(predictors, tmp_pa
     mr = np.clip(head_ct((24, 28, 20)) + 1000.0, 0, None)
     write_volume(Volume(mr, oblique_lps_affine()), src)
     out = tmp_path / "p1" / "syn_ct.mha"
-    info = outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))
+    with pytest.raises(predictors_lib.SynthesisError, match="only within 0..80 HU.*--allow_windowed_ct"):
+        outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))   # the tiny model knows the window only
+    assert not out.exists()
+    windowed = outputs.OutputOptions(allow_windowed_ct=True)
+    info = outputs.synthesize_file(predictors["mr2ct"], str(src), str(out), options=windowed)
     assert info["format"] == "mha" and sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkInt16
     np.testing.assert_allclose(read_volume(out).affine, read_volume(src).affine, atol=1e-5)
     doc = json.loads((tmp_path / "p1" / "syn_ct.mha.json").read_text())
     assert doc["input"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert doc["output"]["dtype"] == "int16" and doc["direction"] == "mr2ct"
+    assert doc["ct_range_hu"] == [0.0, 80.0] and doc["windowed_ct"].startswith("WINDOWED 0..80 HU, NOT FOR DOSE")
 
     with pytest.raises(VolumeError, match="already exists.*--overwrite"):
-        outputs.synthesize_file(predictors["mr2ct"], str(src), str(out))
+        outputs.synthesize_file(predictors["mr2ct"], str(src), str(out), options=windowed)
     outputs.synthesize_file(predictors["mr2ct"], str(src), str(out), options=outputs.OutputOptions(
-        overwrite=True))
+        overwrite=True, allow_windowed_ct=True))
     with pytest.raises(predictors_lib.SynthesisError, match="--send needs a DICOM series output"):
         outputs.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
-                                   options=outputs.OutputOptions(send="PACS@127.0.0.1:104"))
+                                   options=outputs.OutputOptions(send="PACS@127.0.0.1:104", allow_windowed_ct=True))
     with pytest.raises(VolumeError, match="--out_dtype=uint8: a CT is in HU"):
         outputs.synthesize_file(predictors["mr2ct"], str(src), str(tmp_path / "x.nii.gz"),
-                                   options=outputs.OutputOptions(out_dtype="uint8"))
+                                   options=outputs.OutputOptions(out_dtype="uint8", allow_windowed_ct=True))
     assert not (tmp_path / "x.nii.gz").exists()
 
 

@@ -113,6 +113,7 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     if grid is not None:
         synthrad = json.loads(metric_tables.table_json(grid.rows, GRID_METRICS, ddof=DDOF))
         synthrad.update({"root": os.path.abspath(grid.root), "mask_source": grid.mask_source, "notes": grid.notes,
+                         "ct_range_hu": list(grid.ct_range), "ct_windowed": grid.ct_windowed,
                          "smr_range": {pid: list(r) if r else None for pid, r in grid.mr_range.items()},
                          "conventions": "SynthRAD2023 MAE/PSNR/SSIM, SynthRAD2025 MS-SSIM; 3-D, original grid, "
                                         "inside the mask; sct_* in HU, smr_* in the reference MR's units"})

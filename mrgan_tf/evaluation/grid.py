@@ -39,6 +39,8 @@ class GridResult:
     notes: list[str]                                # metrics left out, and why
     root: str
     mr_range: dict[str, tuple[float, float] | None]  # patient -> clip / data range of the smr_* metrics
+    ct_range: tuple[float, float] = (-1024.0, 3000.0)   # the HU the models' synthetic CT can take
+    ct_windowed: bool = False                        # that range misses air or bone (no CT to plan on)
 
 
 def source_root(dataset: str, records: bool, root: str | None = None) -> str:
@@ -186,7 +188,7 @@ def evaluate_on_grid(loaded: Mapping[str, Mapping[str, Predictor]], patients: Ma
     from tqdm import tqdm
 
     files = original_files(root, patients)
-    result = GridResult({name: {} for name in loaded}, {}, [], root, {})
+    result = GridResult({name: {} for name in loaded}, {}, [], root, {}, cfg.ct_hu_range, cfg.ct_windowed)
     for pid in tqdm(patients, desc="original grid", unit="patient", disable=not progress, leave=False):
         rows, result.mask_source[pid], result.mr_range[pid] = grid_rows(
             loaded, pid, files[pid], patients[pid], cfg, result.notes, batch_size)

@@ -84,6 +84,11 @@ def grid_markdown(grid: GridResult) -> str:
              "normalised with; its PSNR, SSIM and MS-SSIM clip to the reference's range inside the mask and use "
              "its width as data range (MR has no fixed scale like HU). Not comparable with the paper's tables "
              "above.\n"]
+    lo, hi = grid.ct_range
+    parts.append(f"CT range of the models: {lo:g}..{hi:g} HU"
+                 + (" (a display window): their synthetic CT cannot represent air or bone, so its sCT MAE measures "
+                    "what the window clips, and synthesize refuses to write it as a CT without "
+                    "--allow_windowed_ct.\n" if grid.ct_windowed else ".\n"))
     if computed:
         parts.append(f"No mask file for {', '.join(computed)}: scored inside the body mask computed from the CT "
                      "(CT > body_threshold_hu, largest component, holes filled).\n")

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from mrgan_tf import cli
-from mrgan_tf.inference.predictors import Predictor, SynthesisError
+from mrgan_tf.inference.predictors import INPUT_MODALITY, Predictor, SynthesisError
 from mrgan_tf.preprocess import PreprocessConfig
 
 INPUTS = {"ct2mr": ("ct", "mr"), "mr2ct": ("mr", "ct")}   # normalised signature: (input, output)
@@ -345,10 +345,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("batch_size", 16, "Slices per request (capped by the message limit).", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    from mrgan_tf.inference.outputs import define_safety_flags
+    define_safety_flags(fv)
 
 
 def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_size: int = 16,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, options=None) -> dict:
     """Read ``src``, synthesize it on the server, write ``out``; returns synthesize's info dict.
 
     Args:
@@ -358,14 +360,18 @@ def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_s
         model: ct2mr | mr2ct.
         batch_size: slices per request (capped by the message limit).
         progress: show a progress bar.
+        options: what the user accepted (``outputs.OutputOptions``: accept, allow_windowed_ct).
     """
-    from mrgan_tf.inference.outputs import write_synthesis
+    from mrgan_tf.inference.outputs import OutputOptions, write_synthesis
+    from mrgan_tf.inference.synthesis import refuse_implausible
     from mrgan_tf.io.readers import read_volume
 
+    options = options or OutputOptions()
     vol = read_volume(src)              # bad input fails before the server is asked
+    refuse_implausible(vol, INPUT_MODALITY[model], options.accept)
     predictor = connect(cfg, model)
     try:
-        return write_synthesis(predictor, vol, out, batch_size=batch_size, progress=progress)
+        return write_synthesis(predictor, vol, out, batch_size=batch_size, progress=progress, options=options)
     finally:
         predictor.transport.close()
 
@@ -379,9 +385,11 @@ def main(argv):
     if not fv.out:
         raise app.UsageError("--out is required")
     model = fv.model_name or ("mr2ct" if fv.mr else "ct2mr")
+    from mrgan_tf.inference.outputs import OutputOptions
+    options = OutputOptions(accept=tuple(fv.accept), allow_windowed_ct=fv.allow_windowed_ct)
     with cli.user_errors("client"):   # ServingError is a SynthesisError, so a UserError
         info = synthesize_remote(connection_from_flags(fv), fv.ct or fv.mr, fv.out, model, fv.batch_size,
-                                 fv.progress)
+                                 fv.progress, options)
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s (server {info['model_s']:.1f} s)")
     return 0
 

@@ -20,7 +20,7 @@ from mrgan_tf.io.writers import check_output, output_name, write_volume
 
 @dataclasses.dataclass
 class OutputOptions:
-    """How a synthesized volume is written and where it goes (the CLI's output flags)."""
+    """How a synthesized volume is written and where it goes, and what the user accepted (the CLI's flags)."""
 
     out_format: str | None = None        # nifti | mha | nrrd | dicom; None: from the output name
     out_dtype: str | None = None         # files: CT int16 / MR float32 by default
@@ -31,10 +31,52 @@ class OutputOptions:
     series_number: int | None = None
     patient_id: str | None = None        # default: the input's folder name (non-DICOM inputs)
     body_part: str | None = None         # DICOM BodyPartExamined when the source does not say
+    accept: tuple[str, ...] = ()         # input problems used anyway (plausibility kinds, e.g. wrong_modality)
+    allow_windowed_ct: bool = False      # write a synthetic CT of a model that knows only a CT window, marked
 
 
-def _series_info(predictor: Predictor, vol: Volume, model: dict, options: OutputOptions):
-    """SeriesDescription, patient and derivation of a DICOM output (tool, direction, model version)."""
+def define_safety_flags(fv) -> None:
+    """The flags that let a user past a safety refusal, named in the refusals (synthesize and client)."""
+    from absl import flags
+
+    from mrgan_tf.preprocess.plausibility import CONSTANT, OUT_OF_RANGE, WRONG_MODALITY
+    flags.DEFINE_bool("allow_windowed_ct", False, "Write a synthetic CT even from a model trained on a CT display "
+                      "window (e.g. the paper's 40/80 HU): marked WINDOWED, NOT FOR DOSE in its description, "
+                      "comments and provenance. Without it such a model's synthetic CT is refused.", flag_values=fv)
+    flags.DEFINE_multi_enum("accept", [], [WRONG_MODALITY, CONSTANT, OUT_OF_RANGE],
+                            "Input problems to use anyway, as a warning: wrong_modality (the input looks like the "
+                            "other modality), constant, out_of_range.", flag_values=fv)
+
+
+def windowed_ct_note(predictor: Predictor) -> str | None:
+    """What a synthetic CT of a model trained on a narrow CT window must say about itself (None: not such)."""
+    cfg = predictor.preprocess
+    if predictor.name != "mr2ct" or not cfg.ct_windowed:
+        return None
+    lo, hi = cfg.ct_hu_range
+    return (f"WINDOWED {lo:g}..{hi:g} HU, NOT FOR DOSE: the model knows CT only within {lo:g}..{hi:g} HU, so air "
+            f"and bone are written as {lo:g} or {hi:g} HU")
+
+
+def check_synthetic_ct(predictor: Predictor, options: OutputOptions) -> str | None:
+    """Refuse a synthetic CT of a windowed model unless ``allow_windowed_ct``; then the note it carries."""
+    note = windowed_ct_note(predictor)
+    if note is None:
+        return None
+    if not options.allow_windowed_ct:
+        lo, hi = predictor.preprocess.ct_hu_range
+        raise SynthesisError(
+            f"{predictor.source}: this model knows CT only within {lo:g}..{hi:g} HU (its training window), so its "
+            "synthetic CT has no air and no bone and must not be planned on; train on full-range records "
+            "(make_records --flagfile=configs/synthrad_sct_records.cfg: --ct_range=-1024,3000 --bits=16), or pass "
+            "--allow_windowed_ct to write it marked as windowed")
+    logging.warning("%s", note)
+    return note
+
+
+def _series_info(predictor: Predictor, vol: Volume, model: dict, options: OutputOptions, note: str | None = None):
+    """SeriesDescription, patient and derivation of a DICOM output (tool, direction, model version, CT range);
+    a windowed synthetic CT's ``note`` leads its description and comments."""
     from mrgan_tf.inference.provenance import tool_version
     from mrgan_tf.io.dicom_write import SeriesInfo
 
@@ -42,13 +84,16 @@ def _series_info(predictor: Predictor, vol: Volume, model: dict, options: Output
     iters = model.get("training_iterations")
     version = f"{predictor.name} v{model.get('version')}" + (f" {iters} it" if iters is not None else "")
     patient_dir = Path(vol.source).resolve().parent
+    description = options.series_description or f"mrgan-tf {what}, {version}"
+    lo, hi = predictor.preprocess.ct_hu_range
     return SeriesInfo(
-        description=options.series_description or f"mrgan-tf {what}, {version}",
+        description=f"{note.split(':')[0]} {description}" if note else description,
+        comments=note or "",
         series_number=options.series_number,
         patient_id=options.patient_id or patient_dir.name,
         patient_key=f"{patient_dir}|{options.patient_id or patient_dir.name}", body_part=options.body_part,
-        derivation=f"MR-GAN {what} by mrgan-tf {tool_version()}, model {model.get('path')} ({version}), "
-                   f"input {vol.source}",
+        derivation=f"MR-GAN {what} by mrgan-tf {tool_version()}, model {model.get('path')} ({version}, CT range "
+                   f"{lo:g}..{hi:g} HU), input {vol.source}",
         model_name=f"MR-GAN {predictor.name}", software_version=tool_version())
 
 
@@ -77,18 +122,21 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
     peer = pacs.parse_peer(options.send) if options.send else None
     if peer is not None and fmt != "dicom":
         raise SynthesisError(f"{out}: --send needs a DICOM series output (--out_format=dicom), not {fmt}")
+    note = check_synthetic_ct(predictor, options)
     if predictor.name == "ct2mr":
         warning = ct_like_warning(vol)
         if warning:
             logging.warning(warning)
     model = predictor.model_record()
-    result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range)
+    result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range, accept=options.accept)
     written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite,
-                           _series_info(predictor, vol, model, options), vol.header, progress)
+                           _series_info(predictor, vol, model, options, note), vol.header, progress)
     if written.get("clipped"):
         logging.warning("%s: %s", out, written["clipped"])
+    lo, hi = predictor.preprocess.ct_hu_range
     doc = provenance.provenance(model, vol.source, out, predictor.name, predictor.preprocess.to_dict(), written,
-                                {"synthesis": timing, "units": timing["units"]})
+                                {"synthesis": timing, "units": timing["units"], "ct_range_hu": [lo, hi],
+                                 "windowed_ct": note})
     info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
             "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
     if peer is not None:

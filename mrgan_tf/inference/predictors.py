@@ -109,6 +109,10 @@ class Fusion:
         return self.members[0].name
 
     @property
+    def source(self) -> str:
+        return ", ".join(p.source for p in self.members)
+
+    @property
     def preprocess(self) -> PreprocessConfig:
         return self.members[0].preprocess
 

@@ -16,7 +16,7 @@ from mrgan_tf.io.volumes import Volume, VolumeError
 from mrgan_tf.preprocess import prepare_patient, restack_to_grid
 from mrgan_tf.preprocess.context import depth_problem
 from mrgan_tf.preprocess.intensity import ct_from_unit, denormalise_mr, dequantise
-from mrgan_tf.preprocess.plausibility import check_volume, raise_or_warn
+from mrgan_tf.preprocess.plausibility import ImplausibleInput, check_volume, raise_or_warn, split
 
 AIR_HU = -1024.0
 CT_LIKE_HU = (-1100.0, 4000.0)   # plausible HU range of a CT
@@ -31,9 +31,19 @@ def ct_like_warning(vol: Volume) -> str | None:
     return None
 
 
-def prepare_input(predictor: Predictor, vol: Volume):
-    """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1)."""
-    raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct",))   # others: errors
+def refuse_implausible(vol: Volume, modality: str, accept: tuple[str, ...] = ()) -> None:
+    """Raise ``ImplausibleInput`` for an input problem not accepted (the CLI's check before a model loads)."""
+    errors, _ = split(check_volume(vol, modality), ("unsigned_ct", *accept))
+    if errors:
+        raise ImplausibleInput(errors)
+
+
+def prepare_input(predictor: Predictor, vol: Volume, accept: tuple[str, ...] = ()):
+    """``prepare_patient`` for the model's input modality; returns (prepared, (Z, S, S) stack on 0..1).
+
+    An implausible input (a CT given as the MR, a constant volume) is an error unless its kind
+    is in ``accept``; an unsigned CT is always only a warning here."""
+    raise_or_warn(check_volume(vol, INPUT_MODALITY[predictor.name]), accept=("unsigned_ct", *accept))
     cfg = predictor.preprocess
     from_ct = predictor.name == "ct2mr"
     prep = prepare_patient(vol, None, None, cfg) if from_ct else prepare_patient(None, vol, None, cfg)
@@ -69,7 +79,8 @@ def to_output_units(predictor: Predictor, out01: np.ndarray,
 
 
 def synthesize_volume(predictor: Predictor | Fusion, vol: Volume, batch_size: int = 16, progress: bool = False,
-                      mr_range: tuple[float, float] | None = None) -> tuple[Volume, dict]:
+                      mr_range: tuple[float, float] | None = None, accept: tuple[str, ...] = ()
+                      ) -> tuple[Volume, dict]:
     """Synthesize every slice of ``vol`` (in the model's plane; each member's, fused, for a ``Fusion``);
     returns the volume on ``vol``'s grid and an info dict.
 
@@ -83,13 +94,14 @@ def synthesize_volume(predictor: Predictor | Fusion, vol: Volume, batch_size: in
         batch_size: slices per model call.
         progress: show a progress bar.
         mr_range: a reference MR's robust (lo, hi) range: the synthetic MR comes out in its units.
+        accept: input problem kinds to use anyway (``prepare_input``).
     """
     members = predictor.members if isinstance(predictor, Fusion) else (predictor,)
     seconds = dict.fromkeys(("prepare_s", "model_s", "restack_s"), 0.0)
     volumes, slices, lost = [], 0, None
     for member in members:
         t0 = time.perf_counter()
-        prep, stack01 = prepare_input(member, vol)
+        prep, stack01 = prepare_input(member, vol, accept)
         t1 = time.perf_counter()
         out01 = member.predict01(stack01, batch_size, progress)
         t2 = time.perf_counter()

@@ -41,9 +41,10 @@ from absl import app, flags
 
 from mrgan_tf import cli
 from mrgan_tf.inference import client
-from mrgan_tf.inference.outputs import OutputOptions, synthesize_root, write_synthesis
-from mrgan_tf.inference.predictors import FUSIONS, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError, load_predictor
-from mrgan_tf.inference.synthesis import reference_mr_range
+from mrgan_tf.inference.outputs import OutputOptions, define_safety_flags, synthesize_root, write_synthesis
+from mrgan_tf.inference.predictors import (FUSIONS, INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
+                                          load_predictor)
+from mrgan_tf.inference.synthesis import reference_mr_range, refuse_implausible
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.writers import DTYPES, FORMATS, check_output
 
@@ -85,6 +86,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("mr_reference", None, "ct2mr: write the synthetic MR in this MR volume's units (its "
                         "robust percentile range inside the body), instead of the paper's 0-255.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+    define_safety_flags(fv)
     client.define_connection_flags(fv)   # --server instead of --model: the generator runs on TF Serving
 
 
@@ -122,7 +124,8 @@ def main(argv):
         raise app.UsageError("--out_dir is required with --root")
     direction = _direction(fv)
     options = OutputOptions(fv.out_format, fv.out_dtype, fv.overwrite, fv.send, fv.calling_aet,
-                            fv.series_description, fv.series_number, fv.patient_id, fv.body_part)
+                            fv.series_description, fv.series_number, fv.patient_id, fv.body_part,
+                            tuple(fv.accept), fv.allow_windowed_ct)
     from mrgan_tf.io.pacs import parse_peer
     with cli.user_errors("synthesize"):   # bad flags and output names fail before TensorFlow loads
         if fv.send:
@@ -136,6 +139,7 @@ def main(argv):
     with cli.user_errors("synthesize"):
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
+            refuse_implausible(vol, INPUT_MODALITY[direction], tuple(fv.accept))
             predictor = _load(fv, direction)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
             info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)

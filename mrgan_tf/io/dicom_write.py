@@ -69,6 +69,7 @@ class SeriesInfo:
     patient_key: str | None = None                   # seeds the generated study/frame UIDs (default patient_id)
     body_part: str | None = None                     # BodyPartExamined when the source does not say (e.g. HEAD)
     derivation: str = ""                             # DerivationDescription
+    comments: str = ""                               # ImageComments (what a reader must know: e.g. not for dose)
     manufacturer: str = "mrgan-tf"
     model_name: str = "MR-GAN"                       # ManufacturerModelName
     software_version: str = ""                       # SoftwareVersions
@@ -172,6 +173,8 @@ def _series_dataset(modality: str, info: SeriesInfo, header, q: Quantised, grid:
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
     if info.derivation:
         ds.DerivationDescription = str(info.derivation)[:1024]
+    if info.comments:
+        ds.ImageComments = str(info.comments)[:10240]
     ds.BurnedInAnnotation = "NO"
 
     ds.ImageOrientationPatient = [_ds(v) for v in grid.orientation]

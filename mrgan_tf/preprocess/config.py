@@ -11,6 +11,10 @@ from mrgan_tf.preprocess.context import channels_for
 FIT_MODES = ("pad", "resize")
 SLICE_AXES = ("axial", "coronal", "sagittal")
 REGISTER_MODELS = ("rigid", "affine")
+# The HU span a synthetic CT must cover to be planned on: air (about -1000 HU) to cortical
+# bone (1500 HU and above). A model trained on a narrower range (the paper's 40/80 HU display
+# window) writes air and bone as that range's ends: a picture of a CT, not a CT.
+PLANNING_CT_SPAN_HU = (-900.0, 1500.0)
 # Layout fields written into a spec only when they differ from these defaults, so a default
 # dataset.json / preprocess.json stays byte-identical to those written before 2.5D and planes.
 LAYOUT_DEFAULTS = {"context_slices": 0, "slice_axis": "axial"}
@@ -96,6 +100,12 @@ class PreprocessConfig:
         if self.ct_range is not None:
             return self.ct_range
         return (self.ct_window_center - self.ct_window_width / 2, self.ct_window_center + self.ct_window_width / 2)
+
+    @property
+    def ct_windowed(self) -> bool:
+        """True when the CT range misses air or bone (``PLANNING_CT_SPAN_HU``): its synthetic CT is no CT."""
+        lo, hi = self.ct_hu_range
+        return lo > PLANNING_CT_SPAN_HU[0] or hi < PLANNING_CT_SPAN_HU[1]
 
     @property
     def ct_full_range(self) -> bool:

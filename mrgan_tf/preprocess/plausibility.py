@@ -22,7 +22,8 @@ from mrgan_tf.io.volumes import VolumeError
 CONSTANT = "constant"                  # empty or constant volume
 OUT_OF_RANGE = "out_of_range"          # values the modality cannot hold
 UNSIGNED_CT = "unsigned_ct"            # CT stored as HU+1024 without its rescale intercept
-ACCEPTABLE = (CONSTANT, OUT_OF_RANGE, UNSIGNED_CT, UNSUPPORTED_FILE)
+WRONG_MODALITY = "wrong_modality"      # a CT given as the MR, or an MR as the CT
+ACCEPTABLE = (CONSTANT, OUT_OF_RANGE, UNSIGNED_CT, WRONG_MODALITY, UNSUPPORTED_FILE)
 # Kinds that are always errors of the patient, or always counted and dropped.
 NO_SLICES = "no_slices"                # a volume too small (or too empty) to give any slice
 PARTIAL_MR = "partial_mr"              # slice pairs whose MR slice is empty: dropped and counted
@@ -34,6 +35,12 @@ LIMITS = {"ct": 1e5, "mr": 1e7}
 # A CT in HU has air (about -1000) around the body; a CT with no value below this is suspect.
 AIR_SEEN_BELOW_HU = 0.0
 UNSIGNED_OFFSET_HU = 1024.0
+# Air in a CT: at or below this (HU). A CT's field of view is largely air (and scanners pad
+# with -1024/-3024); an MR, whose units start at 0 (or z-scores a few units below), has none.
+CT_AIR_HU = -500.0
+CT_AIR_FRACTION = 0.05     # an "MR" with at least this fraction of voxels at CT air is a CT
+# An unsigned CT's body peaks at soft tissue/brain, 20-60 HU + 1024, within this of 1024.
+UNSIGNED_PEAK_TOLERANCE = 120.0
 # An MR slice is empty over the body when fewer than this fraction of its body pixels are > 0.
 EMPTY_MR_FRACTION = 0.01
 
@@ -97,16 +104,53 @@ def out_of_range(data: np.ndarray, modality: str, source: str) -> Problem | None
                                  "wrongly scaled file?")
 
 
+def body_peak(data: np.ndarray, above: float = 200.0, bin_width: float = 20.0) -> float | None:
+    """The most common value (20-unit bins) above the background: soft tissue's level in a CT."""
+    body = np.asarray(data)[np.asarray(data) > above]
+    if body.size == 0:
+        return None
+    edges = np.arange(above, float(body.max()) + bin_width + 1e-3, bin_width)
+    counts, edges = np.histogram(body, edges)
+    i = int(np.argmax(counts))
+    return float(edges[i] + bin_width / 2)
+
+
+def _looks_unsigned(data: np.ndarray) -> bool:
+    peak = body_peak(data)
+    return peak is not None and abs(peak - UNSIGNED_OFFSET_HU - 40.0) <= UNSIGNED_PEAK_TOLERANCE
+
+
 def unsigned_ct(data: np.ndarray, source: str) -> Problem | None:
-    """A CT with no value below 0 has no air near -1000 HU: likely HU+1024 stored without the intercept."""
+    """A CT with no value below 0 whose body peaks at soft tissue + 1024: HU+1024 stored without the intercept."""
     data = np.asarray(data)
     lo, hi = float(data.min()), float(data.max())
-    if lo < AIR_SEEN_BELOW_HU or hi <= lo:
+    if lo < AIR_SEEN_BELOW_HU or hi <= lo or not _looks_unsigned(data):
         return None
-    return Problem(UNSIGNED_CT, f"{source}: CT values {lo:g}..{hi:g} with none below 0 (no air near -1000 HU) look "
+    return Problem(UNSIGNED_CT, f"{source}: CT values {lo:g}..{hi:g} with none below 0 (no air near -1000 HU) and "
+                                f"the body peaking at {body_peak(data):g} (soft tissue + {UNSIGNED_OFFSET_HU:g}) look "
                                 f"like unsigned HU+{UNSIGNED_OFFSET_HU:g} stored without its rescale intercept; "
                                 f"pass --unsigned_ct_offset={UNSIGNED_OFFSET_HU:g} to subtract it from such CTs, "
                                 f"or --accept={UNSIGNED_CT} to use the values as they are")
+
+
+def other_modality(data: np.ndarray, modality: str, source: str) -> Problem | None:
+    """A CT given as the MR (much of it at CT air), or an MR given as the CT (no air, not an unsigned CT)."""
+    data = np.asarray(data)
+    air = float(np.count_nonzero(data <= CT_AIR_HU)) / max(data.size, 1)
+    override = f"pass --accept={WRONG_MODALITY} to use it as {'an MR' if modality == 'mr' else 'a CT'} anyway"
+    if modality == "mr" and air >= CT_AIR_FRACTION:
+        return Problem(WRONG_MODALITY, f"{source}: given as an MR but looks like a CT: {air:.0%} of its voxels are at "
+                                       f"or below {CT_AIR_HU:g} (CT air is near -1000 HU; an MR has no such values), "
+                                       f"values {float(data.min()):g}..{float(data.max()):g}; give it as the CT, "
+                                       f"or {override}")
+    if modality == "ct" and air == 0.0 and not (float(data.min()) >= AIR_SEEN_BELOW_HU and _looks_unsigned(data)):
+        peak = body_peak(data)
+        where = f"the body peaking at {peak:g}" if peak is not None else "nothing above 200"
+        return Problem(WRONG_MODALITY, f"{source}: given as a CT but looks like an MR: no voxel at or below "
+                                       f"{CT_AIR_HU:g} (a CT's air is near -1000 HU) and {where}, neither soft tissue "
+                                       f"in HU (~40) nor in unsigned HU+{UNSIGNED_OFFSET_HU:g} (~1064); values "
+                                       f"{float(data.min()):g}..{float(data.max()):g}; give it as the MR, or {override}")
+    return None
 
 
 def check_volume(vol, modality: str) -> list[Problem]:
@@ -116,7 +160,7 @@ def check_volume(vol, modality: str) -> list[Problem]:
     constant = constant_volume(vol.data, vol.source)
     if constant is not None:
         return [constant]
-    problems = [out_of_range(vol.data, modality, vol.source)]
+    problems = [out_of_range(vol.data, modality, vol.source), other_modality(vol.data, modality, vol.source)]
     if modality == "ct":
         problems.append(unsigned_ct(vol.data, vol.source))
     return [p for p in problems if p is not None]
