@@ -99,3 +99,16 @@ def test_fitting_rescale_keeps_values_within_half_a_step():
     assert q.clipped == 0 and intercept == -4.0 and len(repr(slope)) <= 16
     np.testing.assert_allclose(q.stored * slope + intercept, values, atol=slope / 2 + 1e-9)
     assert fitting_rescale(np.zeros(3), np.uint16) == (1.0, 0.0)
+
+
+def test_an_existing_file_where_a_dicom_folder_goes_is_refused_once_with_the_real_reason(tmp_path):
+    """--overwrite cannot help, so the first refusal says so instead of suggesting it."""
+    from mrgan_tf.io.volumes import VolumeError
+    from mrgan_tf.io.writers import check_output
+    (tmp_path / "syn_ct").write_text("a file")
+    for overwrite in (False, True):
+        with pytest.raises(VolumeError, match="exists and is a file, and a dicom output is a folder; choose another"):
+            check_output(tmp_path / "syn_ct", "dicom", "CT", overwrite=overwrite)
+    (tmp_path / "syn.nii.gz").mkdir()
+    with pytest.raises(VolumeError, match="exists and is a folder, and a nifti output is a file"):
+        check_output(tmp_path / "syn.nii.gz", None, "CT", overwrite=True)

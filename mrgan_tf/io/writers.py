@@ -80,11 +80,12 @@ def check_output(path, out_format: str | None = None, modality: str = "MR", dtyp
     fmt = output_format(path, out_format)
     stored = output_dtype(fmt, modality, dtype, path)
     path = Path(path)
+    if path.exists() and (path.is_dir() != (fmt == "dicom")):   # first: --overwrite would not help
+        raise VolumeError(path, f"exists and is a {'folder' if path.is_dir() else 'file'}, and a {fmt} output is a "
+                                f"{'folder' if fmt == 'dicom' else 'file'}; choose another output name "
+                                "(--overwrite never replaces a file with a folder or the reverse)")
     if path.exists() and not overwrite:
         raise VolumeError(path, "output already exists (use --overwrite to replace it)")
-    if path.exists() and (path.is_dir() != (fmt == "dicom")):
-        raise VolumeError(path, f"exists and is a {'folder' if path.is_dir() else 'file'}; not replacing it "
-                                f"with a {'folder' if fmt == 'dicom' else 'file'}")
     return fmt, stored
 
 
