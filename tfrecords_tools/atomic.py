@@ -117,7 +117,7 @@ def _boot_time() -> float | None:
     return None
 
 
-def _process_start(pid: int) -> float | None:
+def process_start(pid: int) -> float | None:
     """Start time (epoch seconds) of a live process, where /proc tells it."""
     boot = _boot_time()
     try:
@@ -141,7 +141,7 @@ def is_stale(temp: Temporary) -> bool:
         pass
     except OSError:
         return False
-    started = _process_start(temp.pid)
+    started = process_start(temp.pid)
     try:
         modified = os.lstat(temp.path).st_mtime
     except FileNotFoundError:

@@ -38,6 +38,7 @@ from mrgan_tf.records.convert import SET_IMAGES, PatientResult, convert_patient,
 from mrgan_tf.records.spec import SET_NAMES, SPEC_NAME, VAL_SET, DatasetSpec
 from mrgan_tf.records.summary import SUMMARY_NAME, _patient_entry, _summary, format_summary
 from tfrecords_tools import atomic
+from tfrecords_tools.folder_lock import folder_lock
 
 ON_ERROR = ("fail", "skip")
 # zlib level 1 instead of the default 6: the main process writes twice as fast, shards are
@@ -177,6 +178,14 @@ def make_records(root: str | os.PathLike, out: str | os.PathLike, cfg: Preproces
         raise MakeRecordsError(f"--workers must be >= 0, got {workers}")
     out = Path(out).absolute()
     check_output(out, overwrite)
+    with folder_lock(out, "make_records"):   # one writer per --out: a second run is refused, naming this one
+        return _make_records(root, out, cfg, test_patients, split_seed, val_patients, manifest, on_error, overwrite,
+                             workers, examples_per_shard, progress, checks, start)
+
+
+def _make_records(root, out: Path, cfg: PreprocessConfig, test_patients, split_seed, val_patients, manifest,
+                  on_error: str, overwrite: bool, workers: int, examples_per_shard: int, progress: bool,
+                  checks: PlausibilityConfig, start: float) -> dict[str, Any]:
     atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
     try:
         tasks, failed, unlisted, not_patients = plan_patients(root, test_patients=test_patients, split_seed=split_seed,

@@ -186,6 +186,14 @@ def export_model(model, spec, export_dir: str, version: int | None = None,
         batching: a ``serving_files.BatchingConfig`` (default: one for slice batches); its
             allowed batch sizes are also the warmup's.
     """
+    from tfrecords_tools.folder_lock import folder_lock
+
+    with folder_lock(export_dir, "export"):   # one writer of an export folder (train --export, export)
+        return _export_model(model, spec, export_dir, version, serving_base_path, batching)
+
+
+def _export_model(model, spec, export_dir: str, version: int | None, serving_base_path: str | None,
+                  batching) -> dict[str, str]:
     from mrgan_tf.serving.files import BatchingConfig, write_root_files
 
     cfg = spec if isinstance(spec, PreprocessConfig) else spec.preprocess

@@ -10,6 +10,7 @@ stream continue where they stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -26,6 +27,7 @@ from mrgan_tf.training import distribute
 from mrgan_tf.training.checkpoints import CHECKPOINT_CHOICES
 from mrgan_tf.training.validation import SELECT
 from tfrecords_tools import atomic
+from tfrecords_tools.folder_lock import folder_lock
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -290,6 +292,12 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
         run_dir, start_iteration, iterations, seconds, replicas, global_batch, checkpoint;
         export (name -> SavedModel folder) when it exported; best when it validated.
     """
+    with contextlib.ExitStack() as held:   # the run folder's lock, taken by the chief
+        return _train(records, out, model_config, train_config, callbacks, held)
+
+
+def _train(records: str, out: str, model_config: MRGANConfig, train_config: TrainConfig, callbacks,
+           held: contextlib.ExitStack) -> dict:
     import keras
     import tensorflow as tf
 
@@ -300,6 +308,8 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
     tc = train_config
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
     chief = distribute.is_chief(strategy)
+    if chief:   # a second run into the same --out is refused here, before anything is traced or written
+        held.enter_context(folder_lock(out, "train"))
     if tc.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(model_config.seed)
