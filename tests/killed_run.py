@@ -20,6 +20,8 @@ train.define_flags()
 flags.DEFINE_integer("kill_at", 1, "Iteration at which the process kills itself (0: never).")
 flags.DEFINE_integer("kill_after_checkpoint", 0, "Kill right after writing checkpoint N (0: never).")
 flags.DEFINE_bool("kill_in_export", False, "Kill at the start of the export's second SavedModel.")
+flags.DEFINE_integer("term_at", 0, "Iteration at which the process sends itself SIGTERM (0: never).")
+flags.DEFINE_bool("term_in_save", False, "Send a second SIGTERM when the checkpoint after --term_at starts.")
 
 
 def die():
@@ -28,8 +30,11 @@ def die():
 
 class Kill(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
-        if flags.FLAGS.kill_at and int(self.model.iteration.numpy()) >= flags.FLAGS.kill_at:
+        it = int(self.model.iteration.numpy())
+        if flags.FLAGS.kill_at and it >= flags.FLAGS.kill_at:
             die()
+        if flags.FLAGS.term_at and it == flags.FLAGS.term_at:   # as a scheduler's time limit sends it
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def arm():
@@ -43,6 +48,14 @@ def arm():
                 die()
             return path
         tf.train.CheckpointManager.save = save_then_die
+    if fv.term_in_save:   # the second signal lands while the stop's checkpoint is being written
+        save = tf.train.CheckpointManager.save
+
+        def term_then_save(self, *args, **kwargs):
+            if kwargs.get("checkpoint_number") == fv.term_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return save(self, *args, **kwargs)
+        tf.train.CheckpointManager.save = term_then_save
     if fv.kill_in_export:
         saved_model_save, calls = tf.saved_model.save, []
 
@@ -56,7 +69,12 @@ def arm():
 
 def main(argv):
     arm()
-    train.train(flags.FLAGS.records, flags.FLAGS.out, *train.configs_from_flags(flags.FLAGS), callbacks=[Kill()])
+    summary = train.train(flags.FLAGS.records, flags.FLAGS.out, *train.configs_from_flags(flags.FLAGS),
+                          callbacks=[Kill()])
+    if summary.get("stopped_by"):
+        from mrgan_tf.training.preemption import EXIT_PREEMPTED
+        print(f"stopped by {summary['stopped_by']} at iteration {summary['iterations']}", file=sys.stderr)
+        return EXIT_PREEMPTED
     print("not killed", file=sys.stderr)
     return 3
 

@@ -11,6 +11,8 @@ import pytest
 import tensorflow as tf
 from conftest import TINY_FLAGS
 
+from mrgan_tf.training.preemption import EXIT_PREEMPTED
+
 HERE = os.path.dirname(__file__)
 PY = sys.executable
 
@@ -105,20 +107,43 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_records, tmp_path):
     killed = run([os.path.join(HERE, "killed_run.py"), f"--out={tmp_path / 'b'}", "--kill_at=4", *common])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert tf.train.latest_checkpoint(str(tmp_path / "b" / "checkpoints")).endswith("ckpt-3")
-    resumed = run(["-m", "mrgan_tf.train", f"--out={tmp_path / 'b'}", *common])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stderr and "iteration 3" in resumed.stderr
+    # SIGTERM (a preemption, a scheduler's time limit): iteration 4 itself is saved, then a distinct exit.
+    termed = run([os.path.join(HERE, "killed_run.py"), f"--out={tmp_path / 'c'}", "--kill_at=0", "--term_at=4",
+                  *common])
+    assert termed.returncode == EXIT_PREEMPTED, termed.stderr[-3000:]
+    assert "SIGTERM received: stopping after this iteration" in termed.stdout
+    assert tf.train.latest_checkpoint(str(tmp_path / "c" / "checkpoints")).endswith("ckpt-4")
+    for run_dir, at in (("b", 3), ("c", 4)):
+        resumed = run(["-m", "mrgan_tf.train", f"--out={tmp_path / run_dir}", *common])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming" in resumed.stderr and f"iteration {at}" in resumed.stderr
     _, err = straight.communicate(timeout=400)
     assert straight.returncode == 0, err[-3000:]
-    a, b = saved_tensors(str(tmp_path / "a" / "checkpoints")), saved_tensors(str(tmp_path / "b" / "checkpoints"))
-    assert a.keys() == b.keys() and len(a) > 100
-    # Weights, Adam moments and every optimizer's step count (the schedule position) agree.
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+    a = saved_tensors(str(tmp_path / "a" / "checkpoints"))
+    for run_dir in ("b", "c"):
+        b = saved_tensors(str(tmp_path / run_dir / "checkpoints"))
+        assert a.keys() == b.keys() and len(a) > 100
+        # Weights, Adam moments and every optimizer's step count (the schedule position) agree.
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=f"{run_dir}: {name}")
+        # The loss history continues across the stop without a gap or a repeat.
+        rows = [int(line.split(",")[0]) for line in open(tmp_path / run_dir / "history.csv").read().splitlines()[1:]]
+        assert rows[-3:] == [4, 5, 6] and len(rows) == len(set(rows)), rows
     assert int(a["model/iteration/.ATTRIBUTES/VARIABLE_VALUE"]) == 6
-    # The loss history continues across the kill without a gap.
-    rows = [line.split(",")[0] for line in open(tmp_path / "b" / "history.csv").read().splitlines()[1:]]
-    assert [int(r) for r in rows][-3:] == [4, 5, 6]
+
+
+def test_a_second_sigterm_during_the_stop_save_ends_at_once_keeping_the_previous_checkpoint(tiny_records,
+                                                                                            tmp_path):
+    common = [f"--records={tiny_records.root}", "--mode=paired", "--steps=6", "--checkpoint_every=3",
+              "--noexport", "--verbose=0", *TINY_FLAGS]
+    twice = run([os.path.join(HERE, "killed_run.py"), f"--out={tmp_path / 'r'}", "--kill_at=0", "--term_at=4",
+                 "--term_in_save", *common])
+    assert twice.returncode == -signal.SIGTERM, twice.stderr[-3000:]
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / "r" / "checkpoints"))
+    assert ckpt.endswith("ckpt-3")
+    tf.train.load_checkpoint(ckpt)   # intact
+    resumed = run(["-m", "mrgan_tf.train", f"--out={tmp_path / 'r'}", *common])
+    assert resumed.returncode == 0 and "iteration 3" in resumed.stderr, resumed.stderr[-3000:]
 
 
 def test_strategy_errors_name_the_flag(monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -304,6 +305,7 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     from mrgan_tf.records.spec import DatasetSpec
     from mrgan_tf.training import checkpoints, data
     from mrgan_tf.training.callbacks import Checkpointing, NaNGuard, NonFiniteLoss, TrainingMonitor, Validation
+    from mrgan_tf.training.preemption import StopOnSignal
 
     tc = train_config
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
@@ -363,23 +365,33 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         val_cbs = [Validation(val_set, tc.val_every, key, best, run_dir, monitor, write=chief)]
     ckpt_cb = Checkpointing(manager, tc.checkpoint_every, before_save=[monitor.flush])
     guard = NaNGuard(ckpt_cb)
+    # SIGTERM/SIGINT: stop after the running iteration, saved. Not across workers: a multi-worker job
+    # stops when its scheduler stops it, from its last --checkpoint_every checkpoint (docs/USAGE.md).
+    stopper = StopOnSignal() if tc.distribute.strategy != "multiworker" else None
     t0 = time.perf_counter()
     if start < total:
-        try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first
+        try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first;
+            # the stopper after it, so its handler still answers a second signal during that save
             model.fit(ds, epochs=1, steps_per_epoch=total - start,
-                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *callbacks],
+                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *([stopper] if stopper else []), *callbacks],
                       verbose=tc.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             error = _corrupt_records_error(spec, e)
             if error is None:
                 raise
             raise error from None
+        finally:
+            if stopper:
+                stopper.restore()
     seconds = time.perf_counter() - t0
     if guard.error:
         raise NonFiniteLoss(guard.error)
     summary = {"run_dir": out, "start_iteration": start, "iterations": int(model.iteration.numpy()),
                "seconds": seconds, "replicas": replicas, "global_batch": tc.batch_size * replicas,
                "checkpoint": manager.latest_checkpoint}
+    if stopper and stopper.signal_name:   # stopped early: no export of a half-trained model
+        summary["stopped_by"] = stopper.signal_name
+        return summary
     exported = _export_at_end(model, spec, out, tc, trained=start < total) if tc.export and chief else None
     if exported is not None:
         summary["export"] = exported
@@ -397,6 +409,11 @@ def main(argv):
     with cli.user_errors("train", also=(ValueError,)):
         model_config, train_config = configs_from_flags(fv)
         summary = train(fv.records, fv.out, model_config, train_config)
+    if summary.get("stopped_by"):
+        from mrgan_tf.training.preemption import EXIT_PREEMPTED
+        print(f"train: stopped by {summary['stopped_by']} at iteration {summary['iterations']}, saved as "
+              f"{summary['checkpoint']}; run the same command again to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     print(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}")
     return 0
 
