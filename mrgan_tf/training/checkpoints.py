@@ -14,6 +14,7 @@ import re
 import shutil
 
 import tensorflow as tf
+from absl import logging
 
 from mrgan_tf.modeling.augment import AugmentConfig
 from mrgan_tf.modeling.mrgan import MRGAN, MRGANConfig
@@ -136,6 +137,44 @@ def manager_for(model: MRGAN, run_dir: str, max_to_keep: int = 3) -> tf.train.Ch
                                       max_to_keep=max_to_keep)
 
 
+def checkpoint_damage(path: str) -> str | None:
+    """What is wrong with a checkpoint (missing index, truncated or altered data: every tensor is read and
+    checked against its CRC), or None when it is intact."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, OSError, IndexError) as e:   # IndexError: "Read less bytes than requested"
+        return (getattr(e, "message", None) or str(e)).splitlines()[0]
+    return None
+
+
+def restore_newest_intact(model: MRGAN, manager: tf.train.CheckpointManager) -> str | None:
+    """Restore the newest intact checkpoint of ``manager`` (None: there is none); a damaged newer one
+    is named in a warning saying how many iterations will be repeated."""
+    damaged = []
+    for path in reversed(manager.checkpoints):
+        problem = checkpoint_damage(path)
+        if problem is None:
+            checkpoint_for(model).restore(path).assert_existing_objects_matched()
+            if damaged:
+                newest = _number(damaged[0][0])
+                logging.warning("%s; resuming from %s instead: iterations %d..%d will be trained again",
+                                "; ".join(f"{p} is damaged ({why})" for p, why in damaged), path,
+                                _number(path) + 1, newest)
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        raise RunConfigError(f"{manager.directory}: every checkpoint is damaged ("
+                             + "; ".join(f"{p}: {why}" for p, why in damaged) + "); use another --out to start "
+                             "over, or restore the folder from a backup")
+    return None
+
+
+def _number(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
+
+
 def restore_generators(run_dir: str, checkpoint: str | None = None) -> tuple[MRGAN, dict]:
     """Rebuilds the run's model and loads its weights (latest checkpoint unless one is named).
 
@@ -168,6 +207,11 @@ class BestCheckpoint:
         self.dir, self.key, self.write = os.path.join(run_dir, BEST_DIR), key, write
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), self.dir, max_to_keep=1)
         self.record = read_best(run_dir) or {}
+        damage = self.record and checkpoint_damage(os.path.join(self.dir, self.record.get("checkpoint", "")))
+        if damage:   # the next validation saves a new best
+            logging.warning("%s: the best checkpoint %s is damaged (%s): choosing the best again from the next "
+                            "validation on", self.dir, self.record.get("checkpoint"), damage)
+            self.record = {}
         if self.record and self.record.get("key") != key:
             raise ValueError(f"{self.dir}: the best checkpoint was chosen by {self.record.get('key')!r}, "
                              f"this run selects by {key!r}; use another --out or the same --val_select")

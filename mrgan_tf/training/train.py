@@ -254,8 +254,7 @@ def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
                   jit_compile=tc.xla)
     shared_update.attach(model)          # one traced update per phase for both directions, where exact
     manager = checkpoints.manager_for(model, run_dir, tc.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoints.checkpoint_for(model).restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    checkpoints.restore_newest_intact(model, manager)   # a damaged latest one is named and passed over
     return model, manager
 
 
@@ -349,7 +348,7 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         for path in checkpoints.remove_checkpoint_temporaries(out):
             logging.info("removed a half-written checkpoint a killed run left: %s", path)
     if start:
-        logging.info("resuming %s from iteration %d (%s)", out, start, manager.latest_checkpoint)
+        logging.info("resuming %s from iteration %d", out, start)
     if start >= total:
         logging.info("%s already trained for %d >= %d iterations", out, start, total)
 
