@@ -15,8 +15,16 @@ checks what is on disk, runs the same command again and checks again:
   kill; after the rerun the newest ct2mr and mr2ct versions are a pair, with no temporaries.
 - synthesize: the output NIfTI is absent or complete after the kill; the rerun leaves no temporaries.
 
+- preempt: SIGTERM (what a preempted VM or a scheduler's time limit sends) at a seeded random moment
+  of training (tracing, iterations, checkpoints, the export at the end): the run exits 75 (stopped,
+  saved) or 0 (it had finished) within 30 s of the signal; the rerun resumes to weights bit-identical
+  to an uninterrupted run's, every history row once, no leftovers.
+- concurrent: two trainings started into one ``--out`` at the same moment: one finishes, the other
+  is refused naming the holder; the finished run's weights are an uninterrupted run's.
+
     .venv/bin/python bench/bench_reliability.py --kill_seed=0 \
-        [--make_records_trials=20 --train_trials=10 --export_trials=10 --synthesize_trials=10]
+        [--make_records_trials=20 --train_trials=10 --export_trials=10 --synthesize_trials=10 \
+         --preempt_trials=10 --concurrent_trials=3]
 """
 from __future__ import annotations
 
@@ -41,7 +49,8 @@ _WORK = flags.DEFINE_string("work", os.path.join(tempfile.gettempdir(), "mrgan_b
                             "Scratch folder (emptied first).")
 _SEED = flags.DEFINE_integer("kill_seed", 0, "Seed of the kill times.")
 _N = {name: flags.DEFINE_integer(f"{name}_trials", n, f"{name} trials.")
-      for name, n in (("make_records", 20), ("train", 10), ("export", 10), ("synthesize", 10))}
+      for name, n in (("make_records", 20), ("train", 10), ("export", 10), ("synthesize", 10), ("preempt", 10),
+                      ("concurrent", 3))}
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 
 PY = sys.executable
@@ -158,7 +167,7 @@ class Table:
 
 
 def make_records_trials(work: Path, n: int, rng, table: Table):
-    from test_make_records import add_patient
+    from conftest import add_patient
     root = work / "mr_root"
     for i in range(4):
         add_patient(root, f"p{i}", seed=i)
@@ -188,15 +197,21 @@ def train_cmd(records, out):
             "--deterministic", *TINY_FLAGS]
 
 
-def train_trials(work: Path, n: int, rng, table: Table):
+def train_reference(work: Path) -> tuple[Path, Path, float]:
+    """The tiny records and an uninterrupted run on them (made once): (records, run, its wall seconds)."""
     from records_factory import write_tiny_records
+    records, reference, seconds = work / "train_records", work / "train_reference", work / "train_reference_s.json"
+    if not seconds.exists():
+        write_tiny_records(str(records), size=32)
+        rc, ref_s, err = run(train_cmd(records, reference))
+        assert rc == 0, err[-2000:]
+        seconds.write_text(json.dumps(ref_s))
+    return records, reference, json.loads(seconds.read_text())
 
+
+def train_trials(work: Path, n: int, rng, table: Table):
     from mrgan_tf.training import train
-    records = work / "train_records"
-    write_tiny_records(str(records), size=32)
-    reference = work / "train_reference"
-    rc, ref_s, err = run(train_cmd(records, reference))
-    assert rc == 0, err[-2000:]
+    records, reference, ref_s = train_reference(work)
     expected = tensors(reference)
     killed, worst = 0, 0.0
     for i in range(n):
@@ -237,10 +252,10 @@ def export_trials(work: Path, n: int, rng, table: Table):
 
 
 def synthesize_trials(work: Path, n: int, rng, table: Table):
-    from test_make_records import head
+    from conftest import head_pair
 
     from mrgan_tf.io.writers import write_nifti
-    ct, _ = head()
+    ct, _ = head_pair()
     src = work / "syn_in" / "ct.nii.gz"
     src.parent.mkdir(parents=True)
     write_nifti(ct, src)
@@ -263,6 +278,74 @@ def synthesize_trials(work: Path, n: int, rng, table: Table):
     return {"reference_s": round(ref_s, 1), "killed": killed}
 
 
+def run_and_signal(cmd, after_s: float, sig=signal.SIGTERM) -> tuple[int, float | None]:
+    """Start ``cmd``; send ``sig`` to it after ``after_s`` (unless it ended); (returncode, seconds from the
+    signal to the exit, None when it ended first)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=after_s)
+        return proc.returncode, None
+    except subprocess.TimeoutExpired:
+        pass
+    t = time.perf_counter()
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=900)
+    return rc, time.perf_counter() - t
+
+
+def _same_as(expected: dict, out: Path) -> bool:
+    got = tensors(out)
+    return got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def preempt_trials(work: Path, n: int, rng, table: Table):
+    """SIGTERM at a random moment (tracing, training, checkpoint, export): stops in time, resumes exactly."""
+    from mrgan_tf.training.preemption import EXIT_PREEMPTED
+    records, reference, ref_s = train_reference(work)
+    expected = tensors(reference)
+    stops = []
+    for i in range(n):
+        out = work / f"preempt_{i}"
+        rc, stop_s = run_and_signal(train_cmd(records, out), rng.uniform(0.05, 1.0) * ref_s)
+        if stop_s is not None:
+            stops.append(stop_s)
+        table.add("preempt", "exit: 75 (stopped, saved) or 0 (had finished)", rc in (EXIT_PREEMPTED, 0))
+        table.add("preempt", "stopped within 30 s of the signal", stop_s is None or stop_s <= 30.0)
+        rc, _, err = run(train_cmd(records, out))
+        table.add("preempt", "rerun succeeds", rc == 0)
+        table.add("preempt", "after rerun: no leftovers", not leftovers(out))
+        table.add("preempt", "after rerun: every history row once", history_once(out, TRAIN_STEPS))
+        table.add("preempt", f"after rerun: {len(expected)} tensors bit-identical", rc == 0 and _same_as(expected, out))
+    return {"signalled": len(stops), "stop_s_max": round(max(stops), 2) if stops else None,
+            "stop_s_median": round(float(np.median(stops)), 2) if stops else None}
+
+
+def concurrent_trials(work: Path, n: int, rng, table: Table):
+    """Two trainings started into one --out at once: one refused at once naming the other, one writer."""
+    records, reference, _ = train_reference(work)
+    expected = tensors(reference)
+    refusals = []
+    for i in range(n):
+        out = work / f"concurrent_{i}"
+        procs = [subprocess.Popen(train_cmd(records, out), env=ENV, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        t0 = time.perf_counter()
+        results = []
+        for p in procs:
+            err = p.communicate(timeout=900)[1]
+            results.append((p.returncode, err, time.perf_counter() - t0))
+        codes = sorted(rc for rc, _, _ in results)
+        refused = [(err, s) for rc, err, s in results if rc == 1]
+        table.add("concurrent", "one finishes, one refused", codes == [0, 1])
+        table.add("concurrent", "the refusal names the holder",
+                  bool(refused) and "in use by train (pid" in refused[0][0])
+        if refused:
+            refusals.append(refused[0][1])
+        table.add("concurrent", f"the finished run: {len(expected)} tensors bit-identical", _same_as(expected, out))
+        table.add("concurrent", "no leftovers", not leftovers(out))
+    return {"refused_after_s_max": round(max(refusals), 1) if refusals else None}
+
+
 def main(argv):
     del argv
     work = Path(_WORK.value)
@@ -272,7 +355,8 @@ def main(argv):
     table, info = Table(), {}
     t0 = time.perf_counter()
     for name, trials in (("make_records", make_records_trials), ("train", train_trials),
-                         ("export", export_trials), ("synthesize", synthesize_trials)):
+                         ("export", export_trials), ("synthesize", synthesize_trials),
+                         ("preempt", preempt_trials), ("concurrent", concurrent_trials)):
         if _N[name].value:
             t = time.perf_counter()
             info[name] = trials(work, _N[name].value, rng, table)
