@@ -292,7 +292,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
         run_dir, start_iteration, iterations, seconds, replicas, global_batch, checkpoint;
         export (name -> SavedModel folder) when it exported; best when it validated.
     """
-    with contextlib.ExitStack() as held:   # the run folder's lock, taken by the chief
+    with contextlib.ExitStack() as held:   # the run folder's lock, taken by the chief; the signal handlers
         return _train(records, out, model_config, train_config, callbacks, held)
 
 
@@ -307,6 +307,11 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     from mrgan_tf.training.preemption import StopOnSignal
 
     tc = train_config
+    # SIGTERM/SIGINT: stop after the running iteration, saved. Not across workers: a multi-worker job
+    # stops when its scheduler stops it, from its last --checkpoint_every checkpoint (docs/USAGE.md).
+    stopper = StopOnSignal().arm() if tc.distribute.strategy != "multiworker" else None
+    if stopper:
+        held.callback(stopper.restore)
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
     chief = distribute.is_chief(strategy)
     if chief:   # a second run into the same --out is refused here, before anything is traced or written
@@ -364,9 +369,6 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         val_cbs = [Validation(val_set, tc.val_every, key, best, run_dir, monitor, write=chief)]
     ckpt_cb = Checkpointing(manager, tc.checkpoint_every, before_save=[monitor.flush])
     guard = NaNGuard(ckpt_cb)
-    # SIGTERM/SIGINT: stop after the running iteration, saved. Not across workers: a multi-worker job
-    # stops when its scheduler stops it, from its last --checkpoint_every checkpoint (docs/USAGE.md).
-    stopper = StopOnSignal() if tc.distribute.strategy != "multiworker" else None
     t0 = time.perf_counter()
     if start < total:
         try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first;
@@ -379,9 +381,6 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
             if error is None:
                 raise
             raise error from None
-        finally:
-            if stopper:
-                stopper.restore()
     seconds = time.perf_counter() - t0
     if guard.error:
         raise NonFiniteLoss(guard.error)
@@ -407,9 +406,14 @@ def main(argv):
     # ValueError: a model option the config refuses (MRGANConfig, AugmentConfig), as before
     with cli.user_errors("train", also=(ValueError,)):
         model_config, train_config = configs_from_flags(fv)
-        summary = train(fv.records, fv.out, model_config, train_config)
+        from mrgan_tf.training.preemption import EXIT_PREEMPTED, Preempted
+        try:
+            summary = train(fv.records, fv.out, model_config, train_config)
+        except Preempted as e:
+            print(f"train: stopped by {e.signal_name} before training began (nothing new to save); run the same "
+                  "command again to resume", file=sys.stderr)
+            return EXIT_PREEMPTED
     if summary.get("stopped_by"):
-        from mrgan_tf.training.preemption import EXIT_PREEMPTED
         print(f"train: stopped by {summary['stopped_by']} at iteration {summary['iterations']}, saved as "
               f"{summary['checkpoint']}; run the same command again to resume", file=sys.stderr)
         return EXIT_PREEMPTED
