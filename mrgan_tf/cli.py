@@ -10,6 +10,11 @@ and exit code 1, without a traceback.
 A tool whose options are a dataclass derives their flags from it
 (``define_field_flags``): each flag's type and default are the field's, so a
 default lives in one place and a new option is one line of the tool's table.
+
+How every tool's command line behaves (``tfrecords_tools.console``): ``--flagfile``
+names resolve from any working directory (a nested one beside the file that names
+it, then this repository's ``configs/``); a usage error is ``tool: error: <message>``
+and exit code 2.
 """
 from __future__ import annotations
 
@@ -18,9 +23,14 @@ import dataclasses
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from mrgan_tf.errors import UserError
+from tfrecords_tools import console
+
+PACKAGE = Path(__file__).resolve().parent
+CONFIGS = PACKAGE.parent / "configs"      # the flagfiles of a source checkout
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -48,15 +58,20 @@ def _describe(e: BaseException) -> str:
     return str(e)
 
 
-def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None]) -> Callable[[], None]:
-    """A console-script function: define the tool's flags (only when it is the program), then run ``main``."""
+def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None],
+                tool: str | None = None) -> Callable[[], None]:
+    """A console-script function: define the tool's flags (only when it is the program), then run ``main``.
+
+    ``tool`` (default: the last part of ``main``'s module) names the tool in error lines."""
+    tool = tool or main.__module__.rpartition(".")[2]
+
     def run() -> None:
-        from absl import app, flags
+        from absl import flags
         before = set(flags.FLAGS)
         define_flags()
         for name in sorted(set(flags.FLAGS) - before):   # --help lists the tool's own flags
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-        app.run(lambda argv: main(_no_arguments(argv)))
+        console.run(lambda argv: main(_no_arguments(argv)), tool, fallback=[CONFIGS])
     return run
 
 

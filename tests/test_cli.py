@@ -101,3 +101,60 @@ def test_client_and_synthesize_share_one_set_of_connection_flags():
     fv(["tool", "--retries=0"])
     with pytest.raises(client.ServingError, match="--retries must be at least 1, got 0"):
         client.connection_from_flags(fv)
+
+
+# ---------------------------------------------------------------- how every tool's command line behaves
+def _tool(*args, env=None):
+    """A tool run as the user runs it, from a folder outside the checkout."""
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, cwd="/",
+                          env={**os.environ, **(env or {})})
+
+
+def test_nested_flagfiles_resolve_beside_their_file_then_in_the_repo_configs(tmp_path, monkeypatch):
+    from tfrecords_tools import console
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "base.cfg").write_text("# the base\n--steps=1\n\n--lr=0.1\n")
+    (tmp_path / "exp" / "run.cfg").write_text("--flagfile=base.cfg\n  // a comment\n--steps=2\n"
+                                              "--flagfile=configs/gpu_fast.cfg\n")
+    monkeypatch.chdir(tmp_path / "exp")   # then anywhere else: the command line's own name is relative to here
+    argv = console.expand_flagfiles(["train", "--steps=0", "--flagfile=run.cfg", "--lr=0.5"], [cli.CONFIGS])
+    monkeypatch.chdir("/")
+    assert console.expand_flagfiles(["train", f"--flagfile={tmp_path}/exp/run.cfg"], [cli.CONFIGS]) == ["train",
+                                                                                                    *argv[2:-1]]
+    gpu_fast = [ln for ln in (cli.CONFIGS / "gpu_fast.cfg").read_text().splitlines() if ln.startswith("--")]
+    mrgan = [ln for ln in (cli.CONFIGS / "mrgan.cfg").read_text().splitlines() if ln.startswith("--")]
+    assert argv == ["train", "--steps=0", "--steps=1", "--lr=0.1", "--steps=2", *mrgan, *gpu_fast[1:], "--lr=0.5"]
+    demo = ["t", *(ln for ln in (cli.CONFIGS / "demo.cfg").read_text().splitlines() if ln.startswith("--"))]
+    assert console.expand_flagfiles(["t", "--flagfile=configs/demo.cfg"], [cli.CONFIGS]) == demo
+    assert console.expand_flagfiles(["t", "--flagfile", "demo.cfg"], [cli.CONFIGS]) == demo
+    assert console.expand_flagfiles(["t", "--", "--flagfile=nowhere.cfg"]) == ["t", "--", "--flagfile=nowhere.cfg"]
+
+
+def test_a_missing_flagfile_names_the_file_and_line_that_include_it(tmp_path, monkeypatch):
+    from tfrecords_tools import console
+    (tmp_path / "a.cfg").write_text("--steps=1\n# no flags here\n--flagfile=b.cfg\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(console.FlagfileError) as e:
+        console.expand_flagfiles(["t", "--flagfile=a.cfg"], [cli.CONFIGS])
+    assert str(e.value).startswith(f"a.cfg:3: --flagfile=b.cfg: no such file (looked in {tmp_path / 'b.cfg'}, "
+                                   f"{cli.CONFIGS / 'b.cfg'}")
+    (tmp_path / "b.cfg").write_text("--flagfile=a.cfg\n")
+    with pytest.raises(console.FlagfileError, match="b.cfg:1: --flagfile=a.cfg: includes itself"):
+        console.expand_flagfiles(["t", "--flagfile=a.cfg"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mrgan_tf.make_records", "--root=/r", "--nosuch=1"], "make_records: error: Unknown command line flag 'nosuch'"),
+    (["mrgan_tf.make_records", "--workers=many"], "make_records: error: flag --workers=many: invalid literal"),
+    (["mrgan_tf.pacs", "--echo"], "pacs: error: --peer=AET@host:port is required"),
+    (["mrgan_tf.pacs", "--peer=A@h:1", "stray"], "pacs: error: unexpected arguments: ['stray']"),
+    (["mrgan_tf.pacs", "--flagfile=configs/nope.cfg"], "pacs: error: --flagfile=configs/nope.cfg: no such file"),
+])
+def test_usage_errors_are_two_lines_and_exit_2(args, message):
+    done = _tool(*args)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message) and done.stderr.endswith("\nTry '--help' for the flags.\n"), done.stderr
+    assert done.stderr.count("\n") == 2 and not done.stdout

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from tfrecords_tools import reader, schema
+from tfrecords_tools import console, reader, schema
 from tfrecords_tools.atomic import atomic_write_bytes
 
 _PNG = flags.DEFINE_string("png", None, "Write a contact sheet of --n examples to this PNG file.")
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console entry point (``tfrecords-inspect``)."""
-    app.run(main)
+    console.run(main, "inspect")
 
 
 if __name__ == "__main__":
