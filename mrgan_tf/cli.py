@@ -14,7 +14,8 @@ default lives in one place and a new option is one line of the tool's table.
 How every tool's command line behaves (``tfrecords_tools.console``): ``--flagfile``
 names resolve from any working directory (a nested one beside the file that names
 it, then this repository's ``configs/``); a usage error is ``tool: error: <message>``
-and exit code 2.
+and exit code 2; library INFO lines (TensorFlow saving a model, ...) show only with
+``--verbose``.
 """
 from __future__ import annotations
 
@@ -69,10 +70,18 @@ def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], in
         from absl import flags
         before = set(flags.FLAGS)
         define_flags()
+        if "verbose" not in flags.FLAGS:   # train has its own, a level
+            flags.DEFINE_bool("verbose", False, "Also show the INFO log lines of TensorFlow and other libraries.")
         for name in sorted(set(flags.FLAGS) - before):   # --help lists the tool's own flags
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-        console.run(lambda argv: main(_no_arguments(argv)), tool, fallback=[CONFIGS])
+        console.run(lambda argv: main(_no_arguments(argv)), tool, fallback=[CONFIGS],
+                    own=[PACKAGE, Path(console.__file__).parent], verbose=lambda: library_logs(flags.FLAGS.verbose))
     return run
+
+
+def library_logs(verbose: bool | int) -> bool:
+    """Whether ``--verbose`` asks for the INFO lines of libraries: ``--verbose``, or train's level 2."""
+    return verbose is True or verbose >= 2
 
 
 def _no_arguments(argv: list[str]) -> list[str]:

@@ -158,3 +158,53 @@ def test_usage_errors_are_two_lines_and_exit_2(args, message):
     assert done.returncode == 2
     assert done.stderr.startswith(message) and done.stderr.endswith("\nTry '--help' for the flags.\n"), done.stderr
     assert done.stderr.count("\n") == 2 and not done.stdout
+
+
+def test_tensorflow_start_up_lines_are_held_back_at_the_level_asked_for():
+    from tfrecords_tools import console
+    banner = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+              "I0000 00:00:1796644254.313060    6402 port.cc:153] oneDNN custom operations are on.\n",
+              "I0000 00:00:1796644254.3 6402 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n",
+              "To enable the following instructions: AVX2 AVX512F, in other operations, rebuild TensorFlow\n",
+              "E0000 00:00:1796644254.4 6402 cuda_fft.cc:467] Unable to register cuFFT factory: Attempting to "
+              "register factory for plugin cuFFT when one has already been registered\n"]
+    news = ["W0000 00:00:1796644254.5 6402 something.cc:1] a warning\n",
+            "E0000 00:00:1796644254.5 6402 something.cc:1] an error\n", "/x/y.py:3: UserWarning: careful\n"]
+    assert [ln for ln in banner + news if console.shown(ln, 2)] == news[1:]
+    assert [ln for ln in banner + news if console.shown(ln, 1)] == banner[4:] + news
+    assert all(console.shown(ln, 0) for ln in banner + news)
+
+
+def test_no_tensorflow_banner_on_a_normal_run(tmp_path):
+    """inspect reads the records with TensorFlow; its banner (printed before TF_CPP_MIN_LOG_LEVEL is read)
+    and absl's pre-init line do not reach the user, whose own level still decides."""
+    import os
+    import subprocess
+    import sys
+
+    from tfrecords_tools import schema, writer
+    with writer.ShardedWriter(tmp_path, "s", {"n": schema.Int()}) as w:
+        w.write({"n": 1})
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "tfrecords_tools.inspect", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "s: 1 examples, groups n/a, 1 shards, OK\n"
+    assert done.stderr == "", done.stderr
+    assert _tool("tfrecords_tools.inspect", "--help", env={"TF_CPP_MIN_LOG_LEVEL": "0"}).stderr == ""
+    shown = subprocess.run([sys.executable, "-c", "import mrgan_tf, tensorflow"], capture_output=True, text=True,
+                           env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=120)
+    assert "oneDNN" in shown.stderr or "cpu_feature_guard" in shown.stderr   # the user asked for them
+
+
+def test_library_info_lines_need_verbose_our_own_and_warnings_always_show():
+    import logging
+
+    from tfrecords_tools import console
+
+    def record(path, level=logging.INFO):
+        return logging.LogRecord("absl", level, path, 1, "m", (), None)
+    keep = console._OwnInfo([cli.PACKAGE])
+    assert keep.filter(record(str(cli.PACKAGE / "training" / "train.py")))
+    assert not keep.filter(record("/venv/site-packages/tensorflow/python/saved_model/signature_serialization.py"))
+    assert keep.filter(record("/venv/site-packages/tensorflow/x.py", logging.WARNING))
+    assert cli.library_logs(True) and cli.library_logs(2) and not cli.library_logs(False) and not cli.library_logs(1)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from tfrecords_tools import console, reader, schema
+from tfrecords_tools import console
 from tfrecords_tools.atomic import atomic_write_bytes
 
 _PNG = flags.DEFINE_string("png", None, "Write a contact sheet of --n examples to this PNG file.")
@@ -77,6 +77,7 @@ def render_contact_sheet(samples: list[Sample], dtypes: dict[str, dict[str, str]
 
 def inspect_dir(directory: str, group_key: str | None = None, png: str | None = None, n: int = 16) -> int:
     """Print a report for every shard set in ``directory``; return the exit code (0 ok, 1 bad)."""
+    from tfrecords_tools import reader, schema   # TensorFlow: not needed for --help or a usage error
     if png is not None:
         png_dir = os.path.dirname(os.path.abspath(png))
         if not os.path.isdir(png_dir):
@@ -135,7 +136,8 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console entry point (``tfrecords-inspect``)."""
-    console.run(main, "inspect")
+    console.quiet_tensorflow()
+    console.run(main, "inspect", own=[os.path.dirname(os.path.abspath(__file__))])
 
 
 if __name__ == "__main__":

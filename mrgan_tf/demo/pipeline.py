@@ -404,7 +404,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, below
     fv = flags.FLAGS
     with cli.user_errors("demo"):
         run_demo(DemoOptions(out=fv.out, rebuild=fv.rebuild, steps=fv.steps, size_scale=fv.size_scale,
