@@ -58,7 +58,9 @@ class TrainConfig:
     log_every: int = 50
     image_every: int = 1000
     image_slices: int = 4
-    verbose: int = 1
+    verbose: int = 1                          # 0: result lines only; 1: + progress lines; 2: + libraries' INFO
+    progress_every: int = 0                   # 0: about 20 progress lines a run
+    progress_seconds: float = 30.0            # a progress line at least this often (0: no limit)
     export: bool = True
     val_every: int = 0                        # 0: no validation
     val_select: str = "auto"                  # one of validation.SELECT
@@ -141,7 +143,10 @@ TRAIN_FLAGS = {
     "log_every": cli.Flag("Iterations between TensorBoard scalars / history.csv rows."),
     "image_every": cli.Flag("Iterations between TensorBoard image panels."),
     "image_slices": cli.Flag("Fixed validation slices in the image panel."),
-    "verbose": cli.Flag("Keras progress: 0 silent, 1 progress bar, 2 one line per epoch."),
+    "verbose": cli.Flag("0: only what was written at the end; 1: also a progress line every --progress_every "
+                        "iterations; 2: also the INFO log lines of TensorFlow and other libraries."),
+    "progress_every": cli.Flag("Iterations between progress lines (0: about 20 lines a run)."),
+    "progress_seconds": cli.Flag("A progress line at least this often, in seconds (0: only every --progress_every)."),
     "export": cli.Flag("Export SavedModels for serving when training ends."),
     "val_every": cli.Flag("Iterations between validation scores on the records' validation patients "
                           "(make_records --val_patients); 0: no validation. A multiple of --log_every."),
@@ -293,7 +298,8 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
 
     from mrgan_tf.records.spec import DatasetSpec
     from mrgan_tf.training import checkpoints, data
-    from mrgan_tf.training.callbacks import Checkpointing, NaNGuard, NonFiniteLoss, TrainingMonitor, Validation
+    from mrgan_tf.training.callbacks import (Checkpointing, NaNGuard, NonFiniteLoss, ProgressLines, TrainingMonitor,
+                                             Validation)
 
     tc = train_config
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
@@ -347,12 +353,14 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
         val_cbs = [Validation(val_set, tc.val_every, key, best, run_dir, monitor, write=chief)]
     ckpt_cb = Checkpointing(manager, tc.checkpoint_every, before_save=[monitor.flush])
     guard = NaNGuard(ckpt_cb)
+    progress = [ProgressLines(total, tc.progress_every or max(1, (total - start) // 20), tc.progress_seconds)] \
+        if chief and tc.verbose >= 1 else []
     t0 = time.perf_counter()
     if start < total:
         try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first
             model.fit(ds, epochs=1, steps_per_epoch=total - start,
-                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *callbacks],
-                      verbose=tc.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
+                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *progress, *callbacks],
+                      verbose=0, shuffle=False)   # progress: ProgressLines; the dataset shuffles itself
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             error = _corrupt_records_error(spec, e)
             if error is None:
