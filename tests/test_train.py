@@ -75,9 +75,9 @@ def test_cli_bad_records_dir_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_cli_reports_progress(tiny_records, tmp_path):
-    """Plain progress lines at the default verbosity (stdout is a pipe here); TensorFlow's start-up banner
-    and the export's INFO lines stay out of the way."""
+def test_cli_reports_progress_then_what_it_wrote(tiny_records, tmp_path):
+    """Plain progress lines at the default verbosity (stdout is a pipe here), then the checkpoint and the
+    SavedModels; TensorFlow's start-up banner and the export's INFO lines stay out of the way."""
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-m", "mrgan_tf.train", f"--records={tiny_records.root}", f"--out={out}",
@@ -90,6 +90,9 @@ def test_cli_reports_progress(tiny_records, tmp_path):
     assert "first iteration in" in progress[0] and "paired: syn_mr " in progress[0]
     assert all(" it/s, " in ln and " left  paired: syn_mr " in ln for ln in progress[1:])
     assert lines[len(progress)].startswith("trained 6 iterations in ")
+    assert lines[len(progress) + 1:] == [f"checkpoint of iteration 6: {out / 'checkpoints' / 'ckpt-6'}",
+                                         f"exported version 1 of checkpoint {out / 'checkpoints' / 'ckpt-6'}:",
+                                         f"  ct2mr: {out / 'export' / 'ct2mr' / '1'}"]
     for noise in ("oneDNN", "InitializeLog", "signature_serialization", "INFO:tensorflow", "Assets written"):
         assert noise not in done.stderr, done.stderr
 

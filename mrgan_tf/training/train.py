@@ -259,8 +259,9 @@ def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
     return model, manager
 
 
-def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> dict | None:
-    """SavedModels of the finished run (None: none due); a finished run that is re-run exports no duplicate."""
+def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> tuple[dict, str] | None:
+    """SavedModels of the finished run and the checkpoint they hold (None: none due); a finished run
+    that is re-run exports no duplicate."""
     from mrgan_tf.serving import export
     from mrgan_tf.training import checkpoints
     export_dir = os.path.join(out, "export")
@@ -271,8 +272,9 @@ def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> dic
         return None
     # export_model numbers the pair as one version and removes an orphan half of an earlier one
     if tc.export_checkpoint == "best":
-        return export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"))
-    return export.export_model(model, spec, export_dir)
+        best = checkpoints.resolve_checkpoint(out, "best")
+        return export.export_run(out, export_dir, best), best
+    return export.export_model(model, spec, export_dir), checkpoints.resolve_checkpoint(out, "last")
 
 
 def train(records: str, out: str, model_config: MRGANConfig, train_config: TrainConfig, callbacks=()) -> dict:
@@ -291,7 +293,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
 
     Returns:
         run_dir, start_iteration, iterations, seconds, replicas, global_batch, checkpoint;
-        export (name -> SavedModel folder) when it exported; best when it validated.
+        export (name -> SavedModel folder) and export_checkpoint when it exported; best when it validated.
     """
     import keras
     import tensorflow as tf
@@ -374,7 +376,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
                "checkpoint": manager.latest_checkpoint}
     exported = _export_at_end(model, spec, out, tc, trained=start < total) if tc.export and chief else None
     if exported is not None:
-        summary["export"] = exported
+        summary["export"], summary["export_checkpoint"] = exported
     best_record = checkpoints.read_best(out) if val_set is not None else None
     if best_record:
         summary["best"] = best_record
@@ -389,8 +391,24 @@ def main(argv):
     with cli.user_errors("train", also=(ValueError,)):
         model_config, train_config = configs_from_flags(fv)
         summary = train(fv.records, fv.out, model_config, train_config)
-    print(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}")
+    print("\n".join(summary_lines(summary)))
     return 0
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What the CLI prints at the end: the iterations, the checkpoints it saved and the SavedModels it wrote."""
+    from mrgan_tf.serving import export
+    from mrgan_tf.training.checkpoints import BEST_DIR
+    lines = [f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}"]
+    if summary["checkpoint"]:
+        lines.append(f"checkpoint of iteration {summary['checkpoint'].rsplit('-', 1)[1]}: {summary['checkpoint']}")
+    if "best" in summary:
+        best = summary["best"]
+        lines.append(f"best checkpoint by validation {best['key']} ({best['value']:.4g}): iteration "
+                     f"{best['iteration']}, {os.path.join(summary['run_dir'], BEST_DIR, best['checkpoint'])}")
+    if "export" in summary:
+        lines += export.written_lines(summary["export"], summary["export_checkpoint"])
+    return lines
 
 
 run = cli.entry_point(define_flags, main)
