@@ -160,6 +160,27 @@ def test_usage_errors_are_two_lines_and_exit_2(args, message):
     assert done.stderr.count("\n") == 2 and not done.stdout
 
 
+def test_help_says_what_the_tool_does_then_lists_its_flags():
+    done = _tool("mrgan_tf.make_records", "--help")
+    assert done.stdout.startswith(cli.help_text("make_records"))
+    import subprocess
+    import sys
+    script = "from mrgan_tf.records.make_records import run; run()"   # a console script: __main__ has no text
+    done = subprocess.run([sys.executable, "-c", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith(cli.help_text("make_records"))
+    assert "--root: Input folder" in done.stdout and "--[no]verbose:" in done.stdout and "--helpfull" in done.stdout
+    full = _tool("mrgan_tf.make_records", "--helpfull").stdout
+    assert "--root: Input folder" in full and "--flagfile:" in full and "absl.logging" in full
+
+
+@pytest.mark.parametrize("tool", ["make_records", "train", "export", "synthesize", "pacs", "client", "evaluate",
+                                  "demo_data", "demo"])
+def test_every_tool_has_help_written_for_users(tool):
+    """What it does, an example command line, the common flags; no developer notes (code names in ``)."""
+    text = cli.help_text(tool)
+    assert f"python -m mrgan_tf.{tool} --" in text and "Common flags:" in text and "``" not in text
+
+
 def test_tensorflow_start_up_lines_are_held_back_at_the_level_asked_for():
     from tfrecords_tools import console
     banner = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",

@@ -221,12 +221,15 @@ def usage_error(tool: str, error: BaseException | str) -> None:
     raise SystemExit(USAGE_EXIT)
 
 
-def run(main: Callable[[list[str]], int | None], tool: str, *, fallback: Iterable[Path] = (),
-        own: Iterable[Path] = (), verbose: Callable[[], bool] = lambda: False) -> None:
+def run(main: Callable[[list[str]], int | None], tool: str, *, help_text: str | None = None,
+        fallback: Iterable[Path] = (), own: Iterable[Path] = (),
+        verbose: Callable[[], bool] = lambda: False) -> None:
     """``absl.app.run(main)`` with flagfiles expanded (``fallback``: see ``expand_flagfiles``),
-    short usage errors and library INFO lines only when ``verbose()`` (asked once the flags are
-    parsed) says so (``own``: the tool's code folders)."""
+    short usage errors, ``help_text`` on top of ``--help`` and library INFO lines only when
+    ``verbose()`` (asked once the flags are parsed) says so (``own``: the tool's code folders)."""
     from absl import app, flags
+    if help_text:
+        sys.modules["__main__"].__doc__ = help_text   # what absl's --help prints on top
 
     def parse(argv: list[str]) -> list[str]:
         try:

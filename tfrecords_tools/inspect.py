@@ -2,6 +2,9 @@
 
     python -m tfrecords_tools.inspect DIR [--png FILE] [--n 16] [--group_key patient_id]
 
+Example:
+    python -m tfrecords_tools.inspect runs/demo/records --group_key=patient_id --png=sheet.png
+
 For each set: examples, distinct groups, shards, and a full CRC + parse check of
 every record. Exits 1 and prints ``BAD: <file> record <index>: <error>`` for
 the first bad record of a set. ``--png`` writes (atomically) a grid of ``--n``
@@ -137,7 +140,7 @@ def main(argv: list[str]) -> int:
 def run() -> None:
     """Console entry point (``tfrecords-inspect``)."""
     console.quiet_tensorflow()
-    console.run(main, "inspect", own=[os.path.dirname(os.path.abspath(__file__))])
+    console.run(main, "inspect", help_text=__doc__, own=[os.path.dirname(os.path.abspath(__file__))])
 
 
 if __name__ == "__main__":
