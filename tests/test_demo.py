@@ -189,3 +189,12 @@ def test_read_history(tmp_path):
     assert curves["a/loss"] == ([10, 20], [1.5, 1.0])
     assert np.isnan(curves["b"][1][0])
     assert report.read_history(str(tmp_path / "missing.csv")) == {}
+
+
+def test_register_help_names_the_transform_that_runs():
+    from absl import flags
+
+    from mrgan_tf.preprocess import PreprocessConfig
+    fv = flags.FlagValues()
+    demo.define_flags(fv)
+    assert PreprocessConfig().register_model == "rigid" and "rigid" in fv["register"].help

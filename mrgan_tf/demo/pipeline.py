@@ -395,8 +395,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).", flag_values=fv)
     flags.DEFINE_float("spacing_mm", None, "Records voxel size (default: the demo data's).", flag_values=fv)
-    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records (slower).",
-                      flag_values=fv)
+    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records: rigid, by mutual "
+                      "information (make_records --register; slower).", flag_values=fv)
     flags.DEFINE_multi_string("train_flag", [], "Extra train flag, e.g. --train_flag=--ngf=8 (repeatable).",
                               flag_values=fv)
     flags.DEFINE_integer("jobs", d.jobs, "Trainings run at once.", flag_values=fv)
