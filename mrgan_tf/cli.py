@@ -89,7 +89,7 @@ def library_logs(verbose: bool | int) -> bool:
 
 def help_text(tool: str) -> str | None:
     """What ``--help`` prints on top: the docstring of ``python -m mrgan_tf.<tool>``'s module, read
-    from its file (a console script's or Bazel's ``__main__`` is another module)."""
+    from its file (a console script's ``__main__`` is another module)."""
     for path in (PACKAGE / f"{tool}.py", PACKAGE / tool / "__main__.py"):
         if path.is_file():
             doc = ast.get_docstring(ast.parse(path.read_text()))
