@@ -1,5 +1,5 @@
 """mrgan-tf: brain CT -> synthetic MR with MR-GAN (paired + unpaired data), TF2 / Keras 3."""
-import os as _os
+from tfrecords_tools import console as _console
 
 # TensorFlow's C++ INFO/WARNING lines drown the tools' own progress; errors still show.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_console.quiet_tensorflow()

@@ -10,17 +10,30 @@ and exit code 1, without a traceback.
 A tool whose options are a dataclass derives their flags from it
 (``define_field_flags``): each flag's type and default are the field's, so a
 default lives in one place and a new option is one line of the tool's table.
+
+How every tool's command line behaves (``tfrecords_tools.console``): ``--flagfile``
+names resolve from any working directory (a nested one beside the file that names
+it, then this repository's ``configs/``); a usage error is ``tool: error: <message>``
+and exit code 2; ``--help`` starts with the docstring of the tool's command-line
+module (``mrgan_tf/<tool>.py``), however the tool was started; library INFO lines
+(TensorFlow saving a model, ...) show only with ``--verbose``.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from mrgan_tf.errors import UserError
+from tfrecords_tools import console
+
+PACKAGE = Path(__file__).resolve().parent
+CONFIGS = PACKAGE.parent / "configs"      # the flagfiles of a source checkout
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -48,16 +61,40 @@ def _describe(e: BaseException) -> str:
     return str(e)
 
 
-def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None]) -> Callable[[], None]:
-    """A console-script function: define the tool's flags (only when it is the program), then run ``main``."""
+def entry_point(define_flags: Callable[[], None], main: Callable[[list[str]], int | None],
+                tool: str | None = None) -> Callable[[], None]:
+    """A console-script function: define the tool's flags (only when it is the program), then run ``main``.
+
+    ``tool`` (default: the last part of ``main``'s module) names the tool in error lines and
+    finds its help text (``help_text``)."""
+    tool = tool or main.__module__.rpartition(".")[2]
+
     def run() -> None:
-        from absl import app, flags
+        from absl import flags
         before = set(flags.FLAGS)
         define_flags()
+        if "verbose" not in flags.FLAGS:   # train has its own, a level
+            flags.DEFINE_bool("verbose", False, "Also show the INFO log lines of TensorFlow and other libraries.")
         for name in sorted(set(flags.FLAGS) - before):   # --help lists the tool's own flags
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-        app.run(lambda argv: main(_no_arguments(argv)))
+        console.run(lambda argv: main(_no_arguments(argv)), tool, help_text=help_text(tool), fallback=[CONFIGS],
+                    own=[PACKAGE, Path(console.__file__).parent], verbose=lambda: library_logs(flags.FLAGS.verbose))
     return run
+
+
+def library_logs(verbose: bool | int) -> bool:
+    """Whether ``--verbose`` asks for the INFO lines of libraries: ``--verbose``, or train's level 2."""
+    return verbose is True or verbose >= 2
+
+
+def help_text(tool: str) -> str | None:
+    """What ``--help`` prints on top: the docstring of ``python -m mrgan_tf.<tool>``'s module, read
+    from its file (a console script's ``__main__`` is another module)."""
+    for path in (PACKAGE / f"{tool}.py", PACKAGE / tool / "__main__.py"):
+        if path.is_file():
+            doc = ast.get_docstring(ast.parse(path.read_text()))
+            return doc and doc + "\n"
+    return None
 
 
 def _no_arguments(argv: list[str]) -> list[str]:

@@ -95,3 +95,26 @@ def test_ablation_cells_differ_in_discriminator_and_paired_loss_only(monkeypatch
     differs = {n: v for n, v in cfg.items() if base.get(n) != v}
     assert differs == {n: v for n, v in expected.items() if base.get(n) != v}
     assert {n: cfg[n] for n in expected} == expected
+
+
+@pytest.mark.parametrize("flagfile", TRAIN_FLAGFILES + ["configs/synthrad_sct_records.cfg"])
+def test_every_flagfile_reads_the_same_from_any_folder(monkeypatch, tmp_path, flagfile):
+    """The tools expand --flagfile themselves (nested names beside their file, then configs/): from another
+    folder, by absolute path or by its configs/ name, a config gives what absl read from the checkout."""
+    from mrgan_tf import cli
+    from mrgan_tf.records import make_records
+    from mrgan_tf.training import train
+    from tfrecords_tools import console
+    tool = make_records if flagfile.endswith("_records.cfg") else train
+
+    def parsed(argv):
+        fv = flags.FlagValues()
+        tool.define_flags(fv)
+        fv(argv)
+        return {name: fv[name].value for name in fv}
+    monkeypatch.chdir(REPO)
+    expected = parsed(["tool", f"--flagfile={flagfile}"])
+    monkeypatch.chdir(tmp_path)
+    names = [str(REPO / flagfile)] + ([flagfile] if flagfile.startswith("configs/") else [])
+    for name in names:
+        assert parsed(console.expand_flagfiles(["tool", f"--flagfile={name}"], [cli.CONFIGS])) == expected

@@ -177,6 +177,8 @@ def test_console_filter():
     assert runs.worth_showing("I1124 22:52:10.987956 139625383144320 train.py:99] resuming\n")
     assert runs.worth_showing("W1124 22:52:10.987956 139625383144320 anything.py:1] careful\n")
     assert runs.worth_showing("trained 3 iterations in 5.0 s -> /x\n")
+    # train's progress lines: the pool prints its own
+    assert not runs.worth_showing("iteration 30/600 (5%)  2.7 it/s, 3m30s left  paired: syn_mr 56.7\n")
 
 
 def test_read_history(tmp_path):
@@ -187,3 +189,12 @@ def test_read_history(tmp_path):
     assert curves["a/loss"] == ([10, 20], [1.5, 1.0])
     assert np.isnan(curves["b"][1][0])
     assert report.read_history(str(tmp_path / "missing.csv")) == {}
+
+
+def test_register_help_names_the_transform_that_runs():
+    from absl import flags
+
+    from mrgan_tf.preprocess import PreprocessConfig
+    fv = flags.FlagValues()
+    demo.define_flags(fv)
+    assert PreprocessConfig().register_model == "rigid" and "rigid" in fv["register"].help

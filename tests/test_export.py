@@ -196,6 +196,21 @@ def test_cli_run_without_checkpoint(tmp_path, tiny_records):
     assert not (run_dir / "export").exists()
 
 
+def test_cli_says_what_it_wrote_without_tensorflow_chatter(tmp_path_factory, tiny_records, tmp_path):
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run(tmp_path_factory, tiny_records.root), run_dir)
+    checkpoint = sorted((run_dir / "checkpoints").glob("ckpt-*.index"))[-1].with_suffix("")
+    r = subprocess.run([sys.executable, "-m", "mrgan_tf.export", f"--run={run_dir}", "--version=7"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"exported version 7 of checkpoint {checkpoint}:",
+                                     f"  ct2mr: {run_dir / 'export' / 'ct2mr' / '7'}",
+                                     f"  mr2ct: {run_dir / 'export' / 'mr2ct' / '7'}"]
+    for noise in ("signature_serialization", "functional_saver", "INFO:tensorflow", "Assets written", "fingerprint"):
+        assert noise not in r.stderr, r.stderr
+
+
 def test_a_run_folder_stands_alone_and_older_run_json_still_loads(tmp_path_factory, tiny_records, tmp_path):
     """run.json holds the preprocessing: export and synthesis need the records no more; a run.json written
     before (2k+1 "channels", no preprocessing) still restores, reading its records."""

@@ -161,6 +161,15 @@ def _identity_predictor(name, cfg):
     return predictors.Predictor(name, cfg, "identity", lambda x: x)
 
 
+def test_progress_bar_counts_slices(capsys):
+    from mrgan_tf.preprocess import PreprocessConfig
+    pred = _identity_predictor("ct2mr", PreprocessConfig(image_size=32))
+    stack = np.random.default_rng(0).random((10, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(pred.predict01(stack, batch_size=3, progress=True), stack, atol=1e-6)
+    bar = capsys.readouterr().err
+    assert "ct2mr:" in bar and "/10 [" in bar and "slice/s" in bar and "batch" not in bar
+
+
 def test_synthetic_ct_is_int16_hu_over_the_full_range():
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32, ct_range=(-1024, 3000), bits=16)

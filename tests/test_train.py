@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import TINY
+from conftest import TINY, TINY_FLAGS
 
 
 class PoisonAt(keras.callbacks.Callback):
@@ -73,6 +73,28 @@ def test_cli_bad_records_dir_is_a_clear_error(tmp_path):
     assert out.returncode == 1
     assert str(missing) in out.stderr and "dataset.json" in out.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_reports_progress_then_what_it_wrote(tiny_records, tmp_path):
+    """Plain progress lines at the default verbosity (stdout is a pipe here), then the checkpoint and the
+    SavedModels; TensorFlow's start-up banner and the export's INFO lines stay out of the way."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "mrgan_tf.train", f"--records={tiny_records.root}", f"--out={out}",
+                           "--mode=paired", "--steps=6", "--progress_every=2", "--progress_seconds=0", *TINY_FLAGS],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    progress = [ln for ln in lines if ln.startswith("iteration ")]
+    assert [ln.split()[1] for ln in progress] == ["1/6", "2/6", "4/6", "6/6"]
+    assert "first iteration in" in progress[0] and "paired: syn_mr " in progress[0]
+    assert all(" it/s, " in ln and " left  paired: syn_mr " in ln for ln in progress[1:])
+    assert lines[len(progress)].startswith("trained 6 iterations in ")
+    assert lines[len(progress) + 1:] == [f"checkpoint of iteration 6: {out / 'checkpoints' / 'ckpt-6'}",
+                                         f"exported version 1 of checkpoint {out / 'checkpoints' / 'ckpt-6'}:",
+                                         f"  ct2mr: {out / 'export' / 'ct2mr' / '1'}"]
+    for noise in ("oneDNN", "InitializeLog", "signature_serialization", "INFO:tensorflow", "Assets written"):
+        assert noise not in done.stderr, done.stderr
 
 
 def test_validation_scores_history_and_best_checkpoint(tmp_path):

@@ -2,6 +2,9 @@
 
     python -m tfrecords_tools.inspect DIR [--png FILE] [--n 16] [--group_key patient_id]
 
+Example:
+    python -m tfrecords_tools.inspect runs/demo/records --group_key=patient_id --png=sheet.png
+
 For each set: examples, distinct groups, shards, and a full CRC + parse check of
 every record. Exits 1 and prints ``BAD: <file> record <index>: <error>`` for
 the first bad record of a set. ``--png`` writes (atomically) a grid of ``--n``
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from tfrecords_tools import reader, schema
+from tfrecords_tools import console
 from tfrecords_tools.atomic import atomic_write_bytes
 
 _PNG = flags.DEFINE_string("png", None, "Write a contact sheet of --n examples to this PNG file.")
@@ -77,6 +80,7 @@ def render_contact_sheet(samples: list[Sample], dtypes: dict[str, dict[str, str]
 
 def inspect_dir(directory: str, group_key: str | None = None, png: str | None = None, n: int = 16) -> int:
     """Print a report for every shard set in ``directory``; return the exit code (0 ok, 1 bad)."""
+    from tfrecords_tools import reader, schema   # TensorFlow: not needed for --help or a usage error
     if png is not None:
         png_dir = os.path.dirname(os.path.abspath(png))
         if not os.path.isdir(png_dir):
@@ -135,7 +139,8 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console entry point (``tfrecords-inspect``)."""
-    app.run(main)
+    console.quiet_tensorflow()
+    console.run(main, "inspect", help_text=__doc__, own=[os.path.dirname(os.path.abspath(__file__))])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,19 @@
-"""``python -m mrgan_tf.demo``: the command line of ``mrgan_tf.demo.pipeline``."""
+"""Run the whole demo in one command: data, records, three trainings, SavedModels, evaluation, report.
+
+Builds the offline demo set, makes records, trains MR-GAN and the paired and unpaired baselines,
+exports them, scores them on the test patients, synthesizes an MR from the real Cranium CT and a
+synthetic CT in HU, and writes <out>/report.md. A stage whose output exists and was built with the
+same settings is reused, so running it again continues where it stopped.
+
+Example:
+  python -m mrgan_tf.demo --out=runs/demo
+
+Common flags:
+  --out=DIR      where everything goes
+  --steps=N      training iterations per model (default: configs/demo.cfg's)
+  --rebuild      redo every stage
+  --jobs=N       trainings run at once
+"""
 from mrgan_tf.demo.pipeline import run
 
 run()

@@ -190,4 +190,4 @@ def main(argv):
     return 0
 
 
-run = cli.entry_point(define_flags, main)
+run = cli.entry_point(define_flags, main, "demo_data")

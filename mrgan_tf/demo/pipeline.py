@@ -395,8 +395,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).", flag_values=fv)
     flags.DEFINE_float("spacing_mm", None, "Records voxel size (default: the demo data's).", flag_values=fv)
-    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records (slower).",
-                      flag_values=fv)
+    flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records: rigid, by mutual "
+                      "information (make_records --register; slower).", flag_values=fv)
     flags.DEFINE_multi_string("train_flag", [], "Extra train flag, e.g. --train_flag=--ngf=8 (repeatable).",
                               flag_values=fv)
     flags.DEFINE_integer("jobs", d.jobs, "Trainings run at once.", flag_values=fv)
@@ -404,7 +404,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(argv):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported, below
     fv = flags.FLAGS
     with cli.user_errors("demo"):
         run_demo(DemoOptions(out=fv.out, rebuild=fv.rebuild, steps=fv.steps, size_scale=fv.size_scale,
@@ -414,4 +413,4 @@ def main(argv):
     return 0
 
 
-run = cli.entry_point(define_flags, main)
+run = cli.entry_point(define_flags, main, "demo")

@@ -41,9 +41,14 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+# train's own progress lines: the pool prints one line for all its trainings (from history.csv)
+_PROGRESS = re.compile(r"^iteration \d+/\d+ \(")
+
+
 def worth_showing(line: str) -> bool:
-    """Console filter for child output: drop TensorFlow's INFO chatter (it stays in the log file)."""
-    if any(n in line for n in _NOISE):
+    """Console filter for child output: drop TensorFlow's INFO chatter and train's progress lines (they
+    stay in the log file)."""
+    if any(n in line for n in _NOISE) or _PROGRESS.match(line):
         return False
     m = _ABSL_LINE.match(line)
     return not (m and m.group(1) == "I" and m.group(2) not in _OUR_FILES)

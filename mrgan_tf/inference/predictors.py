@@ -43,7 +43,7 @@ class Predictor:
         return provenance.model_record(self.source, self.name)
 
     def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-        """(Z, S, S) ordered slices on 0..1 -> (Z, S, S) on 0..1, in batches (tqdm bar when ``progress``).
+        """(Z, S, S) ordered slices on 0..1 -> (Z, S, S) on 0..1, in batches (a bar counting slices when ``progress``).
 
         ``fn`` stacks neighbours itself (2.5D), so each batch is sent with ``2k`` slices of
         its neighbours on each side and only its own slices are kept: the result is the
@@ -57,11 +57,12 @@ class Predictor:
             raise ValueError(f"expected a (Z, {s}, {s}) stack, got {stack01.shape}")
         out = np.empty_like(stack01)
         batch_size, margin = max(1, int(batch_size)), 2 * self.preprocess.context_slices
-        starts = range(0, len(stack01), batch_size)
-        for i in tqdm(starts, desc=f"{self.name} slices", unit="batch", disable=not progress, leave=False):
-            lo, hi = max(0, i - margin), min(len(stack01), i + batch_size + margin)
-            y = np.asarray(self.fn(to_model_range(stack01[lo:hi, ..., None])), np.float32)
-            out[i:i + batch_size] = from_model_range(y[i - lo:i - lo + batch_size, ..., 0])
+        with tqdm(total=len(stack01), desc=self.name, unit="slice", disable=not progress, leave=False) as bar:
+            for i in range(0, len(stack01), batch_size):
+                lo, hi = max(0, i - margin), min(len(stack01), i + batch_size + margin)
+                y = np.asarray(self.fn(to_model_range(stack01[lo:hi, ..., None])), np.float32)
+                out[i:i + batch_size] = from_model_range(y[i - lo:i - lo + batch_size, ..., 0])
+                bar.update(min(batch_size, len(stack01) - i))
         return np.clip(out, 0.0, 1.0)
 
 

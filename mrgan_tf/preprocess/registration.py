@@ -1,8 +1,9 @@
-"""Affine mutual-information registration of MR to CT (paper Sec. II.A), with SimpleITK.
+"""Mutual-information registration of MR to CT with SimpleITK: rigid by default, or affine (paper Sec. II.A).
 
-The paper used AFNI 3dAllineate; this is the same model (affine, mutual information,
-skull masked out of the CT for the metric) with ITK's Mattes MI. Geometry stays in
-``Volume`` terms (RAS+); the LPS conversion for SimpleITK happens only here.
+The paper used AFNI 3dAllineate, affine; ``model="affine"`` is that model (mutual information,
+skull masked out of the CT for the metric) with ITK's Mattes MI, and ``register_affine`` says why
+rigid is the default. Geometry stays in ``Volume`` terms (RAS+); the LPS conversion for SimpleITK
+happens only here.
 """
 from __future__ import annotations
 

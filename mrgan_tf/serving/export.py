@@ -341,9 +341,15 @@ def main(argv):
     with cli.user_errors("export", also=(ValueError,)):   # ValueError: a checkpoint of another model
         checkpoint = fv.checkpoint or resolve_checkpoint(fv.run, fv.export_checkpoint)
         out = export_run(fv.run, fv.export_dir, checkpoint, fv.version, fv.serving_base_path)
-    for name, path in out.items():
-        print(f"{name}: {path}")
+    print("\n".join(written_lines(out, checkpoint)))
     return 0
+
+
+def written_lines(written: dict[str, str], checkpoint: str | None = None) -> list[str]:
+    """What export (and train, when it exports) prints: the version, its checkpoint, each SavedModel's folder."""
+    version = os.path.basename(next(iter(written.values())))
+    source = f" of checkpoint {checkpoint}" if checkpoint else ""
+    return [f"exported version {version}{source}:"] + [f"  {name}: {path}" for name, path in written.items()]
 
 
 run = cli.entry_point(define_flags, main)

@@ -61,7 +61,9 @@ class TrainConfig:
     log_every: int = 50
     image_every: int = 1000
     image_slices: int = 4
-    verbose: int = 1
+    verbose: int = 1                          # 0: result lines only; 1: + progress lines; 2: + libraries' INFO
+    progress_every: int = 0                   # 0: about 20 progress lines a run
+    progress_seconds: float = 30.0            # a progress line at least this often (0: no limit)
     export: bool = True
     val_every: int = 0                        # 0: no validation
     val_select: str = "auto"                  # one of validation.SELECT
@@ -146,7 +148,10 @@ TRAIN_FLAGS = {
     "log_every": cli.Flag("Iterations between TensorBoard scalars / history.csv rows."),
     "image_every": cli.Flag("Iterations between TensorBoard image panels."),
     "image_slices": cli.Flag("Fixed validation slices in the image panel."),
-    "verbose": cli.Flag("Keras progress: 0 silent, 1 progress bar, 2 one line per epoch."),
+    "verbose": cli.Flag("0: only what was written at the end; 1: also a progress line every --progress_every "
+                        "iterations; 2: also the INFO log lines of TensorFlow and other libraries."),
+    "progress_every": cli.Flag("Iterations between progress lines (0: about 20 lines a run)."),
+    "progress_seconds": cli.Flag("A progress line at least this often, in seconds (0: only every --progress_every)."),
     "export": cli.Flag("Export SavedModels for serving when training ends."),
     "val_every": cli.Flag("Iterations between validation scores on the records' validation patients "
                           "(make_records --val_patients); 0: no validation. A multiple of --log_every."),
@@ -258,8 +263,9 @@ def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
     return model, manager
 
 
-def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> dict | None:
-    """SavedModels of the finished run (None: none due); a finished run that is re-run exports no duplicate."""
+def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> tuple[dict, str] | None:
+    """SavedModels of the finished run and the checkpoint they hold (None: none due); a finished run
+    that is re-run exports no duplicate."""
     from mrgan_tf.serving import export
     from mrgan_tf.training import checkpoints
     export_dir = os.path.join(out, "export")
@@ -270,8 +276,9 @@ def _export_at_end(model, spec, out: str, tc: TrainConfig, trained: bool) -> dic
         return None
     # export_model numbers the pair as one version and removes an orphan half of an earlier one
     if tc.export_checkpoint == "best":
-        return export.export_run(out, export_dir, checkpoints.resolve_checkpoint(out, "best"))
-    return export.export_model(model, spec, export_dir)
+        best = checkpoints.resolve_checkpoint(out, "best")
+        return export.export_run(out, export_dir, best), best
+    return export.export_model(model, spec, export_dir), checkpoints.resolve_checkpoint(out, "last")
 
 
 def train(records: str, out: str, model_config: MRGANConfig, train_config: TrainConfig, callbacks=()) -> dict:
@@ -290,7 +297,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
 
     Returns:
         run_dir, start_iteration, iterations, seconds, replicas, global_batch, checkpoint;
-        export (name -> SavedModel folder) when it exported; best when it validated.
+        export (name -> SavedModel folder) and export_checkpoint when it exported; best when it validated.
     """
     with contextlib.ExitStack() as held:   # the run folder's lock, taken by the chief; the signal handlers
         return _train(records, out, model_config, train_config, callbacks, held)
@@ -303,7 +310,8 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
 
     from mrgan_tf.records.spec import DatasetSpec
     from mrgan_tf.training import checkpoints, data
-    from mrgan_tf.training.callbacks import Checkpointing, NaNGuard, NonFiniteLoss, TrainingMonitor, Validation
+    from mrgan_tf.training.callbacks import (Checkpointing, NaNGuard, NonFiniteLoss, ProgressLines, TrainingMonitor,
+                                             Validation)
     from mrgan_tf.training.preemption import StopOnSignal
 
     tc = train_config
@@ -369,13 +377,16 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         val_cbs = [Validation(val_set, tc.val_every, key, best, run_dir, monitor, write=chief)]
     ckpt_cb = Checkpointing(manager, tc.checkpoint_every, before_save=[monitor.flush])
     guard = NaNGuard(ckpt_cb)
+    progress = [ProgressLines(total, tc.progress_every or max(1, (total - start) // 20), tc.progress_seconds)] \
+        if chief and tc.verbose >= 1 else []
     t0 = time.perf_counter()
     if start < total:
         try:   # the checkpoint comes last: the history row of its iteration is written (and flushed) first;
             # the stopper after it, so its handler still answers a second signal during that save
             model.fit(ds, epochs=1, steps_per_epoch=total - start,
-                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *([stopper] if stopper else []), *callbacks],
-                      verbose=tc.verbose if chief else 0, shuffle=False)   # the dataset shuffles itself
+                      callbacks=[guard, *val_cbs, monitor, ckpt_cb, *([stopper] if stopper else []), *progress,
+                                 *callbacks],
+                      verbose=0, shuffle=False)   # progress: ProgressLines; the dataset shuffles itself
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             error = _corrupt_records_error(spec, e)
             if error is None:
@@ -392,7 +403,7 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         return summary
     exported = _export_at_end(model, spec, out, tc, trained=start < total) if tc.export and chief else None
     if exported is not None:
-        summary["export"] = exported
+        summary["export"], summary["export_checkpoint"] = exported
     best_record = checkpoints.read_best(out) if val_set is not None else None
     if best_record:
         summary["best"] = best_record
@@ -417,8 +428,24 @@ def main(argv):
         print(f"train: stopped by {summary['stopped_by']} at iteration {summary['iterations']}, saved as "
               f"{summary['checkpoint']}; run the same command again to resume", file=sys.stderr)
         return EXIT_PREEMPTED
-    print(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}")
+    print("\n".join(summary_lines(summary)))
     return 0
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What the CLI prints at the end: the iterations, the checkpoints it saved and the SavedModels it wrote."""
+    from mrgan_tf.serving import export
+    from mrgan_tf.training.checkpoints import BEST_DIR
+    lines = [f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s -> {summary['run_dir']}"]
+    if summary["checkpoint"]:
+        lines.append(f"checkpoint of iteration {summary['checkpoint'].rsplit('-', 1)[1]}: {summary['checkpoint']}")
+    if "best" in summary:
+        best = summary["best"]
+        lines.append(f"best checkpoint by validation {best['key']} ({best['value']:.4g}): iteration "
+                     f"{best['iteration']}, {os.path.join(summary['run_dir'], BEST_DIR, best['checkpoint'])}")
+    if "export" in summary:
+        lines += export.written_lines(summary["export"], summary["export_checkpoint"])
+    return lines
 
 
 run = cli.entry_point(define_flags, main)
