@@ -16,7 +16,7 @@ import time
 
 from absl import app, flags, logging
 
-from mrgan_tf import cli
+from mrgan_tf import cli, requirements
 from mrgan_tf.errors import UserError
 from mrgan_tf.modeling import losses, networks
 from mrgan_tf.modeling.augment import CROP_MODES, AugmentConfig
@@ -296,6 +296,7 @@ def train(records: str, out: str, model_config: MRGANConfig, train_config: Train
     from mrgan_tf.training.callbacks import Checkpointing, NaNGuard, NonFiniteLoss, TrainingMonitor, Validation
 
     tc = train_config
+    requirements.require("train", export=tc.export)   # a package --export needs at the end: named now
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
     chief = distribute.is_chief(strategy)
     if tc.deterministic:
