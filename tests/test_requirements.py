@@ -46,9 +46,23 @@ def test_a_missing_package_is_one_line_with_the_pip_command(monkeypatch):
     with pytest.raises(ImportError):             # also an ImportError for code that catches those
         requirements.require("client", server="localhost:8500")
     requirements.require("client", server="http://localhost:8501")
-    report = "\n".join(requirements.report())
+    assert "tensorflow_serving" in requirements.import_problem("serving")
+
+
+def test_the_report_gives_each_missing_piece_its_command(monkeypatch, capsys):
+    # no real imports here: the optional pieces (torch among them) stay out of the test process
+    monkeypatch.setattr(requirements, "import_problem",
+                        lambda piece: None if piece == "tensorflow" else f"ModuleNotFoundError: No module named {piece!r}")
+    monkeypatch.setattr(requirements, "installed_tensorflow_wheels", lambda: ["tensorflow-cpu 2.21.0"])
+    assert requirements.main() == 0
+    report = capsys.readouterr().out
+    assert report.startswith("tensorflow ok")
     assert "serving    missing" in report and INSTALL_SERVING in report
-    assert "tensorflow ok" in report
+    assert "pip install --no-deps 'pyradplan==0.5.0'" in report
+    monkeypatch.setattr(requirements, "installed_tensorflow_wheels",
+                        lambda: ["tensorflow 2.21.0", "tensorflow-cpu 2.21.0"])
+    assert requirements.main() == 1
+    assert "overwrite each other" in capsys.readouterr().out
 
 
 def test_train_refuses_before_building_anything(monkeypatch, tmp_path):
