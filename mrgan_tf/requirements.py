@@ -118,7 +118,7 @@ def require(tool: str, **options) -> None:
 
 
 def installed_tensorflow_wheels() -> list[str]:
-    """The TensorFlow wheels installed here, e.g. ['tensorflow-cpu'] (two mean a broken module)."""
+    """The TensorFlow wheels installed here, e.g. ['tensorflow-cpu 2.21.0'] (two mean a broken module)."""
     found = []
     for name in TENSORFLOW_WHEELS:
         try:
