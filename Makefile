@@ -4,6 +4,10 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The TensorFlow wheel: cpu (tensorflow-cpu) or gpu (tensorflow[and-cuda]; `make venv TF=gpu`,
+# see README "Install"). Default: the one the venv already has, else cpu. The two provide the
+# same module and must not share a venv.
+TF ?= $(if $(wildcard $(VENV)/lib/python*/site-packages/tensorflow-[0-9]*.dist-info),gpu,cpu)
 DEBS := mricron-data invesalius-examples dicom3tools orthanc
 
 .PHONY: demo test deps venv bench clean bazel-test
@@ -21,8 +25,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 venv: $(BIN)/python deps
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps 'tensorflow-serving-api==2.21.*'   # its "tensorflow" requirement would pull a second TF
+	@case "$(TF)" in cpu) other='tensorflow-[0-9]*' name='tensorflow (the CUDA wheel)';; \
+	  gpu) other='tensorflow_cpu-*' name='tensorflow-cpu';; *) echo "TF=$(TF): expected cpu or gpu"; exit 2;; esac; \
+	if ls -d $(VENV)/lib/python*/site-packages/$$other.dist-info >/dev/null 2>&1; then \
+	  echo "$(VENV) holds $$name, TF=$(TF) needs the other wheel: remove $(VENV) or give another VENV=..."; exit 2; fi
+	$(BIN)/pip install -q -e '.[$(TF),test]'
+	$(BIN)/pip install -q --no-deps 'tensorflow-serving-api==2.21.*'   # its "tensorflow" requirement would pull a second TF next to tensorflow-cpu
 
 demo: venv
 	$(BIN)/python -m mrgan_tf.demo

@@ -213,7 +213,7 @@ def dciodvfy(path) -> list[str]:
 
 
 def dciodvfy_errors(folder) -> dict[str, list[str]]:
-    """dciodvfy's Error lines for every file of ``folder`` (warnings are allowed; see README)."""
+    """dciodvfy's Error lines for every file of ``folder`` (warnings are allowed; see docs/USAGE.md)."""
     out = {}
     for f in sorted(folder.iterdir()):
         errors = [ln for ln in dciodvfy(f) if ln.startswith("Error")]

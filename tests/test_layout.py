@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The stages in data-flow order (docs/DESIGN.md); a module may import its own stage or an earlier one.
 STAGES = ("io", "preprocess", "records", "modeling", "training", "serving", "inference", "evaluation", "demo")
 # Leaves any stage may use: they import nothing of the project but other leaves and tfrecords_tools.
-LEAVES = ("mrgan_tf.errors", "mrgan_tf.cli", "mrgan_tf.evaluation.metrics", "mrgan_tf.evaluation.figures")
+LEAVES = ("mrgan_tf.errors", "mrgan_tf.cli", "mrgan_tf.requirements", "mrgan_tf.evaluation.metrics",
+          "mrgan_tf.evaluation.figures")
 # Named exceptions, each with its reason.
 UPWARD = {("mrgan_tf.training.train", "mrgan_tf.serving.export"): "train --export writes the SavedModels at its end"}
 # Thin command-line modules at the top (python -m mrgan_tf.<tool>): they may import their tool.
@@ -83,7 +84,8 @@ def test_leaves_are_leaves_and_the_top_holds_only_tools():
     for leaf in LEAVES:
         assert graph[leaf] <= set(LEAVES) | {m for m in modules if m.startswith("tfrecords_tools")}, leaf
     top = {p.stem for p in (ROOT / "mrgan_tf").glob("*.py")} - {"__init__"}
-    assert top == set(TOOLS) | {"errors", "cli"}, top ^ (set(TOOLS) | {"errors", "cli"})
+    leaves = {"errors", "cli", "requirements"}
+    assert top == set(TOOLS) | leaves, top ^ (set(TOOLS) | leaves)
     assert {p.name for p in (ROOT / "mrgan_tf").iterdir() if p.is_dir() and not p.name.startswith("__")} == set(STAGES)
     for tool in TOOLS:   # a thin module: its docstring (the tool's --help), one import, the __main__ guard
         body = ast.parse((ROOT / "mrgan_tf" / f"{tool}.py").read_text()).body

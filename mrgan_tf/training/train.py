@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags, logging
 
-from mrgan_tf import cli
+from mrgan_tf import cli, requirements
 from mrgan_tf.errors import UserError
 from mrgan_tf.modeling import losses, networks
 from mrgan_tf.modeling.augment import CROP_MODES, AugmentConfig
@@ -315,6 +315,7 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     from mrgan_tf.training.preemption import StopOnSignal
 
     tc = train_config
+    requirements.require("train", export=tc.export)   # a package --export needs at the end: named now
     # SIGTERM/SIGINT: stop after the running iteration, saved. Not across workers: a multi-worker job
     # stops when its scheduler stops it, from its last --checkpoint_every checkpoint (docs/USAGE.md).
     stopper = StopOnSignal().arm() if tc.distribute.strategy != "multiworker" else None
