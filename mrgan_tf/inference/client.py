@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from absl import app, flags
 
-from mrgan_tf import cli
+from mrgan_tf import cli, requirements
 from mrgan_tf.inference.predictors import INPUT_MODALITY, Predictor, SynthesisError
 from mrgan_tf.preprocess import PreprocessConfig
 
@@ -388,6 +388,7 @@ def main(argv):
     from mrgan_tf.inference.outputs import OutputOptions
     options = OutputOptions(accept=tuple(fv.accept), allow_windowed_ct=fv.allow_windowed_ct)
     with cli.user_errors("client"):   # ServingError is a SynthesisError, so a UserError
+        requirements.require("client", server=fv.server)
         info = synthesize_remote(connection_from_flags(fv), fv.ct or fv.mr, fv.out, model, fv.batch_size,
                                  fv.progress, options)
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s (server {info['model_s']:.1f} s)")

@@ -39,7 +39,7 @@ import sys
 
 from absl import app, flags
 
-from mrgan_tf import cli
+from mrgan_tf import cli, requirements
 from mrgan_tf.inference import client
 from mrgan_tf.inference.outputs import OutputOptions, define_safety_flags, synthesize_root, write_synthesis
 from mrgan_tf.inference.predictors import (FUSIONS, INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
@@ -128,6 +128,7 @@ def main(argv):
                             tuple(fv.accept), fv.allow_windowed_ct)
     from mrgan_tf.io.pacs import parse_peer
     with cli.user_errors("synthesize"):   # bad flags and output names fail before TensorFlow loads
+        requirements.require("synthesize", server=fv.server, send=fv.send)
         if fv.send:
             parse_peer(fv.send)
         if single:

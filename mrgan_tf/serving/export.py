@@ -43,7 +43,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from mrgan_tf import cli
+from mrgan_tf import cli, requirements
 from mrgan_tf.errors import UserError
 from mrgan_tf.preprocess import PreprocessConfig
 from mrgan_tf.serving.names import ASSET_FORMAT, DIRECTIONS, PREPROCESS_ASSET, SERVING_NAMES
@@ -339,6 +339,7 @@ def main(argv):
 
     from mrgan_tf.training.checkpoints import resolve_checkpoint
     with cli.user_errors("export", also=(ValueError,)):   # ValueError: a checkpoint of another model
+        requirements.require("export")
         checkpoint = fv.checkpoint or resolve_checkpoint(fv.run, fv.export_checkpoint)
         out = export_run(fv.run, fv.export_dir, checkpoint, fv.version, fv.serving_base_path)
     print("\n".join(written_lines(out, checkpoint)))
