@@ -241,3 +241,25 @@ def test_incomplete_exports(tmp_path):
     assert export.remove_orphan_versions(str(export_dir), ["ct2mr", "mr2ct"]) == [str(export_dir / "ct2mr" / "2")]
     assert export.existing_versions(str(export_dir / "ct2mr")) == export.existing_versions(str(export_dir / "mr2ct"))
     assert export.remove_orphan_versions(str(export_dir), ["ct2mr"]) == []   # one direction: nothing to pair
+
+
+def test_train_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_continues(tiny_records, tmp_path):
+    """A checkpoint that does not fit (EFBIG, as on a full disk): one line naming it, the previous
+    checkpoint stays the latest and loads, and the rerun with space continues from it."""
+    import tensorflow as tf
+    out = tmp_path / "run"
+    common = [f"--records={tiny_records.root}", f"--out={out}", "--mode=paired", "--checkpoint_every=2",
+              "--noexport", "--verbose=0", "--image_every=1000", *TINY_FLAGS]
+    first = subprocess.run([PY, "-m", "mrgan_tf.train", "--steps=2", *common], env=ENV, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = max((out / "checkpoints").glob("ckpt-2.data-*"), key=lambda p: p.stat().st_size)
+    full = subprocess.run([PY, "-m", "mrgan_tf.train", "--steps=4", *common], env=ENV, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_file_size(data.stat().st_size // 2))
+    one_line_error(full, "ckpt-4", "cannot write the checkpoint")
+    latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
+    assert latest.endswith("ckpt-2") and tf.train.load_checkpoint(latest) is not None
+    rerun = subprocess.run([PY, "-m", "mrgan_tf.train", "--steps=4", *common], env=ENV, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-4")
