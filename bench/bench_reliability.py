@@ -303,10 +303,12 @@ def preempt_trials(work: Path, n: int, rng, table: Table):
     from mrgan_tf.training.preemption import EXIT_PREEMPTED
     records, reference, ref_s = train_reference(work)
     expected = tensors(reference)
-    stops = []
+    stops, codes = [], collections.Counter()
     for i in range(n):
         out = work / f"preempt_{i}"
-        rc, stop_s = run_and_signal(train_cmd(records, out), rng.uniform(0.05, 1.0) * ref_s)
+        after = rng.uniform(0.05, 1.0) * ref_s
+        rc, stop_s = run_and_signal(train_cmd(records, out), after)
+        codes[f"{rc} (signal at {after:.1f} s)" if rc not in (EXIT_PREEMPTED, 0) else rc] += 1
         if stop_s is not None:
             stops.append(stop_s)
         table.add("preempt", "exit: 75 (stopped, saved) or 0 (had finished)", rc in (EXIT_PREEMPTED, 0))
@@ -316,7 +318,7 @@ def preempt_trials(work: Path, n: int, rng, table: Table):
         table.add("preempt", "after rerun: no leftovers", not leftovers(out))
         table.add("preempt", "after rerun: every history row once", history_once(out, TRAIN_STEPS))
         table.add("preempt", f"after rerun: {len(expected)} tensors bit-identical", rc == 0 and _same_as(expected, out))
-    return {"signalled": len(stops), "stop_s_max": round(max(stops), 2) if stops else None,
+    return {"exit_codes": dict(codes), "signalled": len(stops), "stop_s_max": round(max(stops), 2) if stops else None,
             "stop_s_median": round(float(np.median(stops)), 2) if stops else None}
 
 
