@@ -115,26 +115,28 @@ def body_peak(data: np.ndarray, above: float = 200.0, bin_width: float = 20.0) -
     return float(edges[i] + bin_width / 2)
 
 
-def _looks_unsigned(data: np.ndarray) -> bool:
-    peak = body_peak(data)
+def _looks_unsigned(peak: float | None) -> bool:
+    """A body peak (``body_peak``) at soft tissue + 1024."""
     return peak is not None and abs(peak - UNSIGNED_OFFSET_HU - 40.0) <= UNSIGNED_PEAK_TOLERANCE
 
 
-def unsigned_ct(data: np.ndarray, source: str) -> Problem | None:
-    """A CT with no value below 0 whose body peaks at soft tissue + 1024: HU+1024 stored without the intercept."""
+def unsigned_ct(data: np.ndarray, source: str, peak: float | None) -> Problem | None:
+    """A CT with no value below 0 whose body peaks (``peak``) at soft tissue + 1024: HU+1024 stored without
+    the intercept."""
     data = np.asarray(data)
     lo, hi = float(data.min()), float(data.max())
-    if lo < AIR_SEEN_BELOW_HU or hi <= lo or not _looks_unsigned(data):
+    if lo < AIR_SEEN_BELOW_HU or hi <= lo or not _looks_unsigned(peak):
         return None
     return Problem(UNSIGNED_CT, f"{source}: CT values {lo:g}..{hi:g} with none below 0 (no air near -1000 HU) and "
-                                f"the body peaking at {body_peak(data):g} (soft tissue + {UNSIGNED_OFFSET_HU:g}) look "
+                                f"the body peaking at {peak:g} (soft tissue + {UNSIGNED_OFFSET_HU:g}) look "
                                 f"like unsigned HU+{UNSIGNED_OFFSET_HU:g} stored without its rescale intercept; "
                                 f"pass --unsigned_ct_offset={UNSIGNED_OFFSET_HU:g} to subtract it from such CTs, "
                                 f"or --accept={UNSIGNED_CT} to use the values as they are")
 
 
-def other_modality(data: np.ndarray, modality: str, source: str) -> Problem | None:
-    """A CT given as the MR (much of it at CT air), or an MR given as the CT (no air, not an unsigned CT)."""
+def other_modality(data: np.ndarray, modality: str, source: str, peak: float | None) -> Problem | None:
+    """A CT given as the MR (much of it at CT air), or an MR given as the CT (no air, not an unsigned CT;
+    ``peak``: its ``body_peak``)."""
     data = np.asarray(data)
     air = float(np.count_nonzero(data <= CT_AIR_HU)) / max(data.size, 1)
     override = f"pass --accept={WRONG_MODALITY} to use it as {'an MR' if modality == 'mr' else 'a CT'} anyway"
@@ -143,8 +145,7 @@ def other_modality(data: np.ndarray, modality: str, source: str) -> Problem | No
                                        f"or below {CT_AIR_HU:g} (CT air is near -1000 HU; an MR has no such values), "
                                        f"values {float(data.min()):g}..{float(data.max()):g}; give it as the CT, "
                                        f"or {override}")
-    if modality == "ct" and air == 0.0 and not (float(data.min()) >= AIR_SEEN_BELOW_HU and _looks_unsigned(data)):
-        peak = body_peak(data)
+    if modality == "ct" and air == 0.0 and not (float(data.min()) >= AIR_SEEN_BELOW_HU and _looks_unsigned(peak)):
         where = f"the body peaking at {peak:g}" if peak is not None else "nothing above 200"
         return Problem(WRONG_MODALITY, f"{source}: given as a CT but looks like an MR: no voxel at or below "
                                        f"{CT_AIR_HU:g} (a CT's air is near -1000 HU) and {where}, neither soft tissue "
@@ -160,9 +161,11 @@ def check_volume(vol, modality: str) -> list[Problem]:
     constant = constant_volume(vol.data, vol.source)
     if constant is not None:
         return [constant]
-    problems = [out_of_range(vol.data, modality, vol.source), other_modality(vol.data, modality, vol.source)]
+    # The body's histogram peak, once: both CT checks read it, and only a CT without air needs it.
+    peak = body_peak(vol.data) if modality == "ct" and float(np.min(vol.data)) > CT_AIR_HU else None
+    problems = [out_of_range(vol.data, modality, vol.source), other_modality(vol.data, modality, vol.source, peak)]
     if modality == "ct":
-        problems.append(unsigned_ct(vol.data, vol.source))
+        problems.append(unsigned_ct(vol.data, vol.source, peak))
     return [p for p in problems if p is not None]
 
 
