@@ -220,3 +220,16 @@ def dciodvfy_errors(folder) -> dict[str, list[str]]:
         if errors:
             out[f.name] = errors
     return out
+
+
+# ---------------------------------------------------------------- a test double of a model
+def identity_predictor(name: str, cfg):
+    """A test double of a generator: output = input, so the output units are exactly the mapping's; its
+    model record is made up (no SavedModel behind it)."""
+    from mrgan_tf.inference import predictors
+
+    class IdentityPredictor(predictors.Predictor):
+        def model_record(self) -> dict:
+            return {"path": self.source, "kind": "test double", "direction": self.name, "version": 1}
+
+    return IdentityPredictor(name, cfg, f"identity-{name}", lambda x: x)

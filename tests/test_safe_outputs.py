@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from conftest import dciodvfy_errors, head_ct, head_pair
+from conftest import dciodvfy_errors, head_ct, head_pair, identity_predictor
 
 from mrgan_tf.inference import outputs, predictors
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -19,17 +19,6 @@ from mrgan_tf.preprocess import plausibility as pl
 
 WINDOW = PreprocessConfig(spacing_mm=2.0, image_size=32)                                  # the paper's 40/80 HU
 FULL = PreprocessConfig(spacing_mm=2.0, image_size=32, ct_range=(-1024, 3000), bits=16)   # SynthRAD's clip
-
-
-class IdentityPredictor(predictors.Predictor):
-    """A test double of a model: output = input, with a made-up model record (no SavedModel behind it)."""
-
-    def model_record(self) -> dict:
-        return {"path": self.source, "kind": "test double", "direction": self.name, "version": 1}
-
-
-def identity(name: str, cfg: PreprocessConfig) -> IdentityPredictor:
-    return IdentityPredictor(name, cfg, f"identity-{name}", lambda x: x)
 
 
 def mr_volume(tmp_path) -> Volume:
@@ -43,7 +32,7 @@ def mr_volume(tmp_path) -> Volume:
 def test_windowed_model_refuses_a_synthetic_ct_dicom_series(tmp_path):
     out = tmp_path / "out" / "syn_ct"
     with pytest.raises(predictors.SynthesisError, match=r"only within 0\.\.80 HU .*--allow_windowed_ct"):
-        outputs.write_synthesis(identity("mr2ct", WINDOW), mr_volume(tmp_path), str(out),
+        outputs.write_synthesis(identity_predictor("mr2ct", WINDOW), mr_volume(tmp_path), str(out),
                                 options=outputs.OutputOptions(out_format="dicom"))
     assert not out.exists() and not (tmp_path / "out" / "syn_ct.json").exists()
 
@@ -51,7 +40,7 @@ def test_windowed_model_refuses_a_synthetic_ct_dicom_series(tmp_path):
 def test_windowed_synthetic_ct_written_on_request_says_so_everywhere(tmp_path, caplog):
     out = tmp_path / "out" / "syn_ct"
     options = outputs.OutputOptions(out_format="dicom", allow_windowed_ct=True)
-    outputs.write_synthesis(identity("mr2ct", WINDOW), mr_volume(tmp_path), str(out), options=options)
+    outputs.write_synthesis(identity_predictor("mr2ct", WINDOW), mr_volume(tmp_path), str(out), options=options)
     ds = pydicom.dcmread(next(out.iterdir()))
     assert ds.Modality == "CT" and ds.SeriesDescription.startswith("WINDOWED 0..80 HU, NOT FOR DOSE")
     assert len(ds.SeriesDescription) <= 64 and "NOT FOR DOSE" in ds.ImageComments
@@ -64,7 +53,7 @@ def test_windowed_synthetic_ct_written_on_request_says_so_everywhere(tmp_path, c
 
 def test_full_range_synthetic_ct_is_written_unmarked_with_its_range(tmp_path):
     out = tmp_path / "out" / "syn_ct"
-    outputs.write_synthesis(identity("mr2ct", FULL), mr_volume(tmp_path), str(out),
+    outputs.write_synthesis(identity_predictor("mr2ct", FULL), mr_volume(tmp_path), str(out),
                             options=outputs.OutputOptions(out_format="dicom"))
     ds = pydicom.dcmread(next(out.iterdir()))
     assert "WINDOWED" not in ds.SeriesDescription and "ImageComments" not in ds
@@ -75,7 +64,7 @@ def test_full_range_synthetic_ct_is_written_unmarked_with_its_range(tmp_path):
 
 def test_a_synthetic_mr_is_never_refused_for_the_ct_window(tmp_path):
     ct, _ = head_pair()
-    outputs.write_synthesis(identity("ct2mr", WINDOW), Volume(ct.data, ct.affine, "ct"), str(tmp_path / "mr.nii.gz"))
+    outputs.write_synthesis(identity_predictor("ct2mr", WINDOW), Volume(ct.data, ct.affine, "ct"), str(tmp_path / "mr.nii.gz"))
     assert (tmp_path / "mr.nii.gz").exists()
 
 
@@ -90,12 +79,12 @@ def test_a_ct_given_as_the_mr_is_refused_naming_file_evidence_and_override(tmp_p
     ct, _ = head_pair()
     vol = Volume(ct.data, ct.affine, str(tmp_path / "patient" / "mr.nii.gz"))
     with pytest.raises(VolumeError) as info:
-        outputs.write_synthesis(identity("mr2ct", FULL), vol, str(tmp_path / "syn_ct.nii.gz"))
+        outputs.write_synthesis(identity_predictor("mr2ct", FULL), vol, str(tmp_path / "syn_ct.nii.gz"))
     message = str(info.value)
     assert message.startswith(f"{vol.source}: given as an MR but looks like a CT")
     assert "at or below -500" in message and "--accept=wrong_modality" in message
     assert not (tmp_path / "syn_ct.nii.gz").exists()
-    outputs.write_synthesis(identity("mr2ct", FULL), vol, str(tmp_path / "syn_ct.nii.gz"),
+    outputs.write_synthesis(identity_predictor("mr2ct", FULL), vol, str(tmp_path / "syn_ct.nii.gz"),
                             options=outputs.OutputOptions(accept=(pl.WRONG_MODALITY,)))   # the override
     assert (tmp_path / "syn_ct.nii.gz").exists()
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import head_ct, oblique_lps_affine, tiny_export, tiny_run
+from conftest import head_ct, identity_predictor, oblique_lps_affine, tiny_export, tiny_run
 from mrgan_tf.inference import outputs, predictors, synthesis
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
@@ -156,14 +156,9 @@ def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
     assert not (tmp_path / "one.nii.gz").exists()
 
 
-def _identity_predictor(name, cfg):
-    """A test double of a generator: output = input, so the output units are exactly the mapping's."""
-    return predictors.Predictor(name, cfg, "identity", lambda x: x)
-
-
 def test_progress_bar_counts_slices(capsys):
     from mrgan_tf.preprocess import PreprocessConfig
-    pred = _identity_predictor("ct2mr", PreprocessConfig(image_size=32))
+    pred = identity_predictor("ct2mr", PreprocessConfig(image_size=32))
     stack = np.random.default_rng(0).random((10, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(pred.predict01(stack, batch_size=3, progress=True), stack, atol=1e-6)
     bar = capsys.readouterr().err
@@ -174,7 +169,7 @@ def test_synthetic_ct_is_int16_hu_over_the_full_range():
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32, ct_range=(-1024, 3000), bits=16)
     mr = np.clip(head_ct((40, 24, 6)) + 1000.0, 0, None)   # 40 mm wide on a 32 px canvas: 8 px outside
-    out, info = synthesis.synthesize_volume(_identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
+    out, info = synthesis.synthesize_volume(identity_predictor("mr2ct", cfg), Volume(mr, np.eye(4), "mem"))
     assert out.data.dtype == np.int16 and out.shape == mr.shape
     assert out.data.min() >= -1024 and out.data.max() <= 3000
     inside = out.data[4:-4]
@@ -187,7 +182,7 @@ def test_synthetic_mr_in_reference_units(tmp_path):
     from mrgan_tf.preprocess import PreprocessConfig
     cfg = PreprocessConfig(spacing_mm=1.0, image_size=32)
     ct = Volume(head_ct((24, 24, 6)), np.eye(4), "mem")
-    pred = _identity_predictor("ct2mr", cfg)
+    pred = identity_predictor("ct2mr", cfg)
     scale, info255 = synthesis.synthesize_volume(pred, ct)
     ref_units, info = synthesis.synthesize_volume(pred, ct, mr_range=(100.0, 900.0))
     np.testing.assert_allclose(ref_units.data, 100.0 + scale.data / 255.0 * 800.0, atol=1e-3)
@@ -197,4 +192,4 @@ def test_synthetic_mr_in_reference_units(tmp_path):
     lo, hi = synthesis.reference_mr_range(str(ref), pred)
     assert 0 <= lo < hi
     with pytest.raises(predictors.SynthesisError, match="only a synthetic MR"):
-        synthesis.reference_mr_range(str(ref), _identity_predictor("mr2ct", cfg))
+        synthesis.reference_mr_range(str(ref), identity_predictor("mr2ct", cfg))
