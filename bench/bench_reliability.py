@@ -29,6 +29,7 @@ checks what is on disk, runs the same command again and checks again:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -64,22 +65,29 @@ def run(cmd, timeout=900) -> tuple[int, float, str]:
     return done.returncode, time.perf_counter() - t0, done.stderr
 
 
+def run_and_signal(cmd, after_s: float, sig=signal.SIGTERM, group: bool = False) -> tuple[int, float | None]:
+    """Start ``cmd``; send ``sig`` to it after ``after_s`` unless it ended; (returncode, seconds from the
+    signal to the exit, None when it ended first). ``group``: it runs in a process group of its own, the
+    signal goes to the whole group, and no process of the group outlives it (spawned workers)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=group)
+    stop_s = None
+    try:
+        proc.wait(timeout=after_s)
+    except subprocess.TimeoutExpired:
+        t = time.perf_counter()
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        proc.wait(timeout=900)
+        stop_s = time.perf_counter() - t
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stop_s
+
+
 def run_and_kill(cmd, after_s: float) -> bool:
     """Start ``cmd`` in a new process group; SIGKILL the group after ``after_s``. True if it was killed."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + after_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    killed = proc.poll() is None
-    if killed:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    try:   # spawned workers are in the group too: make sure none outlives the kill
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return killed
+    return run_and_signal(cmd, after_s, signal.SIGKILL, group=True)[1] is not None
 
 
 # --------------------------------------------------------------------------- checks
@@ -276,21 +284,6 @@ def synthesize_trials(work: Path, n: int, rng, table: Table):
         table.add("synthesize", "after rerun: complete, no leftovers",
                   nifti_complete(out, ct.shape) and not leftovers(out.parent))
     return {"reference_s": round(ref_s, 1), "killed": killed}
-
-
-def run_and_signal(cmd, after_s: float, sig=signal.SIGTERM) -> tuple[int, float | None]:
-    """Start ``cmd``; send ``sig`` to it after ``after_s`` (unless it ended); (returncode, seconds from the
-    signal to the exit, None when it ended first)."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=after_s)
-        return proc.returncode, None
-    except subprocess.TimeoutExpired:
-        pass
-    t = time.perf_counter()
-    proc.send_signal(sig)
-    rc = proc.wait(timeout=900)
-    return rc, time.perf_counter() - t
 
 
 def _same_as(expected: dict, out: Path) -> bool:
