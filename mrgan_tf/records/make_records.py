@@ -188,8 +188,9 @@ def _make_records(root, out: Path, cfg: PreprocessConfig, test_patients, split_s
                   checks: PlausibilityConfig, start: float) -> dict[str, Any]:
     atomic.remove_stale_temporaries(out.parent)   # before the root is listed: --out may lie inside it
     try:
-        tasks, failed, unlisted, not_patients = plan_patients(root, test_patients=test_patients, split_seed=split_seed,
-                                                manifest=manifest, val_patients=val_patients, accept=checks.accept)
+        tasks, failed, unlisted, not_patients = plan_patients(
+            root, test_patients=test_patients, split_seed=split_seed, manifest=manifest, val_patients=val_patients,
+            accept=checks.accept)
     except LayoutError as e:
         raise MakeRecordsError(str(e)) from None
     if failed and on_error == "fail":
