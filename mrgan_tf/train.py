@@ -17,7 +17,10 @@ Common flags:
   --verbose=0|1|2        0: only the end result; 2: also TensorFlow's log lines
   --noexport             no SavedModels at the end
 """
-from mrgan_tf.training.train import define_flags, main, run  # noqa: F401
+from mrgan_tf.training.signals import exit_until_armed
+
+exit_until_armed("train")   # TensorFlow loads for seconds: a SIGTERM meanwhile exits 75, like one a moment later
+from mrgan_tf.training.train import define_flags, main, run  # noqa: E402,F401
 
 if __name__ == "__main__":
     run()

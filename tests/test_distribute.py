@@ -73,30 +73,61 @@ def free_ports(n):
     return ports
 
 
-def test_two_local_workers_end_with_identical_weights(tiny_records, tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    args = ["-m", "mrgan_tf.train", f"--records={tiny_records.root}", f"--out={tmp_path / 'run'}",
-            "--strategy=multiworker", "--mode=paired", "--steps=3", "--checkpoint_every=3", "--noexport",
-            "--verbose=0", *TINY_FLAGS]
+def two_workers(commands):
+    """Run one command per worker of a local two-worker cluster; their (returncode, stdout, stderr)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = [subprocess.Popen([PY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster,
                                                                           "task": {"type": "worker", "index": i}})})
-             for i in range(2)]
+             for i, args in enumerate(commands)]
     try:
         results = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    chief = saved_tensors(str(tmp_path / "run" / "checkpoints"))
-    (worker_dir,) = list((tmp_path / "run" / "workers").iterdir())
+    return [(p.returncode, *r) for p, r in zip(procs, results)]
+
+
+def workers_agree(out, iteration):
+    """The chief's latest checkpoint and the other worker's (its scratch folder of the newest run) are the same
+    tensors, at ``iteration``."""
+    chief = saved_tensors(str(out / "checkpoints"))
+    assert int(chief["model/iteration/.ATTRIBUTES/VARIABLE_VALUE"]) == iteration
+    worker_dir = max((out / "workers").iterdir(), key=lambda d: (d / "checkpoints" / "checkpoint").stat().st_mtime)
     other = saved_tensors(str(worker_dir / "checkpoints"))
     assert chief.keys() == other.keys() and len(chief) > 100
     for name in chief:
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
-    assert int(chief["model/iteration/.ATTRIBUTES/VARIABLE_VALUE"]) == 3
+
+
+MULTIWORKER = ["--strategy=multiworker", "--mode=paired", "--noexport", "--verbose=0", *TINY_FLAGS]
+
+
+def test_two_local_workers_end_with_identical_weights(tiny_records, tmp_path):
+    args = ["-m", "mrgan_tf.train", f"--records={tiny_records.root}", f"--out={tmp_path / 'run'}", "--steps=3",
+            "--checkpoint_every=3", *MULTIWORKER]
+    for code, _, err in two_workers([args, args]):
+        assert code == 0, err[-3000:]
+    workers_agree(tmp_path / "run", 3)
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_saved_iteration_and_both_resume(tiny_records, tmp_path):
+    out = tmp_path / "run"
+    args = [f"--records={tiny_records.root}", f"--out={out}", "--steps=8", "--checkpoint_every=100", *MULTIWORKER]
+    # The chief signals itself after iteration 2: TensorFlow's handler names the iteration all save at.
+    results = two_workers([[os.path.join(HERE, "killed_run.py"), "--kill_at=0", "--term_at=2", *args],
+                           ["-m", "mrgan_tf.train", *args]])
+    for code, _, err in results:
+        assert code == EXIT_PREEMPTED, err[-3000:]
+    assert "every worker saved this iteration and stops" in results[1][1]
+    stopped = int(tf.train.latest_checkpoint(str(out / "checkpoints")).rsplit("-", 1)[1])
+    assert 2 < stopped < 8   # after the signal, before the end: saved by the stop, not by a cadence
+    workers_agree(out, stopped)
+    # Rerun: every worker resumes from the chief's checkpoint (not from scratch) and they end alike.
+    for code, _, err in two_workers([["-m", "mrgan_tf.train", *args]] * 2):
+        assert code == 0, err[-3000:]
+        assert f"iteration {stopped}" in err
+    workers_agree(out, 8)
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tiny_records, tmp_path):

@@ -89,4 +89,8 @@ def test_leaves_are_leaves_and_the_top_holds_only_tools():
     assert {p.name for p in (ROOT / "mrgan_tf").iterdir() if p.is_dir() and not p.name.startswith("__")} == set(STAGES)
     for tool in TOOLS:   # a thin module: its docstring (the tool's --help), one import, the __main__ guard
         body = ast.parse((ROOT / "mrgan_tf" / f"{tool}.py").read_text()).body
-        assert [type(node).__name__ for node in body] == ["Expr", "ImportFrom", "If"], tool
+        shape = [type(node).__name__ for node in body]
+        if tool == "train":   # before that import: the handler for a signal while TensorFlow loads
+            assert shape[1:3] == ["ImportFrom", "Expr"] and body[1].module == "mrgan_tf.training.signals", shape
+            shape = shape[:1] + shape[3:]
+        assert shape == ["Expr", "ImportFrom", "If"], tool

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from mrgan_tf.training.preemption import Preempted, StopOnSignal
+from mrgan_tf.training.preemption import EXIT_PREEMPTED, Preempted, StopOnSignal
 
 
 def test_a_signal_while_the_run_starts_ends_it_at_once_and_handlers_come_back():
@@ -40,3 +42,15 @@ def test_a_signal_during_training_asks_fit_to_stop_and_one_after_it_only_notes_i
         finishing.restore()
     finally:
         stopper.restore()
+
+
+def test_a_signal_while_tensorflow_loads_exits_with_the_preempted_status():
+    """``python -m mrgan_tf.train`` installs this before importing the trainer (test_layout checks the order)."""
+    code = ("import os, signal, time\n"
+            "from mrgan_tf.training.signals import exit_until_armed\n"
+            "exit_until_armed('train')\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(30)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_PREEMPTED, done.stderr
+    assert "train: stopped by SIGTERM while starting (nothing to save yet)" in done.stderr

@@ -87,6 +87,15 @@ class _FilteredLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
 
 
+_held_stderr: list[int] = []   # the real stderr's descriptor while _filtered_stderr holds fd 2 back
+
+
+def stderr_fd() -> int:
+    """Where stderr really goes, also while TensorFlow's import is being filtered: for a line that
+    must show even when the process ends before the filter replays what it held."""
+    return _held_stderr[-1] if _held_stderr else 2
+
+
 @contextlib.contextmanager
 def _filtered_stderr(level: int) -> Iterator[None]:
     """Everything written to file descriptor 2 meanwhile (C++ and Python alike), then the lines
@@ -100,10 +109,12 @@ def _filtered_stderr(level: int) -> Iterator[None]:
     ok = False
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
+        _held_stderr.append(saved)
         try:
             yield
             ok = True
         finally:
+            _held_stderr.pop()
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)

@@ -49,6 +49,10 @@ class Checkpointing(keras.callbacks.Callback):
             self._save(it)
 
     def on_train_end(self, logs=None):
+        self.save_now()
+
+    def save_now(self):
+        """Save the current iteration unless it is saved already (the end of training, a preemption)."""
         it = _iteration(self.model)
         if not self.failed and self.manager.latest_checkpoint != self._path(it):
             self._save(it)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Callable
 
 import keras
+import tensorflow as tf
 
-EXIT_PREEMPTED = 75     # EX_TEMPFAIL: stopped by a signal, resumable; schedulers may requeue on it
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from mrgan_tf.training.signals import EXIT_PREEMPTED, SIGNALS  # noqa: F401  (EXIT_PREEMPTED: the status)
 
 
 class Preempted(BaseException):
@@ -81,3 +82,39 @@ class StopOnSignal(keras.callbacks.Callback):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+class WorkersStopTogether(keras.callbacks.Callback):
+    """SIGTERM under MultiWorkerMirroredStrategy: every worker saves the same iteration, then stops.
+
+    Workers train in lockstep, so one cannot stop alone. TensorFlow's
+    ``PreemptionCheckpointHandler`` does the agreeing: the worker that gets the signal
+    names the next iteration through the cluster's coordination service, and after it
+    every worker calls ``save`` (the run's own checkpointing: the chief's checkpoint
+    lands in checkpoints/, as every other) and stops. On a GCP GPU VM it also watches the
+    metadata server's maintenance notice (its own default; on GCP CPU VMs it does nothing).
+    Call ``close()`` when the run ends: it stops the handler's watcher threads.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, save: Callable[[], None], scratch: str):
+        super().__init__()
+        self.signal_name: str | None = None
+        self._save = save
+        config = tf.distribute.experimental.TerminationConfig(exit_fn=self._stop, save_fn=lambda: self._save())
+        # The handler's own step counter lives in a checkpoint of its own, in scratch (never resumed from:
+        # every worker restarts from the chief's checkpoint, and so counts from the same number).
+        self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=os.path.join(scratch, "preemption"),
+            termination_config=config)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.handler is not None:
+            self.handler.save_checkpoint_if_preempted()
+
+    def _stop(self):
+        self.signal_name = "SIGTERM"
+        print("train: SIGTERM on a worker: every worker saved this iteration and stops", flush=True)
+        self.model.stop_training = True
+
+    def close(self) -> None:
+        self.handler = None   # its __del__ stops the watcher threads

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
@@ -247,8 +250,9 @@ def _corrupt_records_error(spec, error) -> CorruptRecordsError | None:
                                "and rewrite the records (make_records --overwrite)")
 
 
-def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
-    """The model with its optimizers (call in the strategy's scope), restored from the run's latest checkpoint."""
+def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str, resume_from: str):
+    """The model with its optimizers (call in the strategy's scope), restored from ``resume_from``'s newest
+    intact checkpoint; it saves into ``run_dir``'s."""
     from mrgan_tf.modeling.fast import shared_update
     from mrgan_tf.modeling.mrgan import MRGAN, make_optimizers
     from mrgan_tf.training import checkpoints
@@ -259,7 +263,8 @@ def _compiled_model(model_config: MRGANConfig, tc: TrainConfig, run_dir: str):
                   jit_compile=tc.xla)
     shared_update.attach(model)          # one traced update per phase for both directions, where exact
     manager = checkpoints.manager_for(model, run_dir, tc.keep_checkpoints)
-    checkpoints.restore_newest_intact(model, manager)   # a damaged latest one is named and passed over
+    source = manager if resume_from == run_dir else checkpoints.manager_for(model, resume_from, tc.keep_checkpoints)
+    checkpoints.restore_newest_intact(model, source)   # a damaged latest one is named and passed over
     return model, manager
 
 
@@ -312,15 +317,17 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     from mrgan_tf.training import checkpoints, data
     from mrgan_tf.training.callbacks import (Checkpointing, NaNGuard, NonFiniteLoss, ProgressLines, TrainingMonitor,
                                              Validation)
-    from mrgan_tf.training.preemption import StopOnSignal
+    from mrgan_tf.training.preemption import StopOnSignal, WorkersStopTogether
 
     tc = train_config
     requirements.require("train", export=tc.export)   # a package --export needs at the end: named now
-    # SIGTERM/SIGINT: stop after the running iteration, saved. Not across workers: a multi-worker job
-    # stops when its scheduler stops it, from its last --checkpoint_every checkpoint (docs/USAGE.md).
-    stopper = StopOnSignal().arm() if tc.distribute.strategy != "multiworker" else None
+    # SIGTERM/SIGINT: stop after the running iteration, saved. Across workers: WorkersStopTogether, below.
+    multiworker = tc.distribute.strategy == "multiworker"
+    stopper = StopOnSignal().arm() if not multiworker else None
     if stopper:
         held.callback(stopper.restore)
+    else:   # the handler below takes SIGTERM; the one from before comes back when the run ends
+        held.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
     strategy = distribute.make_strategy(tc.distribute.strategy, tc.distribute.cpu_devices)
     chief = distribute.is_chief(strategy)
     if chief:   # a second run into the same --out is refused here, before anything is traced or written
@@ -339,8 +346,8 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     total = tc.total_steps
     run_dir = out if chief else os.path.join(out, "workers", f"{os.getpid()}")   # non-chief: scratch
 
-    with strategy.scope():
-        model, manager = _compiled_model(model_config, tc, run_dir)
+    with strategy.scope():   # every worker resumes from the chief's checkpoints (a file system they share)
+        model, manager = _compiled_model(model_config, tc, run_dir, resume_from=out)
     start = int(model.iteration.numpy())
     replicas = strategy.num_replicas_in_sync
     # The data pipeline opens every shard set it needs: a missing one fails here, before any write.
@@ -378,6 +385,11 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
         val_cbs = [Validation(val_set, tc.val_every, key, best, run_dir, monitor, write=chief)]
     ckpt_cb = Checkpointing(manager, tc.checkpoint_every, before_save=[monitor.flush])
     guard = NaNGuard(ckpt_cb)
+    if multiworker:
+        scratch = tempfile.mkdtemp(prefix="mrgan-preemption-")
+        held.callback(shutil.rmtree, scratch, True)
+        stopper = WorkersStopTogether(strategy, ckpt_cb.save_now, scratch)
+        held.callback(stopper.close)
     progress = [ProgressLines(total, tc.progress_every or max(1, (total - start) // 20), tc.progress_seconds)] \
         if chief and tc.verbose >= 1 else []
     t0 = time.perf_counter()
