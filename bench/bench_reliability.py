@@ -21,10 +21,12 @@ checks what is on disk, runs the same command again and checks again:
   to an uninterrupted run's, every history row once, no leftovers.
 - concurrent: two trainings started into one ``--out`` at the same moment: one finishes, the other
   is refused naming the holder; the finished run's weights are an uninterrupted run's.
+- stop_time: SIGTERM at a random moment of an iteration of the demo's (configs/demo.cfg, 128 px) and
+  the paper's (configs/mrgan.cfg, 256 px) model: the seconds to the exit, against one iteration's.
 
     .venv/bin/python bench/bench_reliability.py --kill_seed=0 \
         [--make_records_trials=20 --train_trials=10 --export_trials=10 --synthesize_trials=10 \
-         --preempt_trials=10 --concurrent_trials=3]
+         --preempt_trials=10 --concurrent_trials=3 --stop_time_trials=3 --stop_sizes=demo,full]
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ _WORK = flags.DEFINE_string("work", os.path.join(tempfile.gettempdir(), "mrgan_b
 _SEED = flags.DEFINE_integer("kill_seed", 0, "Seed of the kill times.")
 _N = {name: flags.DEFINE_integer(f"{name}_trials", n, f"{name} trials.")
       for name, n in (("make_records", 20), ("train", 10), ("export", 10), ("synthesize", 10), ("preempt", 10),
-                      ("concurrent", 3))}
+                      ("concurrent", 3), ("stop_time", 0))}
+_STOP_SIZES = flags.DEFINE_list("stop_sizes", ["demo", "full"], "Model sizes of the stop_time trials: demo, full.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 
 PY = sys.executable
@@ -315,6 +318,59 @@ def preempt_trials(work: Path, n: int, rng, table: Table):
             "stop_s_median": round(float(np.median(stops)), 2) if stops else None}
 
 
+STOP_SIZES = {"demo": (128, "configs/demo.cfg"), "full": (256, "configs/mrgan.cfg")}
+
+
+def stop_time_trials(work: Path, n: int, rng, table: Table):
+    """SIGTERM mid-iteration at the demo's and the paper's model size: the seconds to the exit (the rest
+    of the iteration plus one checkpoint write) against one iteration's seconds."""
+    from records_factory import write_tiny_records
+
+    from mrgan_tf.training.preemption import EXIT_PREEMPTED
+    result = {}
+    for size in _STOP_SIZES.value:
+        pixels, flagfile = STOP_SIZES[size]
+        records = work / f"stop_records_{pixels}"
+        if not records.exists():
+            write_tiny_records(str(records), size=pixels)
+        stops, iterations, saved = [], [], 0
+        for i in range(n):
+            out = work / f"stop_{size}_{i}"
+            cmd = [PY, "-m", "mrgan_tf.train", f"--flagfile={REPO / flagfile}", f"--records={records}",
+                   f"--out={out}", "--steps=100000", "--checkpoint_every=100000", "--image_every=100000",
+                   "--val_every=0", "--noexport", "--verbose=1", "--progress_every=1"]
+            proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            times = []
+            for line in proc.stdout:   # "iteration N/..." once per iteration; the first includes tracing
+                if line.startswith("iteration "):
+                    times.append(time.perf_counter())
+                    if len(times) == 3:
+                        break
+            iteration_s = times[2] - times[1]
+            time.sleep(rng.uniform(0.0, 1.0) * iteration_s)   # somewhere inside the fourth iteration
+            t = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=900)
+            stop_s = time.perf_counter() - t
+            stops.append(stop_s)
+            iterations.append(iteration_s)
+            ckpt = latest_checkpoint(out)
+            saved += ckpt is not None
+            table.add(f"stop {size}", "exit 75 with the iteration saved", proc.returncode == EXIT_PREEMPTED
+                      and ckpt is not None)
+            table.add(f"stop {size}", "stopped within 30 s of the signal", stop_s <= 30.0)
+            shutil.rmtree(out, ignore_errors=True)
+        result[size] = {"iteration_s_median": round(float(np.median(iterations)), 2),
+                        "stop_s_median": round(float(np.median(stops)), 2), "stop_s_max": round(max(stops), 2),
+                        "saved": saved}
+    return result
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    state = out / "checkpoints" / "checkpoint"
+    return state.read_text().split('"')[1] if state.exists() else None
+
+
 def concurrent_trials(work: Path, n: int, rng, table: Table):
     """Two trainings started into one --out at once: one refused at once naming the other, one writer."""
     records, reference, _ = train_reference(work)
@@ -351,7 +407,8 @@ def main(argv):
     t0 = time.perf_counter()
     for name, trials in (("make_records", make_records_trials), ("train", train_trials),
                          ("export", export_trials), ("synthesize", synthesize_trials),
-                         ("preempt", preempt_trials), ("concurrent", concurrent_trials)):
+                         ("preempt", preempt_trials), ("concurrent", concurrent_trials),
+                         ("stop_time", stop_time_trials)):
         if _N[name].value:
             t = time.perf_counter()
             info[name] = trials(work, _N[name].value, rng, table)
