@@ -126,15 +126,6 @@ def test_fusion_of_one_stack_of_slices_combines_members_and_copies():
                            coronal)).predict01(stack)
 
 
-def test_copies_batched_together_equal_copies_one_at_a_time():
-    stack = np.random.default_rng(2).random((7, 32, 32)).astype(np.float32)
-    model = ramp_predictor("ct2mr", FULL)
-    together = tta.predict_augmented(model, stack, ALL.transforms(), batch_size=3)
-    apart = tta.predict_augmented(model, stack, ALL.transforms(), batch_size=3, together=False)
-    for a, b in zip(together, apart):
-        np.testing.assert_array_equal(a, b)
-
-
 # ---------------------------------------------------------------- refusals
 def test_unknown_repeated_or_too_long_augmentations_are_refused():
     with pytest.raises(tta.AugmentationError, match=r"--tta=flip,rotate: unknown augmentation 'rotate'; choose "

@@ -133,20 +133,13 @@ def tta_from_flags(fv) -> TTAConfig:
 
 
 def predict_augmented(predictor, stack01: np.ndarray, transforms, batch_size: int = 16,
-                      progress: bool = False, together: bool = True) -> list[np.ndarray]:
+                      progress: bool = False) -> list[np.ndarray]:
     """Each transform's copy of ``stack01`` through ``predictor.predict01`` and back by its inverse.
 
-    With only the identity this is exactly ``predictor.predict01(stack01, ...)``. With
-    ``together``, a 2-D model (no neighbour slices) gets all copies as one stack in batches
-    of ``batch_size`` x copies (fewer, larger model calls); a 2.5D model's copies go one at
-    a time, since its neighbour stacks must not reach across copies.
+    With only the identity this is exactly ``predictor.predict01(stack01, ...)``. Copies go one
+    at a time in batches of ``batch_size`` (a 2.5D model's neighbour stacks must not reach
+    across copies; for a 2-D model, sending the copies as one stack in calls of copies x
+    ``batch_size`` slices was measured no faster on CPU (docs/USAGE.md): raise ``--batch_size``
+    where larger calls pay, e.g. on a GPU).
     """
-    if len(transforms) == 1:
-        return [transforms[0].inverse(predictor.predict01(transforms[0](stack01), batch_size, progress))]
-    copies = [t(stack01) for t in transforms]
-    if together and predictor.preprocess.context_slices == 0:
-        outs = np.split(predictor.predict01(np.concatenate(copies), batch_size * len(copies), progress),
-                        len(copies))
-    else:
-        outs = [predictor.predict01(c, batch_size, progress) for c in copies]
-    return [t.inverse(o) for t, o in zip(transforms, outs)]
+    return [t.inverse(predictor.predict01(t(stack01), batch_size, progress)) for t in transforms]
