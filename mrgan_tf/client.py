@@ -10,6 +10,8 @@ Common flags:
   --server=HOST:PORT     gRPC, or http://HOST:PORT for REST
   --ct=FILE | --mr=FILE  the input; --out=FILE the output (any format synthesize writes)
   --model_name --model_version   which served model (default: ct2mr for --ct, mr2ct for --mr; the latest)
+  --tta=flip,shift       also send augmented copies, map them back and fuse them here; the spread is
+                         written beside the output
 """
 from mrgan_tf.inference.client import define_flags, main, run  # noqa: F401
 

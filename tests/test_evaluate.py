@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_export, tiny_run
 
+from conftest import tiny_export, tiny_run
 from mrgan_tf.evaluation import evaluate, grid, metrics, paper, patients, synthrad_metrics
 from mrgan_tf.inference import predictors, synthesis
 from mrgan_tf.io.readers import read_volume
@@ -224,6 +224,42 @@ def test_synthrad_metrics_equal_a_hand_computation(grid_eval, grid_data, exporte
     a_mask = mr_masks["a"]           # a's MR grid is two slices longer than its CT's
     assert a_mask.shape == (24, 28, 14) and not a_mask[..., 0].any() and a_mask.any()
     assert result["synthrad"]["mask_source"] == {"a": "file", "b": "computed"}
+
+
+def test_an_ensemble_is_scored_on_its_fused_volume_with_its_spread_against_the_error(exported, grid_data, tmp_path):
+    """Two copies of one model with flip TTA: the fused synthetic CT and its spread through synthesize's code,
+    then scored by hand on the CT grid; metrics.json, the CSV and the report carry the same numbers."""
+    from mrgan_tf.evaluation import uncertainty
+    from mrgan_tf.inference.tta import TTAConfig
+    root, records = grid_data
+    flip = TTAConfig(("flip",))
+    result = evaluate.evaluate({"e": f"{exported},{exported}"}, records, str(tmp_path), fig_slices=1, tta=flip,
+                               fusion="mean")
+    ct, mr = read_volume(str(root / "a" / "ct.nii.gz")), read_volume(str(root / "a" / "mr.nii.gz"))
+    mask = read_volume(str(root / "a" / "mask.nii.gz")).data > 0
+    member = predictors.load_predictor(exported, "mr2ct")
+    syn_ct, spread, info = synthesis.synthesize_with_spread(predictors.Fusion((member, member), "mean", flip), mr)
+    assert info["fusion"]["predictions"] == 4
+    sct = resample_like(syn_ct, ct, order=1, fill=-1024.0).data
+    sd = resample_like(spread, ct, order=1, fill=0.0).data
+    row = result["synthrad"]["per_patient"]["e"]["a"]
+    assert row["sct_mae"] == pytest.approx(synthrad_metrics.synthrad_mae(ct.data, sct, mask), rel=1e-5)
+    assert row["sct_unc_spearman"] == pytest.approx(uncertainty.spread_error_spearman(ct.data, sct, sd, mask), abs=1e-6)
+    top, rest = uncertainty.mae_by_spread(ct.data, sct, sd, mask)
+    assert (row["sct_unc_mae_top10"], row["sct_unc_mae_rest"]) == (pytest.approx(top), pytest.approx(rest))
+    assert -1.0 <= row["smr_unc_spearman"] <= 1.0 and row["smr_unc_mae_top10"] >= 0
+    doc = json.load(open(tmp_path / "metrics.json"))
+    assert doc["synthrad"]["per_patient"]["e"]["b"]["sct_unc_spearman"] is not None
+    assert doc["fusion"]["e"]["augmentations"] == ["identity", "flip"] and doc["fusion"]["e"]["models"] == 2
+    assert "sct_unc_mae_top10" in (tmp_path / "metrics_synthrad.csv").read_text()
+    md = (tmp_path / "metrics.md").read_text()
+    assert md.index("### Is the uncertainty worth anything?") < md.index("Spearman(SD, |err|) e")
+
+
+def test_a_single_model_has_no_uncertainty_columns(grid_eval):
+    out, _ = grid_eval
+    assert "unc_" not in (out / "metrics_synthrad.csv").read_text()
+    assert "uncertainty worth" not in (out / "metrics.md").read_text()
 
 
 def test_report_keeps_the_two_conventions_apart(grid_eval):

@@ -89,8 +89,8 @@ def test_fusion_takes_the_voxelwise_median_or_mean():
     single, _ = synthesis.synthesize_volume(members[0], vol)
     fused, info = synthesis.synthesize_volume(predictors.Fusion(tuple(members)), vol)
     np.testing.assert_allclose(fused.data, single.data, atol=1e-3)
-    assert info["fusion"] == {"method": "median", "models": 3, "planes": list(pp.SLICE_AXES),
-                              "context_slices": [0, 0, 0]}
+    assert info["fusion"] == {"method": "median", "models": 3, "predictions": 3, "augmentations": ["identity"],
+                              "planes": list(pp.SLICE_AXES), "context_slices": [0, 0, 0]}
 
     class Offset(predictors.Predictor):
         def predict01(self, stack01, batch_size=16, progress=False):

@@ -179,6 +179,23 @@ def test_client_volume_over_grpc_equals_synthesize(servers, exported, grpc_cfg, 
     assert read_volume(tmp_path / "syn.nii.gz").shape == vol.shape and info["slices"] > 0
 
 
+def test_client_tta_sends_each_copy_and_fuses_here_as_synthesize_does(servers, exported, grpc_cfg, tmp_path):
+    from mrgan_tf.inference.tta import TTAConfig
+    vol = Volume(head_ct((24, 28, 20)), oblique_lps_affine(), "mem")
+    write_nifti(vol, tmp_path / "ct.nii.gz")
+    flip = TTAConfig(("flip",))
+    before = len(servers.grpc_calls)
+    info = client.synthesize_remote(grpc_cfg, str(tmp_path / "ct.nii.gz"), str(tmp_path / "syn.nii.gz"), "ct2mr",
+                                    tta=flip)
+    sent = [r for r in servers.grpc_calls[before:] if r.model_spec.signature_name == "normalised"]
+    local = predictors.Fusion((predictors.load_predictor(exported, "ct2mr"),), tta=flip)
+    out, spread, local_info = synthesis.synthesize_with_spread(local, read_volume(tmp_path / "ct.nii.gz"))
+    assert sum(tf.make_ndarray(r.inputs["ct"]).shape[0] for r in sent) == info["slices"] == local_info["slices"]
+    np.testing.assert_allclose(read_volume(tmp_path / "syn.nii.gz").data, out.data, atol=1e-3)
+    np.testing.assert_allclose(read_volume(tmp_path / "syn_sd.nii.gz").data, spread.data, atol=1e-3)
+    assert info["fusion"]["augmentations"] == ["identity", "flip"]
+
+
 def test_batches_are_ordered_and_capped_by_the_message_limit(servers, grpc_cfg):
     predictor = client.connect(grpc_cfg, "ct2mr")
     predictor.max_batch = 3                              # as if the limit allowed 3 slices per message

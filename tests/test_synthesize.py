@@ -152,7 +152,7 @@ def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
     sidecar = json.loads((tmp_path / "fused.nii.gz.json").read_text())
     assert sidecar["model"]["fusion"] == "mean" and len(sidecar["model"]["models"]) == 2
     assert sidecar["synthesis"]["fusion"]["models"] == 2
-    assert one.returncode != 0 and "--fusion=median needs at least two --model, got 1" in one_err
+    assert one.returncode != 0 and "--fusion=median needs at least two --model, or --tta; got 1 --model" in one_err
     assert not (tmp_path / "one.nii.gz").exists()
 
 

@@ -28,6 +28,12 @@ Two conventions, never mixed in one table:
   overrides it. A patient without a mask file is scored inside the body mask
   computed from its CT (``preprocess.body_mask_from_ct``), and the report says so.
 
+A ``--model`` of several comma-separated paths, or any model with ``--tta``, is scored on its
+fused predictions; on the original grid its spread (their per-voxel standard deviation, what
+synthesize writes beside the output) is scored against the absolute error inside the mask:
+``*_unc_spearman`` (Spearman correlation), ``*_unc_mae_top10`` and ``*_unc_mae_rest`` (MAE in
+the 10 % of mask voxels with the largest spread, and in the rest).
+
 Avg±sd in metrics.md and metrics.json is over patients with a population sd
 (ddof=0), as the paper's Table I. Nothing is written until every number is
 computed; output files are written atomically.
@@ -42,17 +48,34 @@ from absl import app, flags
 
 from mrgan_tf import cli
 from mrgan_tf.evaluation import tables as metric_tables
-from mrgan_tf.evaluation.grid import GRID_METRICS, check_preprocessing, evaluate_on_grid, source_root
+from mrgan_tf.evaluation.grid import check_preprocessing, evaluate_on_grid, scored_metrics, source_root
 from mrgan_tf.evaluation.paper import ALL_METRICS, DDOF, evaluate_predictors
 from mrgan_tf.evaluation.patients import EvaluationError, _is_records, load_records_patients, load_root_patients
 from mrgan_tf.evaluation.report import report_markdown, write_figures
-from mrgan_tf.inference.predictors import load_predictors
+from mrgan_tf.inference.outputs import define_ensemble_flags
+from mrgan_tf.inference.predictors import Fusion, Predictor, load_predictors
+from mrgan_tf.inference.tta import TTAConfig, tta_from_flags
 from tfrecords_tools.atomic import atomic_write_text
+
+
+def load_model(path: str, tta: TTAConfig = TTAConfig(), fusion: str | None = None
+               ) -> dict[str, Predictor | Fusion]:
+    """{direction: predictor} of one ``--model``: a path, or comma-separated paths fused as one model (its
+    members, e.g. runs of several seeds), each with ``tta``'s augmented copies."""
+    paths = [p for p in path.split(",") if p]
+    loaded = [load_predictors(p) for p in paths]
+    if len(paths) == 1 and not tta.augment and not fusion:
+        return loaded[0]
+    for p, preds in zip(paths[1:], loaded[1:]):
+        if set(preds) != set(loaded[0]):
+            raise EvaluationError(f"{p}: has the {'/'.join(preds)} model(s), {paths[0]} has {'/'.join(loaded[0])}; "
+                                  "the members of one --model must have the same directions")
+    return {d: Fusion(tuple(preds[d] for preds in loaded), fusion or "median", tta) for d in loaded[0]}
 
 
 def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: int = 16,
              skip_missing: bool = False, fig_slices: int = 3, progress: bool = False, root: str | None = None,
-             grid_metrics: bool = True) -> dict:
+             grid_metrics: bool = True, tta: TTAConfig = TTAConfig(), fusion: str | None = None) -> dict:
     """Evaluate ``{name: run dir or export}`` on ``dataset``; writes the report to ``out_dir``.
 
     Returns ``{"per_patient": {model: {patient: metrics}}, "summary", "latency", "files", "markdown"}``
@@ -61,7 +84,8 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     or, for records, the dataset root they were made from).
 
     Args:
-        models: ``{name: path}`` of run directories or SavedModel exports, compared side by side.
+        models: ``{name: path}`` of run directories or SavedModel exports, compared side by side; a path
+            of several comma-separated ones is one model of their fused predictions (``load_model``).
         dataset: a records directory (its paired_test set) or a dataset root.
         out_dir: where metrics.md/.csv/.json and the figures go.
         batch_size: slices per model call.
@@ -70,12 +94,17 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         progress: show progress bars.
         root: the dataset root holding the test patients' original volumes (SynthRAD's metrics).
         grid_metrics: also score SynthRAD's metrics on each patient's original grid.
+        tta: test-time augmented copies every model also predicts, fused with its own prediction.
+        fusion: how several predictions of a model are fused (default median).
+
+    A model of several predictions (comma-separated paths, or ``tta``) is scored on their fused
+    volume, and its spread against the error on the original grid (``uncertainty``).
     """
     if not models:
         raise EvaluationError("no model to evaluate")
     if not os.path.isdir(dataset):
         raise EvaluationError(f"{dataset}: dataset is not a directory")
-    loaded = {name: load_predictors(path) for name, path in models.items()}
+    loaded = {name: load_model(path, tta, fusion) for name, path in models.items()}
     for name, preds in loaded.items():
         if "ct2mr" not in preds and not grid_metrics:
             raise EvaluationError(f"{models[name]}: model {name!r} has no CT->MR generator (only a synthetic-CT "
@@ -105,20 +134,23 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     md = report_markdown(per_patient, latency, sources, dataset, grid)
     doc = json.loads(metric_tables.table_json(per_patient, ALL_METRICS, ddof=DDOF))
     doc.update({"dataset": os.path.abspath(dataset), "dataset_kind": "records" if records else "root",
-                "models": {n: os.path.abspath(p) for n, p in models.items()},
+                "models": {n: ",".join(os.path.abspath(m) for m in p.split(",") if m) for n, p in models.items()},
+                "fusion": {n: p.describe() for n, preds in loaded.items() for p in list(preds.values())[:1]
+                           if isinstance(p, Fusion)},
                 "sources": {n: os.path.abspath(s) for n, s in sources.items()}, "latency": latency,
                 "scale": "0-255 (paper); psnr_paper = authors' convention (+48.13 dB)"})
     texts = [("metrics.md", md), ("metrics.csv", metric_tables.table_csv(per_patient, ALL_METRICS))]
     synthrad = None
     if grid is not None:
-        synthrad = json.loads(metric_tables.table_json(grid.rows, GRID_METRICS, ddof=DDOF))
+        metrics = scored_metrics(grid.rows)
+        synthrad = json.loads(metric_tables.table_json(grid.rows, metrics, ddof=DDOF))
         synthrad.update({"root": os.path.abspath(grid.root), "mask_source": grid.mask_source, "notes": grid.notes,
                          "ct_range_hu": list(grid.ct_range), "ct_windowed": grid.ct_windowed,
                          "smr_range": {pid: list(r) if r else None for pid, r in grid.mr_range.items()},
                          "conventions": "SynthRAD2023 MAE/PSNR/SSIM, SynthRAD2025 MS-SSIM; 3-D, original grid, "
                                         "inside the mask; sct_* in HU, smr_* in the reference MR's units"})
         doc["synthrad"] = synthrad
-        texts.append(("metrics_synthrad.csv", metric_tables.table_csv(grid.rows, GRID_METRICS)))
+        texts.append(("metrics_synthrad.csv", metric_tables.table_csv(grid.rows, metrics)))
     texts.append(("metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"))
     for name, text in texts:
         atomic_write_text(os.path.join(out_dir, name), text)
@@ -149,7 +181,9 @@ def parse_models(values: list[str]) -> dict[str, str]:
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """CLI flags, defined only when run as a program (importers' flags never collide)."""
     flags.DEFINE_multi_string("model", None, "PATH or NAME=PATH of a run dir or SavedModel export; repeat to "
-                              "compare models side by side.", flag_values=fv)
+                              "compare models side by side. NAME=PATH1,PATH2,... is one model of several fused "
+                              "predictions (e.g. runs of three seeds), scored with its spread.", flag_values=fv)
+    define_ensemble_flags(fv)
     flags.DEFINE_string("dataset", None, "Records dir (uses paired_test) or dataset root.", flag_values=fv)
     flags.DEFINE_string("out", None, "Output folder for metrics.md/.csv/.json and figures.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
@@ -173,7 +207,8 @@ def main(argv):
 
     with cli.user_errors("evaluate"):
         result = evaluate(parse_models(fv.model), fv.dataset, fv.out, fv.batch_size, fv.skip_missing,
-                          fv.fig_slices, fv.progress, root=fv.root, grid_metrics=fv.grid_metrics)
+                          fv.fig_slices, fv.progress, root=fv.root, grid_metrics=fv.grid_metrics,
+                          tta=tta_from_flags(fv), fusion=fv.fusion)
     print(result["markdown"])
     print(f"wrote {len(result['files'])} files to {fv.out}")
     return 0

@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 from absl import logging
 
-from mrgan_tf.evaluation import synthrad_metrics
+from mrgan_tf.evaluation import synthrad_metrics, uncertainty
 from mrgan_tf.evaluation.patients import EvaluationError, TestPatient
 from mrgan_tf.inference.predictors import Predictor
 from mrgan_tf.inference.synthesis import AIR_HU
@@ -21,6 +21,17 @@ GRID_TABLES = {  # SynthRAD's conventions: 3-D, the patient's original grid, ins
     "SynMR from the reference CT, MR units": ("smr_mae", "smr_psnr", "smr_ssim", "smr_ms_ssim"),
 }
 GRID_METRICS = tuple(k for keys in GRID_TABLES.values() for k in keys)
+UNCERTAINTY_TABLES = {  # models of several predictions only: their spread against the error, on the same grid
+    "SynCT uncertainty: spread against |error|, HU": tuple(f"sct_{k}" for k in uncertainty.METRICS),
+    "SynMR uncertainty: spread against |error|, MR units": tuple(f"smr_{k}" for k in uncertainty.METRICS),
+}
+UNCERTAINTY_METRICS = tuple(k for keys in UNCERTAINTY_TABLES.values() for k in keys)
+
+
+def scored_metrics(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> tuple[str, ...]:
+    """``GRID_METRICS``, and the uncertainty metrics when a model of several predictions was scored."""
+    return GRID_METRICS + tuple(k for k in UNCERTAINTY_METRICS
+                                if any(k in row for by_patient in rows.values() for row in by_patient.values()))
 # Preprocessing fields that choose or align test slices but do not change what a model sees.
 
 SELECTION_ONLY = ("min_foreground", "max_body_loss", "register", "register_skull_hu", "register_model")
@@ -135,12 +146,14 @@ def grid_rows(loaded: Mapping[str, Mapping[str, Predictor]], pid: str, files: Ma
     """SynthRAD metrics of every model for one patient, on its original CT and MR grids.
 
     SynMR(CT) is put on the MR's grid in the reference's units (the MR range
-    the records normalised it with); SynCT(MR), in HU, on the CT's grid.
+    the records normalised it with); SynCT(MR), in HU, on the CT's grid. A model of
+    several predictions (``Fusion``) also has its spread, put on the same grid, scored
+    against the absolute error (``uncertainty``).
     Returns ({model: row}, mask source, the MR clip range or None when the reference MR is constant).
     ``volumes``, when given, receives what was scored on the MR's grid (further measures,
     figures): ``reference``, ``mask``, ``grid`` (the MR Volume) and each model's SynMR by name.
     """
-    from mrgan_tf.inference.synthesis import synthesize_volume
+    from mrgan_tf.inference.synthesis import synthesize_with_spread
     from mrgan_tf.io.readers import read_volume
 
     ct, mr = read_volume(files["ct"]), read_volume(files["mr"])
@@ -169,15 +182,21 @@ def grid_rows(loaded: Mapping[str, Mapping[str, Predictor]], pid: str, files: Ma
     for name, preds in loaded.items():
         row = {}
         if "ct2mr" in preds:
-            syn_mr, _ = synthesize_volume(preds["ct2mr"], ct, batch_size, progress)   # 0-255 on the CT's grid
+            syn_mr, spread, _ = synthesize_with_spread(preds["ct2mr"], ct, batch_size, progress)  # 0-255, CT grid
             syn_mr_units = _onto(denormalise_mr(syn_mr.data / 255.0, lo, hi), ct, mr, 1, lo, mr_to_ct)
             row = _scores("smr", mr_fns, ref_mr, syn_mr_units, mr_mask, pid, notes)
+            if spread is not None:   # a spread of 0-255 values, in MR units: the same scale factor
+                on_mr = _onto(spread.data * ((hi - lo) / 255.0), ct, mr, 1, 0.0, mr_to_ct)
+                row.update(_scores("smr", uncertainty.metric_fns(on_mr), ref_mr, syn_mr_units, mr_mask, pid, notes))
             if volumes is not None:
                 volumes.update({"reference": ref_mr, "mask": mr_mask, "grid": mr, name: syn_mr_units})
         if "mr2ct" in preds:
-            syn_ct, _ = synthesize_volume(preds["mr2ct"], mr, batch_size, progress)  # HU on the MR's grid
+            syn_ct, spread, _ = synthesize_with_spread(preds["mr2ct"], mr, batch_size, progress)  # HU, MR grid
             on_ct = _onto(syn_ct.data, mr, ct, 1, AIR_HU, p.ct_to_mr)
             row.update(_scores("sct", ct_fns, ct.data, on_ct, ct_mask, pid, notes))
+            if spread is not None:
+                spread_on_ct = _onto(spread.data, mr, ct, 1, 0.0, p.ct_to_mr)
+                row.update(_scores("sct", uncertainty.metric_fns(spread_on_ct), ct.data, on_ct, ct_mask, pid, notes))
         rows[name] = row
     return rows, source, mr_rng
 

@@ -9,9 +9,17 @@ import numpy as np
 
 from mrgan_tf.evaluation import figures
 from mrgan_tf.evaluation import tables as metric_tables
-from mrgan_tf.evaluation.grid import GRID_TABLES, GridResult
+from mrgan_tf.evaluation.grid import GRID_TABLES, UNCERTAINTY_METRICS, UNCERTAINTY_TABLES, GridResult
 from mrgan_tf.evaluation.paper import DDOF, TABLES, ModelResult
 from mrgan_tf.evaluation.patients import TestPatient
+
+UNCERTAINTY_TEXT = (
+    "### Is the uncertainty worth anything?\n\nFor a model of several predictions (several runs or checkpoints, "
+    "test-time augmented copies), the per-voxel standard deviation of its predictions (the spread synthesize "
+    "writes beside the output) on the same grid and inside the same mask as the scores above: the Spearman "
+    "correlation of the spread with the absolute error (above 0: the spread ranks where the image is wrong), "
+    "and the MAE in the 10 % of mask voxels with the largest spread against the MAE in the other 90 % (ties "
+    "at the cut taken in array order).\n")
 
 
 def _figure_slices(p: TestPatient, n: int) -> np.ndarray:
@@ -93,6 +101,9 @@ def grid_markdown(grid: GridResult) -> str:
         parts.append(f"No mask file for {', '.join(computed)}: scored inside the body mask computed from the CT "
                      "(CT > body_threshold_hu, largest component, holes filled).\n")
     parts += _tables(grid.rows, GRID_TABLES, "###")
+    if any(k in row for rows in grid.rows.values() for row in rows.values() for k in UNCERTAINTY_METRICS):
+        parts.append(UNCERTAINTY_TEXT)
+        parts += _tables(grid.rows, UNCERTAINTY_TABLES, "###")
     if grid.notes:
         parts.append("Left out:\n\n" + "\n".join(f"- {n}" for n in grid.notes) + "\n")
     return "\n".join(parts)

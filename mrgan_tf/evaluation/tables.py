@@ -33,6 +33,12 @@ _DISPLAY = {
     "smr_psnr": ("PSNR dB", 2),
     "smr_ssim": ("SSIM 3-D", 4),
     "smr_ms_ssim": ("MS-SSIM 3-D", 4),
+    "sct_unc_spearman": ("Spearman(SD, |err|)", 3),
+    "sct_unc_mae_top10": ("MAE HU top-10% SD", 1),
+    "sct_unc_mae_rest": ("MAE HU other 90%", 1),
+    "smr_unc_spearman": ("Spearman(SD, |err|)", 3),
+    "smr_unc_mae_top10": ("MAE top-10% SD", 2),
+    "smr_unc_mae_rest": ("MAE other 90%", 2),
 }
 MISSING = "—"
 

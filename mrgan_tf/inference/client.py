@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags
 
 from mrgan_tf import cli, requirements
-from mrgan_tf.inference.predictors import INPUT_MODALITY, Predictor, SynthesisError
+from mrgan_tf.inference.predictors import INPUT_MODALITY, Fusion, Predictor, SynthesisError
+from mrgan_tf.inference.tta import TTAConfig, tta_from_flags
 from mrgan_tf.preprocess import PreprocessConfig
 
 INPUTS = {"ct2mr": ("ct", "mr"), "mr2ct": ("mr", "ct")}   # normalised signature: (input, output)
@@ -345,12 +346,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("batch_size", 16, "Slices per request (capped by the message limit).", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    from mrgan_tf.inference.outputs import define_safety_flags
+    from mrgan_tf.inference.outputs import define_ensemble_flags, define_safety_flags
     define_safety_flags(fv)
+    define_ensemble_flags(fv)
 
 
 def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_size: int = 16,
-                      progress: bool = False, options=None) -> dict:
+                      progress: bool = False, options=None, tta: TTAConfig = TTAConfig(),
+                      fusion: str | None = None) -> dict:
     """Read ``src``, synthesize it on the server, write ``out``; returns synthesize's info dict.
 
     Args:
@@ -361,6 +364,9 @@ def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_s
         batch_size: slices per request (capped by the message limit).
         progress: show a progress bar.
         options: what the user accepted (``outputs.OutputOptions``: accept, allow_windowed_ct).
+        tta: test-time augmented copies to predict besides the input; the server answers each
+            copy's slices as one prediction, the copies are mapped back and fused here.
+        fusion: how the copies are fused (``Fusion``; default median).
     """
     from mrgan_tf.inference.outputs import OutputOptions, write_synthesis
     from mrgan_tf.inference.synthesis import refuse_implausible
@@ -369,11 +375,12 @@ def synthesize_remote(cfg: ClientConfig, src: str, out: str, model: str, batch_s
     options = options or OutputOptions()
     vol = read_volume(src)              # bad input fails before the server is asked
     refuse_implausible(vol, INPUT_MODALITY[model], options.accept)
-    predictor = connect(cfg, model)
+    remote = connect(cfg, model)
+    predictor = Fusion((remote,), fusion or "median", tta) if tta.augment or fusion else remote
     try:
         return write_synthesis(predictor, vol, out, batch_size=batch_size, progress=progress, options=options)
     finally:
-        predictor.transport.close()
+        remote.transport.close()
 
 
 def main(argv):
@@ -389,9 +396,12 @@ def main(argv):
     options = OutputOptions(accept=tuple(fv.accept), allow_windowed_ct=fv.allow_windowed_ct)
     with cli.user_errors("client"):   # ServingError is a SynthesisError, so a UserError
         requirements.require("client", server=fv.server)
+        tta = tta_from_flags(fv)
         info = synthesize_remote(connection_from_flags(fv), fv.ct or fv.mr, fv.out, model, fv.batch_size,
-                                 fv.progress, options)
+                                 fv.progress, options, tta, fv.fusion)
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s (server {info['model_s']:.1f} s)")
+    if info.get("spread"):
+        print(f"  spread of {info['fusion']['predictions']} predictions: {info['spread']}")
     return 0
 
 

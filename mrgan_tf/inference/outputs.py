@@ -1,7 +1,8 @@
 """Synthesis to files: write the synthetic volume (NIfTI, .mha/.nrrd, DICOM), its provenance, send it.
 
 ``write_synthesis`` is the one path every output takes (single file, ``--root``, the
-remote client), so format checks, provenance sidecars and PACS sends are the same everywhere.
+remote client), so format checks, provenance sidecars, the spread of fused predictions and
+PACS sends are the same everywhere.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 
 from absl import logging
 
-from mrgan_tf.inference.predictors import INPUT_MODALITY, OUTPUT_MODALITY, OUTPUT_STEMS, Predictor, SynthesisError
-from mrgan_tf.inference.synthesis import ct_like_warning, synthesize_volume
+from mrgan_tf.inference.predictors import (FUSIONS, INPUT_MODALITY, OUTPUT_MODALITY, OUTPUT_STEMS, Fusion, Predictor,
+                                           SynthesisError)
+from mrgan_tf.inference.synthesis import ct_like_warning, synthesize_with_spread
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.volumes import Volume, VolumeError
-from mrgan_tf.io.writers import check_output, output_name, write_volume
+from mrgan_tf.io.writers import beside, check_output, output_name, write_volume
 
 
 @dataclasses.dataclass
@@ -46,6 +48,17 @@ def define_safety_flags(fv) -> None:
     flags.DEFINE_multi_enum("accept", [], [WRONG_MODALITY, CONSTANT, OUT_OF_RANGE],
                             "Input problems to use anyway, as a warning: wrong_modality (the input looks like the "
                             "other modality), constant, out_of_range.", flag_values=fv)
+
+
+def define_ensemble_flags(fv) -> None:
+    """--fusion and the test-time augmentation flags (synthesize, client, evaluate): how several predictions of
+    one volume are made and fused."""
+    from absl import flags
+
+    from mrgan_tf.inference.tta import define_tta_flags
+    flags.DEFINE_enum("fusion", None, list(FUSIONS), "How several predictions (several --model, --tta copies) are "
+                      "fused, voxel by voxel (default median); needs at least two.", flag_values=fv)
+    define_tta_flags(fv)
 
 
 def windowed_ct_note(predictor: Predictor) -> str | None:
@@ -97,13 +110,32 @@ def _series_info(predictor: Predictor, vol: Volume, model: dict, options: Output
         model_name=f"MR-GAN {predictor.name}", software_version=tool_version())
 
 
-def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int = 16,
+SPREAD_TAG = "_sd"   # syn_ct.nii.gz -> syn_ct_sd.nii.gz, a DICOM folder syn_ct -> syn_ct_sd
+
+
+def _spread_series(info, written: dict, modality: str, predictions: int):
+    """The spread's DICOM series: same patient, study and frame of reference, its own number and words."""
+    unit = "HU" if modality == "CT" else "MR units"
+    number = written["series_number"]
+    return dataclasses.replace(
+        info, description=f"SD {unit} of series {number}: {info.description}", series_number=number + 1,
+        comments=f"Per-voxel standard deviation in {unit} across {predictions} predictions (models x test-time "
+                 f"augmented copies) of series {number} ({written['series_instance_uid']}), on its grid: where the "
+                 "predictions disagree; not an error bound, not an image of the patient."
+                 + (f" {info.comments}" if info.comments else ""))
+
+
+def write_synthesis(predictor: Predictor | Fusion, vol: Volume, out: str, batch_size: int = 16,
                     progress: bool = False, options: OutputOptions | None = None,
                     mr_range: tuple[float, float] | None = None) -> dict:
     """Synthesize ``vol`` and write ``out`` (any writers format, atomically) plus ``<out>.json``; send if asked.
 
+    A ``Fusion`` also writes the per-voxel spread of its predictions beside ``out``
+    (``SPREAD_TAG``: same format and grid; a DICOM spread is a second series of the same
+    study and frame of reference), with its own sidecar; a PACS gets both series.
+
     Args:
-        predictor: the model (``load_predictor``).
+        predictor: the model (``load_predictor``), or several predictions of it (``Fusion``).
         vol: the input volume.
         out: the output file (or DICOM folder); its name picks the format unless ``options`` says.
         batch_size: slices per model call.
@@ -111,7 +143,7 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         options: format, dtype, overwrite, DICOM series fields and a PACS to send to (``OutputOptions``).
         mr_range: write a synthetic MR in the units of a reference whose robust range this is.
 
-    Returns ``synthesize_volume``'s info plus input, output, format, sidecar, clipped (and sent).
+    Returns ``synthesize_with_spread``'s info plus input, output, format, sidecar, clipped, spread (and sent).
     """
     from mrgan_tf.inference import provenance
     from mrgan_tf.io import pacs
@@ -119,6 +151,10 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
     options = options or OutputOptions()
     modality = OUTPUT_MODALITY[predictor.name]
     fmt, _ = check_output(out, options.out_format, modality, options.out_dtype, options.overwrite)
+    spread_out = str(beside(out, SPREAD_TAG)) if isinstance(predictor, Fusion) else None
+    spread_dtype = None if fmt == "dicom" else "float32"
+    if spread_out is not None:
+        check_output(spread_out, fmt, modality, spread_dtype, options.overwrite)
     peer = pacs.parse_peer(options.send) if options.send else None
     if peer is not None and fmt != "dicom":
         raise SynthesisError(f"{out}: --send needs a DICOM series output (--out_format=dicom), not {fmt}")
@@ -128,19 +164,33 @@ def write_synthesis(predictor: Predictor, vol: Volume, out: str, batch_size: int
         if warning:
             logging.warning(warning)
     model = predictor.model_record()
-    result, timing = synthesize_volume(predictor, vol, batch_size, progress, mr_range=mr_range, accept=options.accept)
-    written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite,
-                           _series_info(predictor, vol, model, options, note), vol.header, progress)
+    result, spread, timing = synthesize_with_spread(predictor, vol, batch_size, progress, mr_range=mr_range,
+                                                    accept=options.accept)
+    series = _series_info(predictor, vol, model, options, note)
+    written = write_volume(result, out, fmt, modality, options.out_dtype, options.overwrite, series, vol.header,
+                           progress)
     if written.get("clipped"):
         logging.warning("%s: %s", out, written["clipped"])
     lo, hi = predictor.preprocess.ct_hu_range
     doc = provenance.provenance(model, vol.source, out, predictor.name, predictor.preprocess.to_dict(), written,
                                 {"synthesis": timing, "units": timing["units"], "ct_range_hu": [lo, hi],
-                                 "windowed_ct": note})
-    info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt,
+                                 "windowed_ct": note, "uncertainty": {"spread": None, "is": timing["uncertainty"]}})
+    if spread is not None:
+        spread_series = _spread_series(series, written, modality, predictor.predictions) if fmt == "dicom" else None
+        spread_written = write_volume(spread, spread_out, fmt, modality, spread_dtype, options.overwrite,
+                                      spread_series, vol.header, progress)
+        doc["uncertainty"] = {"spread": os.path.abspath(spread_out), "is": timing["uncertainty"],
+                              **timing["fusion"]}
+        provenance.write_sidecar(spread_out, provenance.for_output(doc, spread_out, spread_written,
+                                                                   spread_of=os.path.abspath(out)))
+    info = {"input": vol.source, "output": str(out), "shape": list(vol.shape), "format": fmt, "spread": spread_out,
             "sidecar": str(provenance.write_sidecar(out, doc)), "clipped": written.get("clipped"), **timing}
     if peer is not None:
-        info["sent"] = pacs.store_series(out, peer, calling_aet=options.calling_aet, progress=progress).summary()
+        sent = [pacs.store_series(out, peer, calling_aet=options.calling_aet, progress=progress).summary()]
+        if spread_out is not None:
+            sent.append(pacs.store_series(spread_out, peer, calling_aet=options.calling_aet,
+                                          progress=progress).summary())
+        info["sent"] = "; ".join(sent)
     return info
 
 

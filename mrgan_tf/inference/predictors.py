@@ -1,7 +1,7 @@
 """Predictors: one direction's generator (a SavedModel or a run's checkpoint) on ordered slices.
 
 ``load_predictor(path, name)`` reads either kind of model; ``Fusion`` combines several of
-one direction voxel by voxel. A remote (TF Serving) predictor is ``inference.client``'s.
+one direction, and test-time augmented copies (``inference.tta``), voxel by voxel. A remote (TF Serving) predictor is ``inference.client``'s.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from mrgan_tf.errors import UserError
+from mrgan_tf.inference.tta import TTAConfig
 from mrgan_tf.preprocess import PreprocessConfig
 from mrgan_tf.preprocess.context import volume_generator
 from mrgan_tf.preprocess.intensity import from_model_range, to_model_range
@@ -71,28 +72,33 @@ FUSIONS = {"median": np.median, "mean": np.mean}
 
 @dataclasses.dataclass
 class Fusion:
-    """Several models of one direction (one per plane, or several of one plane) fused voxel by voxel.
+    """Several predictions of one volume combined voxel by voxel: models of one direction (one per plane,
+    or several of one plane, or checkpoints of one run) times test-time augmented copies (``tta``).
 
-    Each member synthesizes the whole volume on the input grid (a 2.5D member has
-    already averaged its overlapping stack predictions), then the volumes are
-    fused by ``method``: median (Spadea et al.'s choice; robust to one plane's
-    artefact) or mean. Members must share their preprocessing except the plane
-    and the stack depth, so their volumes are in the same units on the same body.
+    Each member synthesizes the whole volume on the input grid once per copy (a 2.5D member
+    has already averaged its overlapping stack predictions; a copy is mapped back by its
+    inverse first), then the volumes are fused by ``method``: median (Spadea et al.'s
+    choice; robust to one plane's artefact) or mean, and their standard deviation is the
+    spread. Members must share their preprocessing except the plane and the stack depth, so
+    their volumes are in the same units on the same body.
     """
 
     members: tuple[Predictor, ...]
     method: str = "median"
+    tta: TTAConfig = TTAConfig()
 
     def __post_init__(self):
         self.members = tuple(self.members)
         if self.method not in FUSIONS:
             raise SynthesisError(f"--fusion must be one of {', '.join(FUSIONS)}, got {self.method!r}")
-        if len(self.members) < 2:
+        if not self.members or len(self.members) * len(self.transforms) < 2:
             raise SynthesisError(f"fusion needs at least two models, got {len(self.members)} "
-                                 f"({', '.join(p.source for p in self.members) or 'none'}): give --model once "
-                                 "per model")
+                                 f"({', '.join(p.source for p in self.members) or 'none'}), and no test-time "
+                                 "augmentation: give --model once per model, or --tta")
         first = self.members[0]
         want = first.preprocess.without_layout()
+        for p in self.members:
+            self.tta.check_canvas(p.preprocess.image_size, p.source)
         for p in self.members[1:]:
             if p.name != first.name:
                 raise SynthesisError(f"{p.source}: a {p.name} model cannot be fused with the {first.name} model "
@@ -117,12 +123,39 @@ class Fusion:
     def preprocess(self) -> PreprocessConfig:
         return self.members[0].preprocess
 
+    @property
+    def transforms(self) -> tuple:
+        """The identity, then the augmented copies each member predicts."""
+        return self.tta.transforms()
+
+    @property
+    def predictions(self) -> int:
+        return len(self.members) * len(self.transforms)
+
+    def describe(self) -> dict:
+        """What the provenance says of how the volume was combined."""
+        return {"method": self.method, "models": len(self.members), "predictions": self.predictions,
+                "augmentations": [t.name for t in self.transforms],
+                "planes": [m.preprocess.slice_axis for m in self.members],
+                "context_slices": [m.preprocess.context_slices for m in self.members]}
+
     def model_record(self) -> dict:
-        """The provenance of a fused volume: every member's record and the method."""
+        """The provenance of a fused volume: every member's record, the augmentations and the method."""
         records = [p.model_record() for p in self.members]
         return {"path": ", ".join(str(r.get("path")) for r in records), "kind": "fusion", "direction": self.name,
-                "version": f"{self.method} of {len(records)}", "training_iterations": None,
-                "fusion": self.method, "models": records}
+                "version": f"{self.method} of {self.predictions}", "training_iterations": None,
+                "fusion": self.method, "augmentations": [t.name for t in self.transforms], "models": records}
+
+    def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+        """``Predictor.predict01`` of the fused models on one stack of slices (members of one plane only)."""
+        from mrgan_tf.inference.tta import predict_augmented
+
+        layouts = {(m.preprocess.slice_axis, m.preprocess.image_size) for m in self.members}
+        if len(layouts) > 1:
+            raise SynthesisError(f"{self.source}: models of different planes fuse only on the volume's grid, "
+                                 "not on one stack of slices")
+        outs = [o for m in self.members for o in predict_augmented(m, stack01, self.transforms, batch_size, progress)]
+        return FUSIONS[self.method](np.stack(outs), axis=0).astype(np.float32)
 
 
 def _is_run_dir(path: str) -> bool:

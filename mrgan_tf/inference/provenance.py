@@ -103,11 +103,20 @@ def provenance(model: dict, input_path, output, direction: str, preprocess: dict
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": os.path.abspath(input_path), "sha256": sha256_of(input_path),
                   "sha256_of": "file" if Path(input_path).is_file() else "folder: sorted 'name sha256' lines"},
-        "output": {"path": os.path.abspath(output), **{k: v for k, v in (written or {}).items() if k != "path"}},
+        "output": _output(output, written),
         "model": model,
         "preprocess": preprocess,
         **(extra or {}),
     }
+
+
+def for_output(doc: dict, output, written: dict | None = None, **extra) -> dict:
+    """``doc`` (a ``provenance`` document) for another output made by the same synthesis (the spread)."""
+    return {**doc, "output": _output(output, written), **extra}
+
+
+def _output(output, written: dict | None) -> dict:
+    return {"path": os.path.abspath(output), **{k: v for k, v in (written or {}).items() if k != "path"}}
 
 
 def write_sidecar(output, doc: dict) -> Path:

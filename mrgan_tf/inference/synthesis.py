@@ -78,58 +78,80 @@ def to_output_units(predictor: Predictor, out01: np.ndarray,
     return ct_from_unit(out01, predictor.preprocess), AIR_HU
 
 
+NO_SPREAD = ("none written: one model without test-time augmentation makes one prediction, so there is no "
+             "spread to measure (give several --model, or --tta)")
+SPREAD_IS = ("per-voxel population standard deviation (ddof=0) across the fused predictions (models x test-time "
+             "augmented copies), in the output's units: how much the predictions disagree, not an error bound")
+
+
 def synthesize_volume(predictor: Predictor | Fusion, vol: Volume, batch_size: int = 16, progress: bool = False,
                       mr_range: tuple[float, float] | None = None, accept: tuple[str, ...] = ()
                       ) -> tuple[Volume, dict]:
-    """Synthesize every slice of ``vol`` (in the model's plane; each member's, fused, for a ``Fusion``);
-    returns the volume on ``vol``'s grid and an info dict.
+    """``synthesize_with_spread`` without the spread: (the synthetic volume, info)."""
+    out, _, info = synthesize_with_spread(predictor, vol, batch_size, progress, mr_range, accept)
+    return out, info
+
+
+def synthesize_with_spread(predictor: Predictor | Fusion, vol: Volume, batch_size: int = 16,
+                           progress: bool = False, mr_range: tuple[float, float] | None = None,
+                           accept: tuple[str, ...] = ()) -> tuple[Volume, Volume | None, dict]:
+    """Synthesize every slice of ``vol`` (in the model's plane; for a ``Fusion``, each member's
+    and each augmented copy's, mapped back and fused); returns the volume on ``vol``'s grid, the
+    per-voxel spread of the fused predictions on the same grid (None for one prediction), and an
+    info dict.
 
     A synthetic CT comes back as int16 HU; a synthetic MR as float32 on 0-255 or, with
-    ``mr_range``, in the reference's units. The info dict holds timings, the units and how
-    much of the body fell outside the model's canvas.
+    ``mr_range``, in the reference's units; the spread as float32 in the same units. The info
+    dict holds timings, the units, how much of the body fell outside the model's canvas, and
+    what the uncertainty is.
 
     Args:
-        predictor: the model (``load_predictor``: a SavedModel export or a run's checkpoint).
+        predictor: the model (``load_predictor``: a SavedModel export or a run's checkpoint), or a ``Fusion``.
         vol: the input volume (CT for ct2mr, MR for mr2ct), any orientation and spacing.
         batch_size: slices per model call.
         progress: show a progress bar.
         mr_range: a reference MR's robust (lo, hi) range: the synthetic MR comes out in its units.
         accept: input problem kinds to use anyway (``prepare_input``).
     """
-    members = predictor.members if isinstance(predictor, Fusion) else (predictor,)
+    from mrgan_tf.inference.tta import Identity, predict_augmented
+
+    fused = isinstance(predictor, Fusion)
+    members = predictor.members if fused else (predictor,)
+    transforms = predictor.transforms if fused else (Identity(),)
     seconds = dict.fromkeys(("prepare_s", "model_s", "restack_s"), 0.0)
     volumes, slices, lost = [], 0, None
     for member in members:
         t0 = time.perf_counter()
         prep, stack01 = prepare_input(member, vol, accept)
         t1 = time.perf_counter()
-        out01 = member.predict01(stack01, batch_size, progress)
+        outs01 = predict_augmented(member, stack01, transforms, batch_size, progress)
         t2 = time.perf_counter()
-        values, fill = to_output_units(member, out01, mr_range)
-        volumes.append(restack_to_grid(values, prep.geometry, vol, order=1, fill=fill))
+        for out01 in outs01:
+            values, fill = to_output_units(member, out01, mr_range)
+            volumes.append(restack_to_grid(values, prep.geometry, vol, order=1, fill=fill))
         for key, dt in zip(seconds, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
             seconds[key] += dt
-        slices += int(len(stack01))
+        slices += int(len(stack01)) * len(transforms)
         problem = prep.body_loss_problem(member.preprocess, vol.source)
         if problem:
             logging.warning("%s; those voxels get the fill value", problem)
         if lost is None or prep.body_lost_fraction > lost.body_lost_fraction:
             lost = prep
-    out = volumes[0]
+    out, spread = volumes[0], None
     if len(volumes) > 1:
         t0 = time.perf_counter()
-        fused = FUSIONS[predictor.method](np.stack([v.data for v in volumes]), axis=0).astype(np.float32)
-        out = Volume(fused, out.affine, out.source)
+        stack = np.stack([v.data for v in volumes])
+        spread = Volume(stack.std(axis=0, dtype=np.float64).astype(np.float32), out.affine, out.source)
+        out = Volume(FUSIONS[predictor.method](stack, axis=0).astype(np.float32), out.affine, out.source)
         seconds["restack_s"] += time.perf_counter() - t0
     if predictor.name == "mr2ct":
         out = Volume(np.rint(out.data).astype(np.int16), out.affine, out.source)
     info = {"slices": slices, **seconds, "total_s": sum(seconds.values()), "units": output_units(predictor, mr_range),
-            "body_voxels_outside": lost.body_voxels_outside, "body_lost_fraction": round(lost.body_lost_fraction, 6)}
-    if len(members) > 1:
-        info["fusion"] = {"method": predictor.method, "models": len(members),
-                          "planes": [m.preprocess.slice_axis for m in members],
-                          "context_slices": [m.preprocess.context_slices for m in members]}
-    return out, info
+            "body_voxels_outside": lost.body_voxels_outside, "body_lost_fraction": round(lost.body_lost_fraction, 6),
+            "uncertainty": SPREAD_IS if spread is not None else NO_SPREAD}
+    if fused:
+        info["fusion"] = predictor.describe()
+    return out, spread, info
 
 
 def reference_mr_range(path: str, predictor: Predictor) -> tuple[float, float]:

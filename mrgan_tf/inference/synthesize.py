@@ -5,6 +5,7 @@
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --mr=mr.nii.gz --out=syn_ct.mha
     python -m mrgan_tf.synthesize --model=EXPORT_OR_RUN --ct=ct_dicom/ --out=syn_mr_dicom/ --send=PACS@host:104
     python -m mrgan_tf.synthesize --model=AXIAL --model=CORONAL --model=SAGITTAL --ct=ct.nii.gz --out=fused.nii.gz
+    python -m mrgan_tf.synthesize --model=SEED1 --model=SEED2 --tta=flip,shift --mr=mr.nii.gz --out=syn_ct.nii.gz
 
 The input is read with the same readers and sliced with the same preprocessing
 as make_records (``prepare_patient`` with the model's stored PreprocessConfig),
@@ -12,7 +13,12 @@ every slice of the model's plane goes through the generator (a 2.5D model gets
 its neighbour stacks built and its overlapping predictions averaged), and the
 slices are put back on the input's exact grid (shape and affine) with
 ``restack_to_grid``. Several ``--model`` (one per plane, or several of one
-plane) are fused there voxel by voxel (``--fusion=median|mean``, ``Fusion``).
+plane) are fused there voxel by voxel (``--fusion=median|mean``, ``Fusion``), and so
+are test-time augmented copies (``--tta=flip,shift``, ``inference.tta``: each mapped
+back exactly first). Whenever more than one prediction is fused, their per-voxel
+standard deviation is written beside the output in the same format and on the same
+grid (``syn_ct.nii.gz`` -> ``syn_ct_sd.nii.gz``; a DICOM output gets a second series);
+one model without ``--tta`` writes no spread, and its sidecar says so.
 
 Output scales: synthetic CT in HU as int16, over the CT interval the model's
 records stored (the paper's 40/80 window, or a full range such as -1024..3000 HU
@@ -41,10 +47,12 @@ from absl import app, flags
 
 from mrgan_tf import cli, requirements
 from mrgan_tf.inference import client
-from mrgan_tf.inference.outputs import OutputOptions, define_safety_flags, synthesize_root, write_synthesis
-from mrgan_tf.inference.predictors import (FUSIONS, INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
-                                          load_predictor)
+from mrgan_tf.inference.outputs import (OutputOptions, define_ensemble_flags, define_safety_flags, synthesize_root,
+                                        write_synthesis)
+from mrgan_tf.inference.predictors import (INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
+                                           load_predictor)
 from mrgan_tf.inference.synthesis import reference_mr_range, refuse_implausible
+from mrgan_tf.inference.tta import TTAConfig, tta_from_flags
 from mrgan_tf.io.readers import read_volume
 from mrgan_tf.io.writers import DTYPES, FORMATS, check_output
 
@@ -52,10 +60,9 @@ from mrgan_tf.io.writers import DTYPES, FORMATS, check_output
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """CLI flags, defined only when run as a program (importers' flags never collide)."""
     flags.DEFINE_multi_string("model", None, "Export dir (holding ct2mr/<version>), a SavedModel model/version "
-                              "dir, or a training run dir. Repeat it to fuse several models (e.g. one per plane).",
-                              flag_values=fv)
-    flags.DEFINE_enum("fusion", None, list(FUSIONS), "How the volumes of several --model are fused, voxel by "
-                      "voxel (default median); needs at least two --model.", flag_values=fv)
+                              "dir, or a training run dir. Repeat it to fuse several models (e.g. one per plane, "
+                              "or runs of several seeds); the spread is written beside the output.", flag_values=fv)
+    define_ensemble_flags(fv)
     flags.DEFINE_string("ct", None, "Input CT: NIfTI, .mha/.nrrd or a DICOM folder (ct2mr).", flag_values=fv)
     flags.DEFINE_string("mr", None, "Input MR (mr2ct).", flag_values=fv)
     flags.DEFINE_string("out", None, "Output: .nii.gz/.nii, .mha, .nrrd, or a folder name (no suffix) for a DICOM "
@@ -101,12 +108,14 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
-def _load(fv, direction: str) -> Predictor | Fusion:
+def _load(fv, direction: str, tta: TTAConfig) -> Predictor | Fusion:
     if fv.server:
-        return client.connect(client.connection_from_flags(fv), direction)
-    if len(fv.model) > 1 or fv.fusion:   # Fusion refuses a single model
-        return Fusion(tuple(load_predictor(m, direction) for m in fv.model), fv.fusion or "median")
-    return load_predictor(fv.model[0], direction)
+        members = (client.connect(client.connection_from_flags(fv), direction),)
+    else:
+        members = tuple(load_predictor(m, direction) for m in fv.model)
+    if len(members) > 1 or fv.fusion or tta.augment:   # Fusion refuses one prediction
+        return Fusion(members, fv.fusion or "median", tta)
+    return members[0]
 
 
 def main(argv):
@@ -114,8 +123,9 @@ def main(argv):
     single = bool(fv.ct or fv.mr)
     if bool(fv.model) == bool(fv.server):
         raise app.UsageError("give --model or --server (one of them)")
-    if fv.fusion and len(fv.model or ()) < 2:
-        raise app.UsageError(f"--fusion={fv.fusion} needs at least two --model, got {len(fv.model or ())}")
+    if fv.fusion and len(fv.model or ()) < 2 and not fv.tta:
+        raise app.UsageError(f"--fusion={fv.fusion} needs at least two --model, or --tta; got "
+                             f"{len(fv.model or ())} --model")
     if single == bool(fv.root):
         raise app.UsageError("give either --ct/--mr with --out, or --root with --out_dir")
     if single and not fv.out:
@@ -129,6 +139,7 @@ def main(argv):
     from mrgan_tf.io.pacs import parse_peer
     with cli.user_errors("synthesize"):   # bad flags and output names fail before TensorFlow loads
         requirements.require("synthesize", server=fv.server, send=fv.send)
+        tta = tta_from_flags(fv)
         if fv.send:
             parse_peer(fv.send)
         if single:
@@ -141,12 +152,12 @@ def main(argv):
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
             refuse_implausible(vol, INPUT_MODALITY[direction], tuple(fv.accept))
-            predictor = _load(fv, direction)
+            predictor = _load(fv, direction, tta)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
             info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)
             _print_done(info, model_s=True)
             return 0
-        done, errors = synthesize_root(_load(fv, direction), fv.root, fv.out_dir, fv.batch_size,
+        done, errors = synthesize_root(_load(fv, direction, tta), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
     for info in done:
         _print_done(info)
@@ -158,6 +169,8 @@ def main(argv):
 def _print_done(info: dict, model_s: bool = False) -> None:
     print(f"{info['output']}: {info['slices']} slices in {info['total_s']:.1f} s"
           + (f" (model {info['model_s']:.1f} s)" if model_s else "") + f"; provenance {info['sidecar']}")
+    if info.get("spread"):
+        print(f"  spread of {info['fusion']['predictions']} predictions: {info['spread']}")
     if info.get("clipped"):
         print(f"  {info['output']}: {info['clipped']}")
     if "sent" in info:

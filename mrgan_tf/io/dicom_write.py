@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
-                         generate_uid)
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from mrgan_tf.io.quantise import Quantised, fitting_rescale, quantise
@@ -251,7 +250,8 @@ def write_dicom_series(vol: Volume, out_dir, modality: str, info: SeriesInfo | N
         raise
     uids_from = "source" if header is not None and "StudyInstanceUID" in header else "generated"
     return {"format": "dicom", "path": str(out_dir), "files": int(n), "sop_class_uid": str(series.SOPClassUID),
-            "series_instance_uid": str(series.SeriesInstanceUID), "study_instance_uid": str(series.StudyInstanceUID),
+            "series_instance_uid": str(series.SeriesInstanceUID), "series_number": int(series.SeriesNumber),
+            "study_instance_uid": str(series.StudyInstanceUID),
             "frame_of_reference_uid": str(series.FrameOfReferenceUID), "study_and_frame_from": uids_from,
             "patient_id": str(series.get("PatientID", "")), "slices_reversed": grid.reversed,
             "quantisation": q.report(), "clipped": q.summary("HU" if modality == "CT" else "")}

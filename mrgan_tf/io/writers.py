@@ -53,6 +53,16 @@ def output_name(stem: str, out_format: str) -> str:
     return stem + (FORMAT_SUFFIXES[out_format][0] if FORMAT_SUFFIXES[out_format] else "")
 
 
+def beside(path, tag: str) -> Path:
+    """A name beside ``path`` in the same format, ``tag`` before its suffix: ``syn_ct.nii.gz`` ->
+    ``syn_ct_sd.nii.gz``, a DICOM folder ``syn_ct`` -> ``syn_ct_sd``."""
+    path = Path(path)
+    known = _suffix(path)
+    fmt_suffix = known if any(known in sufs for sufs in FORMAT_SUFFIXES.values()) else ""
+    stem = path.name[:-len(fmt_suffix)] if fmt_suffix else path.name
+    return path.with_name(stem + tag + path.name[len(stem):])
+
+
 def output_dtype(out_format: str, modality: str, dtype: str | None = None, path="<output>") -> np.dtype:
     """The stored type: CT int16 HU and MR float32 in files, int16 CT / uint16 MR in DICOM.
 
