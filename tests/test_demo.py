@@ -55,6 +55,13 @@ def test_synthetic_ct_row_in_hu(built):
     report = open(os.path.join(out, "report.md")).read()
     assert "## Synthetic CT in HU" in report and "MAE (HU)" in report and "sct_bone_window.png" in report
     assert os.path.getsize(os.path.join(out, "sct_bone_window.png")) > 1000
+    # The same model with flip TTA: its spread, scored against the error and drawn beside it.
+    tta = json.load(open(os.path.join(out, "eval_sct_tta", "metrics.json")))["synthrad"]["per_patient"]["mrgan_flip"]
+    assert sorted(tta) == ["pair_test_01", "pair_test_02"]
+    for r in tta.values():
+        assert -1 <= r["sct_unc_spearman"] <= 1 and r["sct_unc_mae_top10"] >= 0 and r["sct_unc_mae_rest"] >= 0
+    assert "spread~error (Spearman)" in report and "sct_uncertainty.png" in report
+    assert os.path.getsize(os.path.join(out, "sct_uncertainty.png")) > 1000
 
 
 def test_records_verify(built):

@@ -18,10 +18,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mrgan_tf.inference.tta import TTAConfig
+
 CT_RANGE = (-1024.0, 3000.0)      # SynthRAD's clip
 BONE_WINDOW = (400.0, 1800.0)     # center, width in HU: air, soft tissue and bone all visible
-SCT_METRICS = ("sct_mae", "sct_psnr", "sct_ssim", "sct_ms_ssim")
-SCT_LABELS = {"sct_mae": "MAE (HU)", "sct_psnr": "PSNR (dB)", "sct_ssim": "SSIM (3-D)", "sct_ms_ssim": "MS-SSIM"}
+SCT_METRICS = ("sct_mae", "sct_psnr", "sct_ssim", "sct_ms_ssim", "sct_unc_spearman", "sct_unc_mae_top10",
+               "sct_unc_mae_rest")
+SCT_LABELS = {"sct_mae": "MAE (HU)", "sct_psnr": "PSNR (dB)", "sct_ssim": "SSIM (3-D)", "sct_ms_ssim": "MS-SSIM",
+              "sct_unc_spearman": "spread~error (Spearman)", "sct_unc_mae_top10": "MAE, top-10 % spread (HU)",
+              "sct_unc_mae_rest": "MAE, other 90 % (HU)"}
+TTA = ("flip",)     # the demo's test-time augmentation: its spread is the uncertainty map
 
 
 def bone_window(hu) -> np.ndarray:
@@ -56,15 +62,41 @@ def sct_figure(png: str, data_root: str, patients: Sequence[str], predictors: Ma
     return figures.comparison_fig6(png, [dict(zip(columns, r.values())) for r in rows], columns, titles)
 
 
+def uncertainty_figure(png: str, data_root: str, patients: Sequence[str], fused) -> str:
+    """Middle axial slice per patient: SynCT | CT (bone window) | |SynCT - CT| | the spread, in HU."""
+    from mrgan_tf.evaluation import figures
+    from mrgan_tf.inference.synthesis import synthesize_with_spread
+    from mrgan_tf.io.readers import find_modality_file, read_volume
+    from mrgan_tf.preprocess import axial_image, resample_like, to_canonical
+
+    rows, titles = [], []
+    for pid in patients:
+        ct = to_canonical(read_volume(find_modality_file(Path(data_root) / pid, "ct")))
+        sct, spread, _ = synthesize_with_spread(fused, read_volume(find_modality_file(Path(data_root) / pid, "mr")))
+        k = ct.shape[2] // 2
+        syn = axial_image(resample_like(sct, ct, order=1, fill=-1024.0), k)
+        ref = axial_image(ct, k)
+        rows.append((bone_window(syn), bone_window(ref), np.abs(syn - ref),
+                     axial_image(resample_like(spread, ct, order=1, fill=0.0), k)))
+        titles.append(f"{pid} z{k}")
+    c, w = BONE_WINDOW
+    return figures.error_and_spread(png, rows, titles, "HU", (f"SynCT, {'+'.join(TTA)} TTA\nL{c:g}/W{w:g}",
+                                                              f"CT\nL{c:g}/W{w:g}", "|SynCT - CT|",
+                                                              "Spread (SD of the copies)"))
+
+
 def sct_table(per_patient: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """Markdown: a row per (patient, model) with the SynthRAD sCT metrics."""
-    lines = ["| Patient | Model | " + " | ".join(SCT_LABELS[k] for k in SCT_METRICS) + " |",
-             "|---|---|" + "---:|" * len(SCT_METRICS)]
+    """Markdown: a row per (patient, model) with the SynthRAD sCT metrics (and the spread's scores, for a
+    model of several predictions)."""
+    shown = [k for k in SCT_METRICS if any(k in r for rows in per_patient.values() for r in rows.values())]
+    lines = ["| Patient | Model | " + " | ".join(SCT_LABELS[k] for k in shown) + " |",
+             "|---|---|" + "---:|" * len(shown)]
     patients = sorted({p for rows in per_patient.values() for p in rows})
     for pid in patients:
         for name, rows in per_patient.items():
             r = rows.get(pid, {})
-            cells = ["-" if k not in r else (f"{r[k]:.3f}" if "ssim" in k else f"{r[k]:.1f}") for k in SCT_METRICS]
+            cells = ["-" if k not in r else (f"{r[k]:.3f}" if "ssim" in k or "spearman" in k else f"{r[k]:.1f}")
+                     for k in shown]
             lines.append(f"| {pid} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -78,6 +110,8 @@ class SyntheticCTStage:
         self.run_dir = os.path.join(demo.out, "sct")
         self.eval = os.path.join(demo.out, "eval_sct")
         self.png = os.path.join(demo.out, "sct_bone_window.png")
+        self.eval_tta = os.path.join(demo.out, "eval_sct_tta")
+        self.uncertainty_png = os.path.join(demo.out, "sct_uncertainty.png")
         self.per_patient: dict = {}
 
     def preprocess_config(self):
@@ -100,10 +134,13 @@ class SyntheticCTStage:
             .replace(f"--out={d.records}", f"--out={self.records}")
         commands = [records_cmd, demo_lib.cmd_text(self.train_command()),
                     f"python -m mrgan_tf.evaluate --model=mrgan={self.run_dir}/export --dataset={self.records} "
-                    f"--out={self.eval}"]
-        key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:]}
-        if not d.dirty and d.state.matches("sct", key) and os.path.isfile(os.path.join(self.eval, "metrics.json")) \
-                and os.path.isfile(self.png):
+                    f"--out={self.eval}",
+                    f"python -m mrgan_tf.evaluate --model=mrgan_{'_'.join(TTA)}={self.run_dir}/export "
+                    f"--tta={','.join(TTA)} --dataset={self.records} --out={self.eval_tta}"]
+        key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:], "tta": TTA}
+        done = [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
+                self.uncertainty_png]
+        if not d.dirty and d.state.matches("sct", key) and all(os.path.isfile(f) for f in done):
             demo_lib.say(f"reusing {self.eval}")
             self._read_scores()
             return "reused", commands
@@ -113,19 +150,26 @@ class SyntheticCTStage:
                      progress=False)
         demo_lib.TrainingPool(lambda name: self.train_command(), {"sct": self.run_dir}, d.logs, 1,
                               d.o.steps).run(["sct"])   # logs/train_sct.log, progress lines, errors as DemoError
-        result = evaluate({"mrgan": os.path.join(self.run_dir, "export")}, self.records, self.eval, progress=False)
-        self.per_patient = result["synthrad"]["per_patient"]
-        from mrgan_tf.inference.predictors import load_predictor
-        sct_figure(self.png, d.data, sorted(next(iter(self.per_patient.values()))),
-                   {"MR-GAN": load_predictor(os.path.join(self.run_dir, "export"), "mr2ct")})
+        export = os.path.join(self.run_dir, "export")
+        evaluate({"mrgan": export}, self.records, self.eval, progress=False)
+        tta = TTAConfig(augment=TTA)   # the same model with its augmented copies: their spread is the uncertainty
+        evaluate({f"mrgan_{'_'.join(TTA)}": export}, self.records, self.eval_tta, progress=False, tta=tta)
+        self._read_scores()
+        from mrgan_tf.inference.predictors import Fusion, load_predictor
+        patients = sorted(next(iter(self.per_patient.values())))
+        predictor = load_predictor(export, "mr2ct")
+        sct_figure(self.png, d.data, patients, {"MR-GAN": predictor})
+        uncertainty_figure(self.uncertainty_png, d.data, patients, Fusion((predictor,), tta=tta))
         demo_lib.say(sct_table(self.per_patient))
         d.state.record("sct", key)
         return "built", commands
 
     def _read_scores(self) -> None:
         import json
-        with open(os.path.join(self.eval, "metrics.json")) as f:
-            self.per_patient = json.load(f)["synthrad"]["per_patient"]
+        self.per_patient = {}
+        for folder in (self.eval, self.eval_tta):
+            with open(os.path.join(folder, "metrics.json")) as f:
+                self.per_patient.update(json.load(f)["synthrad"]["per_patient"])
 
     def report_lines(self, rel) -> list[str]:
         """The report's synthetic-CT section (``rel`` makes paths relative to the demo folder)."""
@@ -134,5 +178,13 @@ class SyntheticCTStage:
                 "instead of the 40/80 HU window the Table I runs use), scored on each test patient's own grid "
                 "inside the mask: MAE in HU, PSNR on [-1024, 3000] HU (data range 4024), 3-D SSIM after +1024, "
                 f"MS-SSIM (`{rel(os.path.join(self.eval, 'metrics.md'))}`). Demo scale: not SynthRAD results "
-                "(published brain sCT MAEs are ~55-75 HU).", "", sct_table(self.per_patient).rstrip(), "",
-                f"![MR | SynCT | CT, bone window]({rel(self.png)})", ""]
+                "(published brain sCT MAEs are ~55-75 HU).", "",
+                f"`mrgan_{'_'.join(TTA)}` is the same model with test-time augmentation ({', '.join(TTA)}): each "
+                "copy is mapped back and the copies' median is the synthetic CT; their standard deviation, the "
+                "spread, is the per-voxel uncertainty `synthesize --tta` writes beside every output. Its scores "
+                "say whether it is worth looking at: the Spearman correlation of spread and |error| inside the "
+                "mask, and the MAE where the spread is in its top 10 % against the rest "
+                f"(`{rel(os.path.join(self.eval_tta, 'metrics.md'))}`).", "",
+                sct_table(self.per_patient).rstrip(), "",
+                f"![MR | SynCT | CT, bone window]({rel(self.png)})", "",
+                f"![SynCT | CT | error | spread]({rel(self.uncertainty_png)})", ""]

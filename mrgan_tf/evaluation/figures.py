@@ -151,6 +151,31 @@ def comparison_fig6(path, rows: Sequence[Mapping[str, np.ndarray]],
     return save_png(fig, path, dpi)
 
 
+def error_and_spread(path, rows: Sequence[tuple], titles: Sequence[str] | None = None, units: str = "HU",
+                     columns: Sequence[str] = ("Synthetic", "Reference", "|Error|", "Spread (SD)"),
+                     dpi: int = 100) -> str:
+    """Where the prediction is wrong beside where it is unsure: per row a synthetic and a reference
+    image (0-255), the absolute error and the spread (both in ``units``), each map with its own
+    colour bar (a spread is several times smaller than the error it should rank)."""
+    rows = [tuple(_image(x, f"row {i} {columns[j]}") for j, x in enumerate(r)) for i, r in enumerate(rows)]
+    if not rows or any(len(r) != 4 for r in rows):
+        raise ValueError("error_and_spread: rows of (synthetic, reference, error, spread)")
+    h, w = rows[0][0].shape
+    fig, axes = _grid(len(rows), 4, colorbar=True, aspect=h / w)
+    maps = {}
+    for col in (2, 3):
+        vmax = max(float(np.percentile(np.concatenate([r[col].ravel() for r in rows]), 99.5)), 1e-12)
+        for ax, r in zip(axes[:, col], rows):
+            maps[col] = ax.imshow(r[col], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+    for ax_row, r in zip(axes, rows):
+        for ax, img in zip(ax_row[:2], r[:2]):
+            _grey(ax, img)
+    _label(axes, columns, titles)
+    for col, what in ((2, "|error|"), (3, "spread")):
+        fig.colorbar(maps[col], ax=axes[:, col].tolist(), shrink=0.9, label=f"{what}, {units}")
+    return save_png(fig, path, dpi)
+
+
 def ema(values: Sequence[float], smooth: float) -> np.ndarray:
     """Exponential moving average (TensorBoard-style weight ``smooth`` in [0, 1))."""
     if not 0.0 <= smooth < 1.0:
