@@ -22,6 +22,7 @@ flags.DEFINE_integer("kill_after_checkpoint", 0, "Kill right after writing check
 flags.DEFINE_bool("kill_in_export", False, "Kill at the start of the export's second SavedModel.")
 flags.DEFINE_integer("term_at", 0, "Iteration at which the process sends itself SIGTERM (0: never).")
 flags.DEFINE_bool("term_in_save", False, "Send a second SIGTERM when the checkpoint after --term_at starts.")
+flags.DEFINE_bool("term_in_export", False, "Send SIGTERM when the end-of-training export starts its first SavedModel.")
 
 
 def die():
@@ -56,6 +57,13 @@ def arm():
                 os.kill(os.getpid(), signal.SIGTERM)
             return save(self, *args, **kwargs)
         tf.train.CheckpointManager.save = term_then_save
+    if fv.term_in_export:   # a preemption while the finished run writes its SavedModels
+        saved_model_save = tf.saved_model.save
+
+        def term_then_save(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return saved_model_save(*args, **kwargs)
+        tf.saved_model.save = term_then_save
     if fv.kill_in_export:
         saved_model_save, calls = tf.saved_model.save, []
 
@@ -69,10 +77,14 @@ def arm():
 
 def main(argv):
     arm()
-    summary = train.train(flags.FLAGS.records, flags.FLAGS.out, *train.configs_from_flags(flags.FLAGS),
-                          callbacks=[Kill()])
+    from mrgan_tf.training.preemption import EXIT_PREEMPTED, Preempted
+    try:
+        summary = train.train(flags.FLAGS.records, flags.FLAGS.out, *train.configs_from_flags(flags.FLAGS),
+                              callbacks=[Kill()])
+    except Preempted as e:
+        print(f"stopped by {e.signal_name} while {e.during}", file=sys.stderr)
+        return EXIT_PREEMPTED
     if summary.get("stopped_by"):
-        from mrgan_tf.training.preemption import EXIT_PREEMPTED
         print(f"stopped by {summary['stopped_by']} at iteration {summary['iterations']}", file=sys.stderr)
         return EXIT_PREEMPTED
     print("not killed", file=sys.stderr)

@@ -27,7 +27,7 @@ class _Model:
     stop_training = False
 
 
-def test_a_signal_during_training_asks_fit_to_stop_and_one_after_it_only_notes_it(capsys):
+def test_a_signal_during_training_asks_fit_to_stop_and_one_after_it_abandons_the_export(capsys):
     stopper = StopOnSignal().arm()
     try:
         stopper.set_model(_Model())
@@ -36,10 +36,13 @@ def test_a_signal_during_training_asks_fit_to_stop_and_one_after_it_only_notes_i
         assert stopper.signal_name == "SIGINT" and stopper.model.stop_training
         assert "stopping after this iteration and saving it" in capsys.readouterr().out
         finishing = StopOnSignal().arm()
-        finishing.on_train_end()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert finishing.signal_name == "SIGTERM" and "finishing what the run writes" in capsys.readouterr().out
-        finishing.restore()
+        try:
+            finishing.on_train_end()
+            with pytest.raises(Preempted) as info:
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert info.value.signal_name == "SIGTERM" and info.value.during == "finishing"
+        finally:
+            finishing.restore()
     finally:
         stopper.restore()
 

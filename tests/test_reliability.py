@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_FLAGS, train_configs
+from mrgan_tf.training.signals import EXIT_PREEMPTED
 from tfrecords_tools import atomic
 
 HERE = Path(__file__).resolve().parent
@@ -130,8 +131,8 @@ def test_make_records_full_disk_is_one_line(tmp_path):
 # ------------------------------------------------------------------ train
 
 def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records, tmp_path):
-    """Killed right after a checkpoint, then during the export: the rerun exports a whole pair,
-    history.csv has every iteration once, and checkpoint temporaries are gone."""
+    """Killed right after a checkpoint, then during the export, then SIGTERM in the export: the rerun
+    exports a whole pair, history.csv has every iteration once, and checkpoint temporaries are gone."""
     import tensorflow as tf
 
     from mrgan_tf.serving import export
@@ -149,6 +150,12 @@ def test_train_kills_in_checkpoint_and_export_then_rerun_completes(tiny_records,
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert train.incomplete_exports(str(out / "export"), ("mr", "ct")) != []
     # Both directions are renamed into place only when both are written: serving saw no half pair.
+    assert export.existing_versions(str(out / "export" / "ct2mr")) == []
+    # SIGTERM during the export (a preemption after the last iteration): the export is abandoned, not waited for.
+    termed = subprocess.run([PY, str(HERE / "killed_run.py"), "--kill_at=0", "--term_in_export", *common],
+                            capture_output=True, text=True, env=ENV, timeout=400)
+    assert termed.returncode == EXIT_PREEMPTED and "stopped by SIGTERM while finishing" in termed.stderr, \
+        termed.stderr[-3000:]
     assert export.existing_versions(str(out / "export" / "ct2mr")) == []
     (out / "checkpoints" / "ckpt-4_temp").mkdir()           # what a kill inside a checkpoint write leaves
     (out / "checkpoints" / "ckpt-4_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 64)

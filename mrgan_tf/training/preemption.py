@@ -9,7 +9,9 @@ to its end:
 - during training, the first signal asks ``fit`` to stop after the iteration running now:
   ``Checkpointing.on_train_end`` then flushes the history and writes that iteration's
   checkpoint (atomically, as every checkpoint);
-- after training (the export at the end) the run finishes what it writes.
+- after training (the export at the end), the last iteration is saved already: the export,
+  written atomically, is abandoned (``Preempted``) and the rerun writes it, so the stop
+  never waits for a SavedModel of the full model.
 
 The run then ends with ``EXIT_PREEMPTED``; rerunning the same command resumes. The time to
 stop is the rest of the running iteration plus one checkpoint write (docs/BENCHMARKS.md).
@@ -30,11 +32,12 @@ from mrgan_tf.training.signals import EXIT_PREEMPTED, SIGNALS  # noqa: F401  (EX
 
 
 class Preempted(BaseException):
-    """A signal before training began: nothing to save (a BaseException, so no handler swallows it)."""
+    """A signal outside training (a BaseException, so no handler swallows it): ``during`` "starting",
+    nothing to save yet; "finishing", the last iteration is saved and the export is left to the rerun."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, during: str = "starting"):
         super().__init__(name)
-        self.signal_name = name
+        self.signal_name, self.during = name, during
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -56,13 +59,11 @@ class StopOnSignal(keras.callbacks.Callback):
             os.kill(os.getpid(), signum)
             return
         self.signal_name = signal.Signals(signum).name
-        if self.phase == "starting":
-            raise Preempted(self.signal_name)
-        what = ("stopping after this iteration and saving it" if self.phase == "training"
-                else "finishing what the run writes")
-        print(f"train: {self.signal_name} received: {what} (send it again to stop at once, keeping the "
-              "previous checkpoint)", flush=True)
-        if self.phase == "training" and self.model is not None:
+        if self.phase != "training":   # the export is written atomically: abandoned, it is simply not there
+            raise Preempted(self.signal_name, self.phase)
+        print(f"train: {self.signal_name} received: stopping after this iteration and saving it (send it again "
+              "to stop at once, keeping the previous checkpoint)", flush=True)
+        if self.model is not None:
             self.model.stop_training = True
 
     def on_train_begin(self, logs=None):

@@ -414,6 +414,8 @@ def _train(records: str, out: str, model_config: MRGANConfig, train_config: Trai
     if stopper and stopper.signal_name:   # stopped early: no export of a half-trained model
         summary["stopped_by"] = stopper.signal_name
         return summary
+    if isinstance(stopper, StopOnSignal):
+        stopper.phase = "finishing"   # also when nothing was left to train: a signal now abandons the export
     exported = _export_at_end(model, spec, out, tc, trained=start < total) if tc.export and chief else None
     if exported is not None:
         summary["export"], summary["export_checkpoint"] = exported
@@ -434,8 +436,10 @@ def main(argv):
         try:
             summary = train(fv.records, fv.out, model_config, train_config)
         except Preempted as e:
-            print(f"train: stopped by {e.signal_name} before training began (nothing new to save); run the same "
-                  "command again to resume", file=sys.stderr)
+            what = ("during the export at the end: the last iteration is saved, the export was left unwritten; "
+                    "run the same command again to export" if e.during == "finishing" else
+                    "before training began (nothing new to save); run the same command again to resume")
+            print(f"train: stopped by {e.signal_name} {what}", file=sys.stderr)
             return EXIT_PREEMPTED
     if summary.get("stopped_by"):
         print(f"train: stopped by {summary['stopped_by']} at iteration {summary['iterations']}, saved as "
