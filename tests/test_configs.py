@@ -118,3 +118,15 @@ def test_every_flagfile_reads_the_same_from_any_folder(monkeypatch, tmp_path, fl
     names = [str(REPO / flagfile)] + ([flagfile] if flagfile.startswith("configs/") else [])
     for name in names:
         assert parsed(console.expand_flagfiles(["tool", f"--flagfile={name}"], [cli.CONFIGS])) == expected
+
+
+def test_the_papers_configs_keep_the_transposed_conv(monkeypatch):
+    for name in ("mrgan", "paired", "unpaired", "authors_code", "synthrad_sct", "demo"):
+        assert flag_values(monkeypatch, f"configs/{name}.cfg").get("upsample", "transpose") == "transpose", name
+
+
+def test_demo_sct_config_is_the_demo_config_with_what_measured_better(monkeypatch):
+    base = flag_values(monkeypatch, "configs/demo.cfg")
+    cfg = flag_values(monkeypatch, "configs/demo_sct.cfg")
+    assert {k: v for k, v in cfg.items() if base.get(k) != v} == {"out": "runs/demo/sct", "upsample": "bilinear"}
+    assert cfg["steps"] == base["steps"]        # same iterations: the stage's time stays the demo's

@@ -44,6 +44,7 @@ class MRGANConfig:
     image_size: int = 256
     ngf: int = 64                  # generator width (paper 64)
     n_blocks: int = 9              # residual blocks (paper 9)
+    upsample: str = "transpose"    # generator upsampling: transpose (paper) | nearest | bilinear (resize + conv)
     discriminator: str = "D1"      # Table II variant
     ndf_scale: float = 1.0         # discriminator width multiplier (1 = Table II)
     adversarial: str = "paper"     # paper (LSGAN unpaired, NLL paired) | lsgan | nll
@@ -73,6 +74,8 @@ class MRGANConfig:
         if self.paired_baseline_direction not in PAIRED_BASELINE:
             raise ValueError(f"paired_baseline_direction must be one of {sorted(PAIRED_BASELINE)}, "
                              f"got {self.paired_baseline_direction!r}")
+        if self.upsample not in networks.UPSAMPLING:
+            raise ValueError(f"upsample must be one of {list(networks.UPSAMPLING)}, got {self.upsample!r}")
         if self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {self.image_size}")
         if int(self.context_slices) != self.context_slices or self.context_slices < 0:
@@ -190,7 +193,8 @@ class MRGAN(keras.Model):
         self.mode = config.mode_spec
         s, c = config.image_size, config.channels
         self.syn_mr, self.syn_ct = (
-            networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c, name=f"syn_{d}")
+            networks.build_generator(config.ngf, config.n_blocks, s, input_nc=c, output_nc=c, name=f"syn_{d}",
+                                     upsample=config.upsample)
             for d in ("mr", "ct"))
         self.dis_mr, self.dis_ct = (
             networks.DualHeadDiscriminator(config.discriminator, s, input_nc=c, ndf_scale=config.ndf_scale,

@@ -8,6 +8,12 @@ two-channel side (the generators' first and last, the discriminator heads'
 first) are ``NarrowConv2D``: Conv2D's weights, computed in a way oneDNN runs
 2-6x faster (mrgan_tf/modeling/fast/narrow_conv.py). Every conv adds its bias as one ``BiasAdd``
 (mrgan_tf/modeling/fast/bias_conv.py): ~1,300 fewer ops in a traced training step.
+
+The generator's two upsampling stages are the paper's fractionally-strided convs by
+default; ``upsample="nearest"`` or ``"bilinear"`` makes each a 2x resize then a 3x3 conv
+of the same width (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): a
+stride-2 3x3 transposed conv gives even and odd output pixels 1 and 2 kernel taps, a
+period-2 pattern the network must learn to cancel; after a resize every pixel gets all 9.
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ from keras import layers, ops
 
 from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
 from mrgan_tf.modeling.fast.narrow_conv import NarrowConv2D
+
+# Generator upsampling: the paper's transposed conv, or a resize (this interpolation) then a conv.
+UPSAMPLING = ("transpose", "nearest", "bilinear")
 
 # Table II: extra head, shared network (stride-2 convs) and extra tail, in filters.
 DISCRIMINATOR_VARIANTS = {
@@ -103,14 +112,30 @@ def _residual_block(x, filters: int, name: str):
     return layers.Add()([x, y])
 
 
+def _upsampling(x, filters: int, mode: str, name: str):
+    """x2 in H and W to ``filters`` channels: a transposed conv, or a resize then a reflection-padded conv.
+
+    The conv keeps the name ``name`` either way (its kernel is [3, 3, in, out] after a resize,
+    [3, 3, out, in] when transposed: a checkpoint of one mode does not restore into the other).
+    """
+    if mode == "transpose":
+        return BiasAddConv2DTranspose(filters, 3, strides=2, padding="same", name=name)(x)
+    if mode not in UPSAMPLING:
+        raise ValueError(f"unknown upsampling {mode!r}; choose from {list(UPSAMPLING)}")
+    x = layers.UpSampling2D(2, interpolation=mode, name=f"{name}_resize")(x)
+    return BiasAddConv2D(filters, 3, name=name)(ReflectionPad2D(1)(x))
+
+
 def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 256,
-                    input_nc: int = 1, output_nc: int = 1, name: str = "generator") -> keras.Model:
+                    input_nc: int = 1, output_nc: int = 1, name: str = "generator",
+                    upsample: str = "transpose") -> keras.Model:
     """Johnson et al.'s ResNet generator: c7s1-ngf, d2ngf, d4ngf, n x R4ngf, u2ngf, ungf, c7s1-output_nc.
 
     Input [B, H, W, input_nc] and output [B, H, W, output_nc] are in [-1, 1]
     (as pytorch-CycleGAN-and-pix2pix's factories; a 2.5D stack only widens the
     first and last conv); H and W must be multiples of 4. With ngf=64, 9 blocks
-    and 1 channel in and out it has 11,376,129 weights.
+    and 1 channel in and out it has 11,376,129 weights, whichever ``upsample`` (one of
+    ``UPSAMPLING``) makes the two u-stages.
     """
     inp = keras.Input((image_size, image_size, input_nc), name="image")
     x = ReflectionPad2D(3)(inp)
@@ -122,7 +147,7 @@ def build_generator(ngf: int = 64, n_blocks: int = 9, image_size: int | None = 2
     for i in range(n_blocks):
         x = _residual_block(x, ngf * 4, name=f"res{i}")
     for i, f in enumerate((ngf * 2, ngf)):
-        x = BiasAddConv2DTranspose(f, 3, strides=2, padding="same", name=f"up{i}")(x)
+        x = _upsampling(x, f, upsample, name=f"up{i}")
         x = layers.ReLU()(instance_norm(f"up{i}_in")(x))
     x = ReflectionPad2D(3)(x)
     x = NarrowConv2D(output_nc, 7, name="out_conv")(x)

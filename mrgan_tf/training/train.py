@@ -99,6 +99,8 @@ MODEL_FLAGS = {
                                           "mr2ct (a synthetic-CT pix2pix baseline).", PAIRED_BASELINE),
     "ngf": cli.Flag("Generator base width (paper 64)."),
     "n_blocks": cli.Flag("Generator residual blocks (paper 9)."),
+    "upsample": cli.Flag("Generator upsampling: the paper's transposed conv, or a nearest / bilinear resize then a "
+                         "conv (no checkerboard).", networks.UPSAMPLING),
     "discriminator": cli.Flag("Table II discriminator.", networks.DISCRIMINATOR_VARIANTS),
     "ndf_scale": cli.Flag("Discriminator width multiplier (1 = Table II)."),
     "adversarial": cli.Flag("paper: LSGAN unpaired + NLL paired (Eq. 2); or every adversarial term LSGAN / NLL.",
