@@ -39,7 +39,7 @@ from mrgan_tf import cli
 from mrgan_tf.demo.report import stage_report, write_synthesis_png
 from mrgan_tf.demo.runs import MODES, DemoError, TrainingStage, cmd_text, say
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.cfg"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
 STATE_NAME = "demo_state.json"
 SYN_NAME = "cranium_syn_mr.nii.gz"
@@ -54,6 +54,8 @@ class DemoOptions:
     size_scale: float = 1.0               # demo data voxel size = 2 mm / size_scale
     seed: int = 0
     config: str | None = None             # train flagfile (default configs/demo.cfg)
+    sct_config: str | None = None         # the synthetic-CT stage's train flagfile (default configs/demo_sct.cfg)
+    sct_register: bool = False            # the synthetic-CT stage's records: MR registered to CT
     image_size: int | None = None         # None: 128 * size_scale (a multiple of 4)
     spacing_mm: float | None = None       # None: the demo data's own voxel size
     register: bool = False                # MI registration of MR to CT in make_records
@@ -74,9 +76,11 @@ class DemoOptions:
             o.image_size = max(32, 4 * round(BASE_IMAGE_SIZE * o.size_scale / 4))
         if o.image_size % 4:
             raise DemoError(f"--image_size must be a multiple of 4 (two stride-2 generator stages), got {o.image_size}")
-        o.config = os.path.abspath(o.config or _default_config())
-        if not os.path.isfile(o.config):
-            raise DemoError(f"{o.config}: train flagfile not found")
+        o.config = os.path.abspath(o.config or _default_config("demo.cfg"))
+        o.sct_config = os.path.abspath(o.sct_config or _default_config("demo_sct.cfg"))
+        for path in (o.config, o.sct_config):
+            if not os.path.isfile(path):
+                raise DemoError(f"{path}: train flagfile not found")
         if o.steps is None:
             o.steps = _flagfile_int(o.config, "steps")
         if o.steps is None or o.steps < 1:
@@ -86,9 +90,10 @@ class DemoOptions:
         return o
 
 
-def _default_config() -> str:
-    """configs/demo.cfg of the source tree, else of the working directory."""
-    return str(REPO_CONFIG if REPO_CONFIG.is_file() else Path("configs") / "demo.cfg")
+def _default_config(name: str) -> str:
+    """configs/<name> of the source tree, else of the working directory."""
+    path = REPO_CONFIGS / name
+    return str(path if path.is_file() else Path("configs") / name)
 
 
 def _flagfile_int(path: str, name: str) -> int | None:
@@ -393,6 +398,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "also scales the slice size (128 px at 1).", flag_values=fv)
     flags.DEFINE_integer("seed", d.seed, "Seed of the demo data and of training.", flag_values=fv)
     flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).", flag_values=fv)
+    flags.DEFINE_string("sct_config", None, "The synthetic-CT stage's train flagfile (default configs/demo_sct.cfg).",
+                        flag_values=fv)
+    flags.DEFINE_bool("sct_register", d.sct_register, "Register each MR to its CT in the synthetic-CT stage's "
+                      "records (make_records --register).", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).", flag_values=fv)
     flags.DEFINE_float("spacing_mm", None, "Records voxel size (default: the demo data's).", flag_values=fv)
     flags.DEFINE_bool("register", d.register, "Register each MR to its CT in make_records: rigid, by mutual "
@@ -407,7 +416,8 @@ def main(argv):
     fv = flags.FLAGS
     with cli.user_errors("demo"):
         run_demo(DemoOptions(out=fv.out, rebuild=fv.rebuild, steps=fv.steps, size_scale=fv.size_scale,
-                             seed=fv.seed, config=fv.config, image_size=fv.image_size, spacing_mm=fv.spacing_mm,
+                             seed=fv.seed, config=fv.config, sct_config=fv.sct_config,
+                             sct_register=fv.sct_register, image_size=fv.image_size, spacing_mm=fv.spacing_mm,
                              register=fv.register, train_flags=tuple(fv.train_flag), jobs=fv.jobs,
                              workers=fv.workers))
     return 0

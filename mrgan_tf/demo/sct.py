@@ -116,10 +116,11 @@ class SyntheticCTStage:
 
     def preprocess_config(self):
         import dataclasses
-        return dataclasses.replace(self.d.preprocess_config(), ct_range=CT_RANGE, bits=16)
+        return dataclasses.replace(self.d.preprocess_config(), ct_range=CT_RANGE, bits=16,
+                                   register=self.d.o.register or self.d.o.sct_register)
 
     def train_command(self) -> list[str]:
-        return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.d.o.config}", "--mode=mrgan",
+        return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.d.o.sct_config}", "--mode=mrgan",
                 f"--records={self.records}", f"--out={self.run_dir}", f"--steps={self.d.o.steps}",
                 f"--seed={self.d.o.seed}", *self.d.o.train_flags]
 
@@ -130,7 +131,8 @@ class SyntheticCTStage:
 
         d, cfg = self.d, self.preprocess_config()
         manifest = os.path.join(d.data, "demo_manifest.csv")
-        records_cmd = demo_lib.cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16"]) \
+        register = ["--register"] if cfg.register and not d.o.register else []   # else records_command has it
+        records_cmd = demo_lib.cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16", *register]) \
             .replace(f"--out={d.records}", f"--out={self.records}")
         commands = [records_cmd, demo_lib.cmd_text(self.train_command()),
                     f"python -m mrgan_tf.evaluate --model=mrgan={self.run_dir}/export --dataset={self.records} "
