@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import logging
 import warnings
@@ -29,8 +30,8 @@ TARGET_PRIORITY, BODY_PRIORITY, BODY_MAX_FRACTION = 1000.0, 100.0, 0.5
 def require_engine():
     """The pyRadPlan module, or a ``DoseError`` naming the optional extra and its install command."""
     try:
-        import pymedphys  # noqa: F401  (gamma)
-        import pyRadPlan
+        pyRadPlan = importlib.import_module("pyRadPlan")
+        importlib.import_module("pymedphys")   # gamma
     except ImportError as e:
         raise DoseError(f"the dose check needs the optional 'dose' extra ({e.name} is missing): {INSTALL}") from None
     return pyRadPlan
