@@ -1,6 +1,7 @@
 """``dose_check``: plan on the reference CT, recompute on the synthetic CT with the same weights, score.
 
-The library entry point (the command line and any other tool call it); it writes nothing.
+The library entry points (the command line and any other tool call them); they write nothing.
+``plan_reference`` + ``check_synthetic`` plan once per patient and check several synthetic CTs.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from mrgan_tf.evaluation.dose import engine
 from mrgan_tf.evaluation.dose.config import DoseConfig
-from mrgan_tf.evaluation.dose.inputs import PlanningCTs, planning_cts
+from mrgan_tf.evaluation.dose.inputs import PlanningCTs, check_ct, check_overlap, planning_cts, reference_grid
 from mrgan_tf.evaluation.dose.metrics import DVH_POINTS, GAMMA_CRITERIA, dvh_points, gamma_pass_rate, mae_target
 from mrgan_tf.evaluation.dose.structures import Structures, build_structures
 from mrgan_tf.io.volumes import Volume
@@ -95,36 +96,64 @@ def _notes(cts: PlanningCTs, structures: Structures) -> list[str]:
     return notes
 
 
+@dataclasses.dataclass
+class ReferencePlans:
+    """The plans optimised on one reference CT: any number of synthetic CTs can be checked against them."""
+
+    reference: Volume              # HU on the planning grid
+    clipped: int                   # reference voxels clipped to the HU-to-density table
+    structures: Structures
+    config: DoseConfig
+    plans: dict[str, engine.Plan]
+
+
+def plan_reference(reference: Volume, body: Volume | None = None, target: Volume | None = None,
+                   oars: Mapping[str, Volume] | None = None, config: DoseConfig = DoseConfig(),
+                   progress: bool = False, verbose: bool = False) -> ReferencePlans:
+    """Optimise each of ``config.modalities`` on ``reference`` (HU) for its structures (masks on any grid
+    that overlaps it; without a target, a synthetic comparison target is placed)."""
+    from tqdm import tqdm
+
+    engine.require_engine()
+    grid, clipped = reference_grid(reference, config.resolution_mm)
+    structures = build_structures(grid, body, target, oars, config.target_radius_mm)
+    plans = {}
+    for modality in tqdm(config.modalities, desc="plan on the reference CT", unit="plan", disable=not progress):
+        t0 = time.perf_counter()
+        plans[modality] = engine.make_plan(grid, structures, config, modality, verbose)
+        plans[modality].seconds = round(time.perf_counter() - t0, 2)
+    return ReferencePlans(grid, clipped, structures, config, plans)
+
+
+def check_synthetic(reference: ReferencePlans, synthetic: Volume, progress: bool = False,
+                    verbose: bool = False) -> DoseResult:
+    """Recompute every plan of ``reference`` on ``synthetic`` (HU, any grid overlapping the reference) and score."""
+    from tqdm import tqdm
+
+    cts = planning_cts(reference.reference, reference.clipped, synthetic)
+    structures, config = reference.structures, reference.config
+    results = {}
+    for modality, plan in tqdm(reference.plans.items(), desc="recompute on the synthetic CT", unit="plan",
+                               disable=not progress):
+        t0 = time.perf_counter()
+        dose = engine.recompute(plan, cts.synthetic, structures, verbose)
+        t1 = time.perf_counter()
+        figures = score(plan.dose, dose, structures, cts.reference.spacing, config)
+        seconds = {"plan": plan.seconds, "recompute": round(t1 - t0, 2), "figures": round(time.perf_counter() - t1, 2)}
+        results[modality] = ModalityResult(modality, plan.dose, dose, figures, plan.beams, plan.beamlets, seconds)
+    return DoseResult(cts, structures, config, results, _notes(cts, structures))
+
+
 def dose_check(reference: Volume, synthetic: Volume, body: Volume | None = None, target: Volume | None = None,
                oars: Mapping[str, Volume] | None = None, config: DoseConfig = DoseConfig(), progress: bool = False,
                verbose: bool = False) -> DoseResult:
     """Plan each of ``config.modalities`` on ``reference`` (HU), recompute it on ``synthetic``, score both doses.
 
     ``body``, ``target`` and ``oars`` are masks on any grid that overlaps the reference; without a
-    target a synthetic comparison target is placed (``structures.synthetic_target``).
+    target a synthetic comparison target is placed (``structures.synthetic_target``). To check several
+    synthetic CTs of one patient, plan once (``plan_reference``) and call ``check_synthetic`` for each.
     """
-    from tqdm import tqdm
-
-    engine.require_engine()
-    cts = planning_cts(reference, synthetic, config.resolution_mm)
-    structures = build_structures(cts.reference, body, target, oars, config.target_radius_mm)
-    plans = {}
-    steps = tqdm(total=3 * len(config.modalities), desc="dose", unit="step", disable=not progress)
-    with steps:
-        for modality in config.modalities:
-            t0 = time.perf_counter()
-            steps.set_postfix_str(f"{modality}: plan on the reference")
-            plan = engine.make_plan(cts.reference, structures, config, modality, verbose)
-            steps.update()
-            t1 = time.perf_counter()
-            steps.set_postfix_str(f"{modality}: recompute on the synthetic CT")
-            dose = engine.recompute(plan, cts.synthetic, structures, verbose)
-            steps.update()
-            t2 = time.perf_counter()
-            steps.set_postfix_str(f"{modality}: figures")
-            figures = score(plan.dose, dose, structures, cts.reference.spacing, config)
-            steps.update()
-            seconds = {"plan": t1 - t0, "recompute": t2 - t1, "figures": time.perf_counter() - t2}
-            plans[modality] = ModalityResult(modality, plan.dose, dose, figures, plan.beams, plan.beamlets,
-                                             {k: round(v, 2) for k, v in seconds.items()})
-    return DoseResult(cts, structures, config, plans, _notes(cts, structures))
+    check_ct(synthetic)              # the quick refusals first, before minutes of planning
+    check_overlap(synthetic, reference)
+    return check_synthetic(plan_reference(reference, body, target, oars, config, progress, verbose), synthetic,
+                           progress, verbose)

@@ -111,6 +111,7 @@ class Plan:
     dose: np.ndarray
     beams: int
     beamlets: int
+    seconds: float = 0.0   # wall time of making it
 
 
 def make_plan(reference: Volume, structures: Structures, config: DoseConfig, modality: str,

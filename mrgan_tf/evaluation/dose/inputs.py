@@ -43,19 +43,29 @@ def clip_to_table(data: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(data, lo, hi).astype(np.float32), n
 
 
-def planning_cts(reference: Volume, synthetic: Volume, resolution_mm: float) -> PlanningCTs:
-    """Both CTs on the reference's canonical grid at ``resolution_mm``; refuses CTs that do not overlap."""
+def reference_grid(reference: Volume, resolution_mm: float) -> tuple[Volume, int]:
+    """The reference CT on its canonical grid at ``resolution_mm`` (clipped to the table), and the clipped count."""
     check_ct(reference)
-    check_ct(synthetic)
+    grid = resample_to_spacing(to_canonical(reference), resolution_mm, order=1)
+    hu, clipped = clip_to_table(np.asarray(grid.data, np.float32))
+    return Volume(hu, grid.affine, reference.source, reference.header), clipped
+
+
+def check_overlap(synthetic: Volume, reference: Volume) -> float:
+    """The fraction of the reference's field of view the synthetic CT covers; refused when nothing."""
     overlap = overlap_fraction(reference, synthetic)
     if overlap <= 0.0:
         raise DoseError(f"{synthetic.source}: does not overlap the reference CT {reference.source} in world "
                         "coordinates (different frames of reference or positions?): nothing to compare")
-    grid = resample_to_spacing(to_canonical(reference), resolution_mm, order=1)
-    ref_hu, n_ref = clip_to_table(np.asarray(grid.data, np.float32))
+    return overlap
+
+
+def planning_cts(grid: Volume, reference_clipped: int, synthetic: Volume) -> PlanningCTs:
+    """The synthetic CT on the planning grid ``grid`` (the reference from ``reference_grid``), air outside it."""
+    check_ct(synthetic)
+    overlap = check_overlap(synthetic, grid)
     syn = resample_like(synthetic, grid, order=1, fill=AIR_HU)
     covered = resample_like(synthetic.with_data(np.ones(synthetic.shape, np.uint8)), grid, order=0, fill=0).data > 0
-    syn_hu, n_syn = clip_to_table(np.asarray(syn.data, np.float32))
-    return PlanningCTs(Volume(ref_hu, grid.affine, reference.source, reference.header),
-                       Volume(syn_hu, grid.affine, synthetic.source, synthetic.header), covered,
-                       {"reference": n_ref, "synthetic": n_syn}, overlap)
+    syn_hu, clipped = clip_to_table(np.asarray(syn.data, np.float32))
+    return PlanningCTs(grid, Volume(syn_hu, grid.affine, synthetic.source, synthetic.header), covered,
+                       {"reference": reference_clipped, "synthetic": clipped}, overlap)

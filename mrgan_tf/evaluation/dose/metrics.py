@@ -10,6 +10,7 @@ interpolation, so it runs without numba.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -60,9 +61,11 @@ def gamma_pass_rate(reference: np.ndarray, synthetic: np.ndarray, spacing_mm: Se
     if reference.max() <= 0:
         return float("nan")
     axes = tuple(np.arange(n) * float(s) for n, s in zip(reference.shape, spacing_mm))
-    gamma = pymedphys.gamma(axes, reference, axes, synthetic, dose_percent, distance_mm,
-                            lower_percent_dose_cutoff=cutoff_percent, interp_fraction=GAMMA_INTERP_FRACTION, max_gamma=1.1,
-                            skip_once_passed=True, quiet=True, interp_algo="scipy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # quiet= will go; until then it silences the prints
+        gamma = pymedphys.gamma(axes, reference, axes, synthetic, dose_percent, distance_mm,
+                                lower_percent_dose_cutoff=cutoff_percent, interp_fraction=GAMMA_INTERP_FRACTION,
+                                max_gamma=1.1, skip_once_passed=True, quiet=True, interp_algo="scipy")
     valid = np.isfinite(gamma)
     if not valid.any():
         return float("nan")

@@ -66,7 +66,7 @@ def synthetic_target(body: np.ndarray, grid: Volume, radius_mm: float) -> np.nda
     idx = np.indices(body.shape, np.float32)
     dist = np.sqrt(sum(((idx[a] - centre[a]) * spacing[a]) ** 2 for a in range(3)))
     sphere = dist <= radius_mm
-    depth = ndimage.distance_transform_edt(body, sampling=spacing)
+    depth = ndimage.distance_transform_edt(np.pad(body, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]   # edge = outside
     if not sphere.any() or depth[sphere].min() < MIN_DEPTH_MM:
         raise DoseError(f"{grid.source}: a {radius_mm:g} mm synthetic target does not fit {MIN_DEPTH_MM:g} mm inside "
                         "the body at the top of the body mask; give --target, a smaller --target_radius_mm, or a "
