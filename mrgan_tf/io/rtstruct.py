@@ -1,8 +1,9 @@
 """Regions of a DICOM RT Structure Set as masks on a CT's grid (closed planar contours, filled per slice).
 
 Contours are filled in the CT's own voxel grid: each contour must lie in one slice of it (axial
-contours on an axial CT, as planning systems write them); nested contours of one region in a slice
-cut holes (even-odd filling).
+contours on an axial CT, as planning systems write them); a voxel belongs to the region when its
+centre lies inside or on the contour; nested contours of one region in a slice cut holes (even-odd
+filling).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def read_rtstruct(path, names, reference: Volume) -> dict[str, np.ndarray]:
 
 
 def _fill(contours, reference: Volume, path, name: str) -> np.ndarray:
-    from skimage.draw import polygon
+    from skimage.draw import polygon, polygon_perimeter
 
     to_voxel = np.linalg.inv(LPS_TO_RAS @ reference.affine)
     mask = np.zeros(reference.shape, bool)
@@ -60,6 +61,8 @@ def _fill(contours, reference: Volume, path, name: str) -> np.ndarray:
                                     "one axial slice of the CT's grid)")
         if not 0 <= k[0] < reference.shape[2]:
             raise VolumeError(path, f"ROI {name!r}: a contour lies outside the slices of {reference.source}")
-        rr, cc = polygon(ijk[0], ijk[1], shape=reference.shape[:2])
-        mask[rr, cc, int(k[0])] ^= True
+        inside = np.zeros(reference.shape[:2], bool)
+        inside[polygon(ijk[0], ijk[1], shape=inside.shape)] = True
+        inside[polygon_perimeter(np.rint(ijk[0]), np.rint(ijk[1]), shape=inside.shape)] = True   # the outline too
+        mask[:, :, int(k[0])] ^= inside
     return mask
