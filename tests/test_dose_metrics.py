@@ -28,11 +28,10 @@ def test_gamma_of_a_ramp_shifted_in_dose_matches_the_hand_computed_index():
     # Reference: 1 Gy per mm along x (0..100 Gy, max 100). Evaluated: +1.5 Gy everywhere. The best
     # match of a point is 0.75 mm down the ramp: gamma = sqrt(0.75^2 / DTA^2 + 0.75^2 / dD^2), with
     # dD = DTA x 1 Gy/mm: 0.53 at 2 %/2 mm (all pass), 1.06 at 1 %/1 mm (all fail).
-    x = np.arange(101, dtype=np.float64)
-    ref = np.broadcast_to(x[:, None, None], (101, 3, 3)).copy()
-    assert gamma_pass_rate(ref, ref + 1.5, (1.0, 1.0, 1.0), 2.0, 2.0) == 100.0
-    assert gamma_pass_rate(ref, ref + 1.5, (1.0, 1.0, 1.0), 1.0, 1.0) == 0.0
-    assert gamma_pass_rate(ref, ref.copy(), (1.0, 1.0, 1.0), 1.0, 1.0) == 100.0
+    ref = np.arange(101, dtype=np.float64)            # a 1-D profile: the same search as in 3-D, along x
+    assert gamma_pass_rate(ref, ref + 1.5, (1.0,), 2.0, 2.0) == 100.0
+    assert gamma_pass_rate(ref, ref + 1.5, (1.0,), 1.0, 1.0) == 0.0
+    assert gamma_pass_rate(ref, ref.copy(), (1.0,), 1.0, 1.0) == 100.0
 
 
 def test_gamma_counts_only_voxels_above_the_low_dose_cutoff():
@@ -42,3 +41,16 @@ def test_gamma_counts_only_voxels_above_the_low_dose_cutoff():
     syn[0:10] = 4.9                                  # below 10 % of 50 in the reference: not scored
     syn[15:] = 60.0                                  # 20 % over in 5 of the 10 scored rows
     assert gamma_pass_rate(ref, syn, (5.0, 5.0, 5.0), 2.0, 2.0, cutoff_percent=10.0) == pytest.approx(50.0)
+
+
+def test_a_missing_dose_extra_is_named_with_its_install_command(monkeypatch):
+    import importlib.util
+
+    from mrgan_tf.evaluation.dose.engine import require_engine
+    from mrgan_tf.evaluation.dose.errors import DoseError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyRadPlan" else real(name, *a))
+    with pytest.raises(DoseError, match=r"optional 'dose' extra \(pyRadPlan missing\): pip install -e '\.\[dose\]' "
+                                        r"&& pip install --no-deps 'pyradplan==0\.5\.0'"):
+        require_engine()

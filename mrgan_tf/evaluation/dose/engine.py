@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import io
 import logging
 import warnings
@@ -27,14 +26,14 @@ INSTALL = "pip install -e '.[dose]' && pip install --no-deps 'pyradplan==0.5.0'"
 TARGET_PRIORITY, BODY_PRIORITY, BODY_MAX_FRACTION = 1000.0, 100.0, 0.5
 
 
-def require_engine():
-    """The pyRadPlan module, or a ``DoseError`` naming the optional extra and its install command."""
-    try:
-        pyRadPlan = importlib.import_module("pyRadPlan")
-        importlib.import_module("pymedphys")   # gamma
-    except ImportError as e:
-        raise DoseError(f"the dose check needs the optional 'dose' extra ({e.name} is missing): {INSTALL}") from None
-    return pyRadPlan
+def require_engine() -> None:
+    """A ``DoseError`` naming the optional extra and its install command when pyRadPlan or pymedphys is missing
+    (found without importing them: a start-up check costs nothing)."""
+    import importlib.util
+
+    missing = [name for name in ("pyRadPlan", "pymedphys") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DoseError(f"the dose check needs the optional 'dose' extra ({', '.join(missing)} missing): {INSTALL}")
 
 
 @contextlib.contextmanager
@@ -117,7 +116,9 @@ class Plan:
 def make_plan(reference: Volume, structures: Structures, config: DoseConfig, modality: str,
               verbose: bool = False) -> Plan:
     """Optimise a ``modality`` plan ("photons"/"protons") on the reference CT; its dose on that CT."""
-    pyRadPlan = require_engine()
+    require_engine()
+    import pyRadPlan
+
     with quiet(verbose):
         pyRadPlan.settings.xp.prefer_gpu = False
         ct, cst = _ct_and_structures(reference, structures, config.prescription_gy)
@@ -141,7 +142,9 @@ def make_plan(reference: Volume, structures: Structures, config: DoseConfig, mod
 
 def recompute(plan: Plan, ct_hu: Volume, structures: Structures, verbose: bool = False) -> np.ndarray:
     """The dose of ``plan`` (same beams, same weights) on another CT of the same grid (Gy)."""
-    pyRadPlan = require_engine()
+    require_engine()
+    import pyRadPlan
+
     with quiet(verbose):
         ct, cst = _ct_and_structures(ct_hu, structures, float(plan.pln.prescribed_dose))
         result = pyRadPlan.calc_dose_forward(ct, cst, plan.stf, plan.pln, plan.weights)
