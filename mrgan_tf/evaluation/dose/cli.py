@@ -47,7 +47,7 @@ def write_outputs(folder: str, result, volume_format: str = "nifti", elapsed: fl
 
     from mrgan_tf.evaluation.dose import figures, report
     from mrgan_tf.io.rtdose import write_rtdose
-    from mrgan_tf.io.writers import write_volume
+    from mrgan_tf.io.writers import write_nifti, write_sitk
     from tfrecords_tools.atomic import atomic_write_text
 
     grid, cfg = result.grid, result.config
@@ -57,7 +57,7 @@ def write_outputs(folder: str, result, volume_format: str = "nifti", elapsed: fl
         plan_uid = generate_uid()
         for which, dose, ct in (("reference", ref, result.cts.reference), ("synthetic", syn, result.cts.synthetic)):
             path = os.path.join(folder, f"dose_{modality}_{which}{VOLUME_SUFFIXES[volume_format]}")
-            write_volume(grid.with_data(dose), path, modality="MR", dtype="float32")
+            (write_nifti if volume_format == "nifti" else write_sitk)(grid.with_data(dose), path)   # float32 Gy
             files.append(path)
             if ct.header is not None and "FrameOfReferenceUID" in ct.header:
                 path = os.path.join(folder, f"rtdose_{modality}_{which}.dcm")
