@@ -29,8 +29,9 @@ venv: $(BIN)/python deps
 	  gpu) other='tensorflow_cpu-*' name='tensorflow-cpu';; *) echo "TF=$(TF): expected cpu or gpu"; exit 2;; esac; \
 	if ls -d $(VENV)/lib/python*/site-packages/$$other.dist-info >/dev/null 2>&1; then \
 	  echo "$(VENV) holds $$name, TF=$(TF) needs the other wheel: remove $(VENV) or give another VENV=..."; exit 2; fi
-	$(BIN)/pip install -q -e '.[$(TF),test]'
+	$(BIN)/pip install -q -e '.[$(TF),test,dose]'
 	$(BIN)/pip install -q --no-deps 'tensorflow-serving-api==2.21.*'   # its "tensorflow" requirement would pull a second TF next to tensorflow-cpu
+	$(BIN)/pip install -q --no-deps 'pyradplan==0.5.0'   # the dose check's engine; its own requirement list pulls ~180 packages it does not use
 
 demo: venv
 	$(BIN)/python -m mrgan_tf.demo

@@ -14,7 +14,7 @@ LEAVES = ("mrgan_tf.errors", "mrgan_tf.cli", "mrgan_tf.requirements", "mrgan_tf.
 # Named exceptions, each with its reason.
 UPWARD = {("mrgan_tf.training.train", "mrgan_tf.serving.export"): "train --export writes the SavedModels at its end"}
 # Thin command-line modules at the top (python -m mrgan_tf.<tool>): they may import their tool.
-TOOLS = ("make_records", "train", "export", "synthesize", "pacs", "client", "evaluate", "demo_data")
+TOOLS = ("make_records", "train", "export", "synthesize", "pacs", "client", "evaluate", "demo_data", "dose")
 
 
 def _modules() -> dict[str, Path]:
