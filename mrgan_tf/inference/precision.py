@@ -1,17 +1,19 @@
 """Inference precision: float32, or bfloat16 on a CPU that computes it natively (AVX512-BF16, AMX-BF16).
 
 bfloat16 is TensorFlow's oneDNN auto-mixed-precision graph rewrite: the convolutions,
-normalisations and element-wise ops of every graph first run after it is switched on
-compute in bfloat16 (oneDNN accumulates in float32), while inputs, weights and outputs
-stay float32. So a float32 SavedModel and a run dir's Keras generator both run in bf16,
-without a re-export. The switch is process-wide and reaches only graphs not yet run:
-``use_precision`` before a model is loaded. On a CPU without BF16 the rewrite would
-emulate bf16 (slower than float32), so it is refused there.
+normalisations and element-wise ops of a graph run while it is on compute in bfloat16
+(oneDNN accumulates in float32), while inputs, weights and outputs stay float32. So a
+float32 SavedModel and a run dir's Keras generator both run in bf16, without a re-export.
+The switch is process-wide, and TensorFlow keeps one optimised graph per setting, so a
+bf16 predictor turns it on around each of its own calls only (``computing_in``): float32
+predictors and other graphs in the process are untouched. On a CPU without BF16 the
+rewrite would emulate bf16 (slower than float32), so it is refused there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import sys
+from typing import Iterator
 
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
@@ -52,23 +54,25 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in have)
 
 
-def use_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> None:
-    """Make every graph run from now on compute in ``precision`` (call before loading a model)."""
+def check_precision(precision: str, cpuinfo: str = "/proc/cpuinfo") -> None:
+    """Raise ``PrecisionError`` for a precision unknown, or one this CPU has no arithmetic for."""
     InferenceConfig(precision)
     if precision == "bfloat16" and not cpu_bf16_flags(cpuinfo):
         raise PrecisionError(f"--precision=bfloat16 needs a CPU with native bf16 ({' or '.join(BF16_CPU_FLAGS)} in "
                              f"{cpuinfo}); this one has neither, and emulated bf16 is slower than float32")
+
+
+@contextlib.contextmanager
+def computing_in(precision: str) -> Iterator[None]:
+    """Graphs run inside compute in ``precision``; the process' setting is restored after."""
     import tensorflow as tf
 
+    before = bool(tf.config.optimizer.get_experimental_options().get(REWRITE, False))
     tf.config.optimizer.set_experimental_options({REWRITE: precision == "bfloat16"})
-
-
-def current_precision() -> str:
-    """The precision graphs run from now on get (what a synthesis' provenance records)."""
-    if "tensorflow" not in sys.modules:
-        return "float32"
-    return "bfloat16" if sys.modules["tensorflow"].config.optimizer.get_experimental_options().get(REWRITE) \
-        else "float32"
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({REWRITE: before})
 
 
 # Field -> flag: synthesize's.

@@ -53,7 +53,7 @@ from mrgan_tf import cli, requirements
 from mrgan_tf.inference import client
 from mrgan_tf.inference.outputs import (OutputOptions, define_ensemble_flags, define_safety_flags, synthesize_root,
                                         write_synthesis)
-from mrgan_tf.inference.precision import define_precision_flags, precision_from_flags, use_precision
+from mrgan_tf.inference.precision import check_precision, define_precision_flags, precision_from_flags
 from mrgan_tf.inference.predictors import (INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
                                            load_predictor)
 from mrgan_tf.inference.synthesis import reference_mr_range, refuse_implausible
@@ -114,11 +114,11 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
-def _load(fv, direction: str, tta: TTAConfig) -> Predictor | Fusion:
+def _load(fv, direction: str, tta: TTAConfig, precision: str) -> Predictor | Fusion:
     if fv.server:
         members = (client.connect(client.connection_from_flags(fv), direction),)
     else:
-        members = tuple(load_predictor(m, direction) for m in fv.model)
+        members = tuple(load_predictor(m, direction, precision) for m in fv.model)
     if len(members) > 1 or fv.fusion or tta.augment:   # Fusion refuses one prediction
         return Fusion(members, fv.fusion or "median", tta)
     return members[0]
@@ -149,6 +149,7 @@ def main(argv):
         precision = precision_from_flags(fv).precision
         if fv.server and precision != "float32":
             raise SynthesisError(f"--precision={precision} is for --model: a server computes in its own precision")
+        check_precision(precision)
         if fv.send:
             parse_peer(fv.send)
         if single:
@@ -158,16 +159,15 @@ def main(argv):
     import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a SavedModel that does not load)
 
     with cli.user_errors("synthesize"):
-        use_precision(precision)   # before any model loads: it reaches graphs not yet run
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
             refuse_implausible(vol, INPUT_MODALITY[direction], tuple(fv.accept))
-            predictor = _load(fv, direction, tta)
+            predictor = _load(fv, direction, tta, precision)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
             info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)
             _print_done(info, model_s=True)
             return 0
-        done, errors = synthesize_root(_load(fv, direction, tta), fv.root, fv.out_dir, fv.batch_size,
+        done, errors = synthesize_root(_load(fv, direction, tta, precision), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
     for info in done:
         _print_done(info)
