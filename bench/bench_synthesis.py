@@ -92,6 +92,11 @@ def effect_on_trained(args) -> dict:
                 else read_volume(path).data > -500)
         out[name] = {"input": path, "units": "0-255" if name == "ct2mr" else "HU",
                      **differences(syn[name, "float32"].data, syn[name, "bfloat16"].data, body)}
+        real_ct = os.path.join(os.path.dirname(path), "ct.nii.gz")
+        if name == "mr2ct" and os.path.exists(real_ct):   # the error the model makes, for scale
+            ct = read_volume(real_ct).data.astype(np.float64)
+            out[name]["body_mae_vs_real_ct"] = {p: float(np.abs(syn[name, p].data - ct)[body].mean())
+                                                for p in ("float32", "bfloat16")}
     return out
 
 
