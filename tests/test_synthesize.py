@@ -137,6 +137,28 @@ def test_cli(exported, tmp_path):
     assert not (tmp_path / "bad_out.nii.gz").exists()
 
 
+def test_cli_bfloat16_where_the_cpu_has_it_close_to_float32_and_recorded(exported, tmp_path):
+    import json
+
+    from mrgan_tf.inference.precision import cpu_bf16_flags
+    src = tmp_path / "ct.nii.gz"
+    write_nifti(Volume(head_ct((24, 28, 20)), oblique_lps_affine()), src)
+    cmd = [sys.executable, "-m", "mrgan_tf.synthesize", f"--model={exported}", "--noprogress", f"--ct={src}"]
+    runs = {p: subprocess.Popen(cmd + [f"--precision={p}", f"--out={tmp_path / p}.nii.gz"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for p in ("float32", "bfloat16")}
+    errs = {p: r.communicate(timeout=180)[1] for p, r in runs.items()}
+    assert runs["float32"].returncode == 0, errs["float32"][-2000:]
+    if not cpu_bf16_flags():
+        assert runs["bfloat16"].returncode == 1 and "--precision=bfloat16 needs a CPU with native bf16" in errs[
+            "bfloat16"]
+        return
+    assert runs["bfloat16"].returncode == 0, errs["bfloat16"][-2000:]
+    fp32, bf16 = (read_volume(tmp_path / f"{p}.nii.gz").data for p in ("float32", "bfloat16"))
+    assert 0 < np.abs(bf16 - fp32).max() < 10.0    # 0-255 scale: bf16 arithmetic, not another model
+    for p in ("float32", "bfloat16"):
+        assert json.loads((tmp_path / f"{p}.nii.gz.json").read_text())["model"]["precision"] == p
+
+
 def test_cli_fuses_several_models_and_refuses_fusion_of_one(exported, tmp_path):
     import json
     src = tmp_path / "ct.nii.gz"

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from mrgan_tf.errors import UserError
+from mrgan_tf.inference.precision import check_precision, computing_in
 from mrgan_tf.inference.tta import TTAConfig
 from mrgan_tf.preprocess import PreprocessConfig
 from mrgan_tf.preprocess.context import volume_generator
@@ -37,11 +38,12 @@ class Predictor:
     preprocess: PreprocessConfig
     source: str                                 # the SavedModel version dir or run dir
     fn: Callable[[np.ndarray], np.ndarray]      # [-1, 1] -> [-1, 1]
+    precision: str = "float32"                  # what ``fn`` computes in (``inference.precision``)
 
     def model_record(self) -> dict:
-        """What the provenance sidecar says of the model: path, version, iterations, run config."""
+        """What the provenance sidecar says of the model: path, version, iterations, run config, precision."""
         from mrgan_tf.inference import provenance
-        return provenance.model_record(self.source, self.name)
+        return {**provenance.model_record(self.source, self.name), "precision": self.precision}
 
     def predict01(self, stack01: np.ndarray, batch_size: int = 16, progress: bool = False) -> np.ndarray:
         """(Z, S, S) ordered slices on 0..1 -> (Z, S, S) on 0..1, in batches (a bar counting slices when ``progress``).
@@ -197,8 +199,21 @@ def exported_models(path: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str, Predictor]:
-    """Predictors for ``names`` (default: all the model provides) from a run dir or a SavedModel path."""
+def _in_precision(fn, precision: str):
+    """``fn`` computing in ``precision`` (float32: ``fn`` itself, the graphs as exported or traced)."""
+    if precision == "float32":
+        return fn
+
+    def run(x):
+        with computing_in(precision):
+            return fn(x)
+    return run
+
+
+def load_predictors(path: str, names: tuple[str, ...] | None = None,
+                    precision: str = "float32") -> dict[str, Predictor]:
+    """Predictors for ``names`` (default: all the model provides) from a run dir or a SavedModel path,
+    computing in ``precision`` (``inference.precision``; refused where the CPU lacks it)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise SynthesisError(f"{path}: model path does not exist")
@@ -210,6 +225,7 @@ def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str
             raise SynthesisError(f"{path}: no {'/'.join(missing)} model here (it has: {', '.join(have) or 'none'})")
         return wanted
 
+    check_precision(precision)
     if _is_run_dir(path):
         from mrgan_tf.training.checkpoints import restore_generators, run_preprocess
 
@@ -217,13 +233,14 @@ def load_predictors(path: str, names: tuple[str, ...] | None = None) -> dict[str
         wanted = check(tuple(SERVING_NAMES[d] for d in model.trained_directions))
         cfg = run_preprocess(path, run_cfg)
         gens = {"ct2mr": model.syn_mr, "mr2ct": model.syn_ct}
-        return {n: Predictor(n, cfg, path, _keras_fn(gens[n], cfg)) for n in wanted}
+        return {n: Predictor(n, cfg, path, _in_precision(_keras_fn(gens[n], cfg), precision), precision) for n in wanted}
     out = {}
     for n in check(exported_models(path)):
         exported = load_exported(path, n)
-        out[n] = Predictor(n, exported.preprocess, exported.version_dir, _saved_model_fn(exported))
+        out[n] = Predictor(n, exported.preprocess, exported.version_dir,
+                           _in_precision(_saved_model_fn(exported), precision), precision)
     return out
 
 
-def load_predictor(path: str, name: str = "ct2mr") -> Predictor:
-    return load_predictors(path, (name,))[name]
+def load_predictor(path: str, name: str = "ct2mr", precision: str = "float32") -> Predictor:
+    return load_predictors(path, (name,), precision)[name]

@@ -34,6 +34,10 @@ chosen by the output name or ``--out_format``; a provenance sidecar
 ``<output>.json`` beside each (``mrgan_tf.inference.provenance``); ``--send`` C-STOREs a
 DICOM series to a PACS (``mrgan_tf.io.pacs``).
 
+``--precision=bfloat16`` runs the generator in bf16 on a CPU with AVX512-BF16 or AMX
+(``inference.precision``: about 3x less CPU per slice; the output differences are
+measured in docs/BENCHMARKS.md, and the sidecar records the precision).
+
 ``--model`` is an export dir (``<dir>/ct2mr/<version>``), a model or version dir
 of one SavedModel (uses its ``normalised`` signature; preprocessing runs here in
 numpy, the same code as make_records), or a training run dir (uses the Keras
@@ -49,6 +53,7 @@ from mrgan_tf import cli, requirements
 from mrgan_tf.inference import client
 from mrgan_tf.inference.outputs import (OutputOptions, define_ensemble_flags, define_safety_flags, synthesize_root,
                                         write_synthesis)
+from mrgan_tf.inference.precision import check_precision, define_precision_flags, precision_from_flags
 from mrgan_tf.inference.predictors import (INPUT_MODALITY, OUTPUT_MODALITY, Fusion, Predictor, SynthesisError,
                                            load_predictor)
 from mrgan_tf.inference.synthesis import reference_mr_range, refuse_implausible
@@ -90,6 +95,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum("direction", None, ["ct2mr", "mr2ct"], "Default: mr2ct with --mr, else ct2mr.",
                       flag_values=fv)
     flags.DEFINE_integer("batch_size", 16, "Slices per model call.", lower_bound=1, flag_values=fv)
+    define_precision_flags(fv)
     flags.DEFINE_string("mr_reference", None, "ct2mr: write the synthetic MR in this MR volume's units (its "
                         "robust percentile range inside the body), instead of the paper's 0-255.", flag_values=fv)
     flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
@@ -108,11 +114,11 @@ def _direction(fv) -> str:
     return fv.direction or inferred
 
 
-def _load(fv, direction: str, tta: TTAConfig) -> Predictor | Fusion:
+def _load(fv, direction: str, tta: TTAConfig, precision: str) -> Predictor | Fusion:
     if fv.server:
         members = (client.connect(client.connection_from_flags(fv), direction),)
     else:
-        members = tuple(load_predictor(m, direction) for m in fv.model)
+        members = tuple(load_predictor(m, direction, precision) for m in fv.model)
     if len(members) > 1 or fv.fusion or tta.augment:   # Fusion refuses one prediction
         return Fusion(members, fv.fusion or "median", tta)
     return members[0]
@@ -140,6 +146,10 @@ def main(argv):
     with cli.user_errors("synthesize"):   # bad flags and output names fail before TensorFlow loads
         requirements.require("synthesize", server=fv.server, send=fv.send)
         tta = tta_from_flags(fv)
+        precision = precision_from_flags(fv).precision
+        if fv.server and precision != "float32":
+            raise SynthesisError(f"--precision={precision} is for --model: a server computes in its own precision")
+        check_precision(precision)
         if fv.send:
             parse_peer(fv.send)
         if single:
@@ -152,12 +162,12 @@ def main(argv):
         if single:   # bad input fails before the model loads
             vol = read_volume(fv.ct or fv.mr)
             refuse_implausible(vol, INPUT_MODALITY[direction], tuple(fv.accept))
-            predictor = _load(fv, direction, tta)
+            predictor = _load(fv, direction, tta, precision)
             rng = reference_mr_range(fv.mr_reference, predictor) if fv.mr_reference else None
             info = write_synthesis(predictor, vol, fv.out, fv.batch_size, fv.progress, options, mr_range=rng)
             _print_done(info, model_s=True)
             return 0
-        done, errors = synthesize_root(_load(fv, direction, tta), fv.root, fv.out_dir, fv.batch_size,
+        done, errors = synthesize_root(_load(fv, direction, tta, precision), fv.root, fv.out_dir, fv.batch_size,
                                        fv.progress, options)
     for info in done:
         _print_done(info)
