@@ -317,6 +317,28 @@ def figure(path: str, volumes: Mapping[str, dict], patient: str) -> str:
     return path
 
 
+def flagfile_steps(path: str) -> int:
+    """A flagfile's --steps as train reads it, through the flagfiles it nests (configs/demo_sct.cfg sets none
+    of its own): the last one set wins."""
+    import re
+
+    def last(p: str) -> int | None:
+        value = None
+        for line in Path(p).read_text().splitlines():
+            nested = re.match(r"^\s*--flagfile[=\s]\s*(\S+)\s*$", line)
+            if nested:
+                f = nested.group(1)
+                value = last(f if os.path.isabs(f) else str(REPO / f)) or value
+            elif re.match(r"^\s*--steps[=\s]", line):
+                value = int(re.split(r"[=\s]", line.strip(), maxsplit=1)[1])
+        return value
+
+    steps = last(path)
+    if steps is None:
+        raise table1.ExperimentError(f"{path}: no --steps in it or the flagfiles it nests")
+    return steps
+
+
 def carried_over(path: str, arms: Sequence[str]) -> dict:
     """The arms of an earlier results json that this invocation does not run, so that one arm can be added
     (or rerun) without retraining the others; each keeps the checkout and CPU it was measured with."""
@@ -342,7 +364,7 @@ def run() -> int:
     for arm in arms:
         config = str(REPO / ARMS[arm].config)
         table1.check_flagfile(config)
-        grids[arm] = StageGrid(root, arm, config, demo._flagfile_int(config, "steps"), ARMS[arm].train_flags,
+        grids[arm] = StageGrid(root, arm, config, flagfile_steps(config), ARMS[arm].train_flags,
                                records[ARMS[arm].records])
     per_arm: dict = {a: {} for a in arms}
     raw: dict = {a: {} for a in arms}
