@@ -276,10 +276,11 @@ def summary_markdown(arms: Mapping[str, Mapping[int, dict]], timings: Mapping[st
     timed = {k: b for k, b in (builds or {}).items() if b.get("seconds") is not None}
     if timed:
         lines += ["", "Records builds (the sct stage's records; each setting built once, shared by its arms):", "",
-                  "| Records | Folder | Build (s) | Workers | Load before / after | Ended |", "|---|---|---:|---:|---:|---|"]
+                  "| Records | Folder | Build (s) | Workers | Load before / after | Ended |",
+                  "|---|---|---:|---:|---:|---|"]
         lines += [f"| {k} | {b.get('folder', '-')} | {b['seconds']:.0f} | {b.get('workers', '-')} | "
-                  f"{b['load_average']['before'][0]:.1f} / {b['load_average']['after'][0]:.1f} | {b.get('ended', '-')} |"
-                  for k, b in timed.items()]
+                  f"{b['load_average']['before'][0]:.1f} / {b['load_average']['after'][0]:.1f} | "
+                  f"{b.get('ended', '-')} |" for k, b in timed.items()]
     return "\n".join(lines) + "\n"
 
 
