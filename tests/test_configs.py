@@ -128,7 +128,8 @@ def test_the_papers_configs_keep_the_transposed_conv(monkeypatch):
 def test_demo_sct_config_is_the_demo_config_with_what_measured_better(monkeypatch):
     base = flag_values(monkeypatch, "configs/demo.cfg")
     cfg = flag_values(monkeypatch, "configs/demo_sct.cfg")
-    assert {k: v for k, v in cfg.items() if base.get(k) != v} == {"out": "runs/demo/sct", "upsample": "bilinear"}
+    assert {k: v for k, v in cfg.items() if base.get(k) != v} == {"out": "runs/demo/sct", "upsample": "bilinear",
+                                                                   "lr": 1e-3}
     assert cfg["steps"] == base["steps"]        # same iterations: the stage's time stays the demo's
 
 
