@@ -128,5 +128,16 @@ def test_the_papers_configs_keep_the_transposed_conv(monkeypatch):
 def test_demo_sct_config_is_the_demo_config_with_what_measured_better(monkeypatch):
     base = flag_values(monkeypatch, "configs/demo.cfg")
     cfg = flag_values(monkeypatch, "configs/demo_sct.cfg")
-    assert {k: v for k, v in cfg.items() if base.get(k) != v} == {"out": "runs/demo/sct", "upsample": "bilinear"}
+    assert {k: v for k, v in cfg.items() if base.get(k) != v} == {"out": "runs/demo/sct", "upsample": "bilinear",
+                                                                   "lr": 1e-3}
     assert cfg["steps"] == base["steps"]        # same iterations: the stage's time stays the demo's
+
+
+def test_the_upsampling_runner_trains_each_arm_for_its_flagfiles_iterations(monkeypatch):
+    """The runner passes --steps itself: it must be what train reads from the flagfile and those it nests."""
+    import sys
+    sys.path.insert(0, str(REPO / "bench" / "experiments"))
+    import upsampling
+    for arm in upsampling.ARMS.values():
+        assert upsampling.flagfile_steps(str(REPO / arm.config)) == flag_values(monkeypatch, arm.config)["steps"]
+        assert arm.records in upsampling.RECORDS

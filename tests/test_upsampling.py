@@ -67,3 +67,25 @@ def test_a_resize_conv_model_trains_one_step(tiny_model_factory, mode):
     assert all(np.isfinite(v[-1]) for v in logs.values()), logs
     up = [i for i, w in enumerate(model.syn_ct.trainable_weights) if w.path.startswith("up0/")]
     assert up and all(not np.array_equal(before[i], model.syn_ct.trainable_weights[i].numpy()) for i in up)
+
+
+def test_the_runner_keeps_the_arms_it_does_not_rerun(tmp_path):
+    """Adding one arm must not drop the arms measured before from upsampling.{md,json}."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "experiments"))
+    import upsampling
+    row = {"x": 1.0}
+    old = {"arms": {a: {"config": "configs/demo.cfg", "train_flags": [], "steps": 600} for a in ("old", "new")},
+           "commands": {"old/seed0": "train old", "new/seed0": "train new"},
+           "timings": {a: {"0": {"seconds": 1.0}} for a in ("old", "new")},
+           "per_seed": {a: {"0": row} for a in ("old", "new")},
+           "per_patient": {a: {"0": {"p": row}} for a in ("old", "new")},
+           "code": {"commit": "abc"}, "cpu": "cpu"}
+    (tmp_path / "upsampling.json").write_text(json.dumps(old))
+    kept = upsampling.carried_over(str(tmp_path / "upsampling.json"), ["new"])
+    assert list(kept["arms"]) == ["old"] and kept["commands"] == {"old/seed0": "train old"}
+    assert kept["arms"]["old"]["records"] == "demo" and kept["arms"]["old"]["code"] == {"commit": "abc"}
+    assert kept["per_seed"] == {"old": {0: row}} and kept["timings"] == {"old": {0: {"seconds": 1.0}}}
+    assert upsampling.carried_over(str(tmp_path / "missing.json"), ["new"])["arms"] == {}

@@ -16,11 +16,16 @@ uses (SynthRAD's MAE in HU, PSNR, 3-D SSIM), plus:
   reference tissue class inside the mask (air, soft tissue, bone) and each class's
   share of the total absolute error.
 
+Each arm names its records (``RECORDS``): the stage's own (``<root>/records_sct``) or the same with MR
+registered to CT (``<root>/records_sct_registered``); each setting is built once, timed with the load
+average (``<root>/<records>_build.json``), and shared by the arms that ask for it.
+
 Runs live in ``<root>/<arm>/mrgan/seed<k>`` (``table1.Grid``: finished ones are skipped,
 unfinished ones resume, each records the checkout it used and its wall time); each
 training also records the load average before and after (the machine may be shared).
-Results: ``<results>/upsampling.{md,json}`` and ``upsampling.png`` (seed 0, one test head:
-synthetic CT, its error, and a soft-tissue-window close-up where a checkerboard shows).
+Results: ``<results>/upsampling.{md,json}`` (the arms run now, plus the other arms already in the json)
+and ``--figure`` (seed 0 of the arms run now, one test head: synthetic CT, its error, and a
+soft-tissue-window close-up where a checkerboard shows).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -45,13 +50,25 @@ from mrgan_tf.demo import runs  # noqa: E402
 from mrgan_tf.demo.sct import BONE_WINDOW, SyntheticCTStage  # noqa: E402
 from tfrecords_tools.atomic import atomic_write_text  # noqa: E402
 
-# arm -> (flagfile, extra train flags); configs/demo.cfg is what the demo's sct stage trains today.
+class Arm(NamedTuple):
+    """A flagfile, extra train flags, and the records it trains and is scored on (RECORDS)."""
+    config: str
+    train_flags: tuple[str, ...] = ()
+    records: str = "demo"
+
+
+# Records settings -> (folder under --root, make_records changes to the sct stage's preprocessing). "demo": the
+# stage's records as the demo makes them; "registered": the same with MR rigidly registered to CT (mutual
+# information, make_records --register, the demo's --register), which the evaluation maps back through.
+RECORDS = {"demo": ("records_sct", {}), "registered": ("records_sct_registered", {"register": True})}
+# configs/demo.cfg is what the demo's sct stage trained before configs/demo_sct.cfg.
 ARMS = {
-    "transpose": ("configs/demo.cfg", ()),
-    "nearest": ("configs/demo.cfg", ("--upsample=nearest",)),
-    "bilinear": ("configs/demo.cfg", ("--upsample=bilinear",)),
-    "demo_sct": ("configs/demo_sct.cfg", ()),
-    "demo_sct_lr1e-3": ("configs/demo_sct.cfg", ("--lr=1e-3",)),   # seed 0 screened 190 HU: the next candidate
+    "transpose": Arm("configs/demo.cfg"),
+    "nearest": Arm("configs/demo.cfg", ("--upsample=nearest",)),
+    "bilinear": Arm("configs/demo.cfg", ("--upsample=bilinear",)),
+    "demo_sct": Arm("configs/demo_sct.cfg"),        # the flagfile as it stands, on the records the demo makes
+    # --lr=1e-3 spelled out: the arm stays what was measured (157.9 HU, 3 seeds) if the flagfile changes again
+    "demo_sct_registered": Arm("configs/demo_sct.cfg", ("--lr=1e-3",), "registered"),
 }
 # Reference tissue classes inside the mask, by the reference CT's HU: [lo, hi).
 TISSUES = {"air": (-np.inf, -200.0), "soft tissue": (-200.0, 300.0), "bone": (300.0, np.inf)}
@@ -64,14 +81,20 @@ SOFT_WINDOW = (40.0, 400.0)        # centre, width in HU: a few tens of HU of pa
 
 FLAGS = flags.FLAGS  # the Table I runner's --root, --steps (unused: each flagfile's), --seeds, --results, --workers
 FLAGS.set_default("root", str(REPO / "runs" / "experiments" / "upsampling"))
-flags.DEFINE_list("arms", ["transpose", "nearest", "bilinear"], f"Arms to train and compare: {', '.join(ARMS)}.")
+flags.DEFINE_list("arms", ["transpose", "nearest", "bilinear"], f"Arms to train and compare: {', '.join(ARMS)}; "
+                  "the results keep the other arms already in upsampling.json.")
+flags.DEFINE_string("figure", "upsampling.png", "File name of the seed-0 figure of these arms under --results.")
 
 
 class StageGrid(table1.Grid):
     """One arm's runs, trained with the demo sct stage's command (the flagfile's schedule, not Table I's)."""
 
+    def __init__(self, root: str, name: str, config: str, steps: int, train_flags: Sequence[str], records: str):
+        super().__init__(root, name, config, steps, train_flags)
+        self.records = records
+
     def records_for(self, run: str) -> str:
-        return os.path.join(self.root, "records_sct")
+        return self.records
 
     def command(self, mode: str, seed: int) -> list[str]:
         return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.config}", f"--mode={mode}",
@@ -87,21 +110,36 @@ class StageGrid(table1.Grid):
         table1._write_json(path, state)
 
 
-def build_inputs(root: str, workers: int) -> tuple[str, str]:
-    """Demo data (the demo's own stage) and the sct stage's records, each reused when present; (data, records)."""
+def build_inputs(root: str, workers: int, settings: Sequence[str]) -> tuple[str, dict[str, str], dict[str, dict]]:
+    """Demo data (the demo's own stage) and the sct stage's records for each of ``settings``, each reused when
+    present and built once otherwise; (data, {setting: records}, {setting: how long its build took, at what load}).
+
+    The "demo" setting is the folder and preprocessing the arms have always used, so their runs stay finished.
+    """
+    import dataclasses
+
     from mrgan_tf.records.make_records import make_records
     from mrgan_tf.records.spec import DatasetSpec
 
     d = demo.Demo(demo.DemoOptions(out=root, workers=workers).resolved())
     status, commands = d.stage_data()
     table1.say(f"{status}: {'; '.join(commands)}")
-    stage = SyntheticCTStage(d)
-    cfg = stage.preprocess_config()
-    if not os.path.isfile(os.path.join(stage.records, "dataset.json")) \
-            or DatasetSpec.load(stage.records).preprocess != cfg:
-        make_records(d.data, stage.records, cfg, manifest=os.path.join(d.data, "demo_manifest.csv"), overwrite=True,
-                     workers=workers, progress=False)
-    return d.data, stage.records
+    base = SyntheticCTStage(d).preprocess_config()
+    folders, builds = {}, {}
+    for setting in dict.fromkeys(settings):
+        folder, changes = RECORDS[setting]
+        path, cfg = os.path.join(root, folder), dataclasses.replace(base, **changes)
+        log = path + "_build.json"          # beside the records: make_records --overwrite replaces the folder
+        if not os.path.isfile(os.path.join(path, "dataset.json")) or DatasetSpec.load(path).preprocess != cfg:
+            table1.say(f"records {setting}: building {path}")
+            before, t0 = os.getloadavg(), time.perf_counter()
+            make_records(d.data, path, cfg, manifest=os.path.join(d.data, "demo_manifest.csv"), overwrite=True,
+                         workers=workers, progress=False)
+            table1._write_json(log, {"seconds": time.perf_counter() - t0, "workers": workers,
+                                     "load_average": {"before": list(before), "after": list(os.getloadavg())},
+                                     "preprocess": cfg.to_dict(), "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+        folders[setting], builds[setting] = path, table1._read_json(log)
+    return d.data, folders, builds
 
 
 # --------------------------------------------------------------------------- scoring
@@ -191,11 +229,19 @@ def patient_average(rows: Mapping[str, Mapping]) -> dict:
     return avg
 
 
-def summary_markdown(arms: Mapping[str, Mapping[int, dict]], timings: Mapping[str, Mapping[int, dict]]) -> str:
-    """Arms x metrics (mean ± sd over seeds of the head average), then per-seed values and where the error is."""
+def summary_markdown(arms: Mapping[str, Mapping[int, dict]], timings: Mapping[str, Mapping[int, dict]],
+                     specs: Mapping[str, Mapping] | None = None, builds: Mapping[str, Mapping] | None = None) -> str:
+    """Arms x metrics (mean ± sd over seeds of the head average), then per-seed values and where the error is;
+    with ``specs``/``builds`` (the results json's "arms"/"records"): each arm's settings and the records' builds."""
     cell = lambda v, n: "-" if v is None else f"{v:.{n}f}"  # noqa: E731
-    lines = ["| Arm | n | " + " | ".join(label for _, label, _ in SHOWN) + " | Training (s) |",
-             "|---|---:|" + "---:|" * (len(SHOWN) + 1)]
+    lines = []
+    if specs:
+        lines += ["| Arm | Flagfile | Train flags | Records |", "|---|---|---|---|"]
+        lines += [f"| {a} | `{specs[a]['config']}` | {' '.join(f'`{f}`' for f in specs[a]['train_flags']) or '-'} "
+                  f"| {specs[a].get('records', 'demo')} |" for a in arms]
+        lines += [""]
+    lines += ["| Arm | n | " + " | ".join(label for _, label, _ in SHOWN) + " | Training (s) |",
+              "|---|---:|" + "---:|" * (len(SHOWN) + 1)]
     for arm, per_seed in arms.items():
         cells = []
         for k, _, n in SHOWN:
@@ -227,6 +273,14 @@ def summary_markdown(arms: Mapping[str, Mapping[int, dict]], timings: Mapping[st
     lines += ["", "Voxel share of each class: " + ", ".join(f"{t} {100 * voxels[f'{t} voxels']:.0f} %"
                                                           for t in TISSUES) + "; the reference's period-2 "
               f"amplitude in flat soft tissue: {voxels['checkerboard_flat_reference_hu']:.1f} HU."]
+    timed = {k: b for k, b in (builds or {}).items() if b.get("seconds") is not None}
+    if timed:
+        lines += ["", "Records builds (the sct stage's records; each setting built once, shared by its arms):", "",
+                  "| Records | Folder | Build (s) | Workers | Load before / after | Ended |",
+                  "|---|---|---:|---:|---:|---|"]
+        lines += [f"| {k} | {b.get('folder', '-')} | {b['seconds']:.0f} | {b.get('workers', '-')} | "
+                  f"{b['load_average']['before'][0]:.1f} / {b['load_average']['after'][0]:.1f} | "
+                  f"{b.get('ended', '-')} |" for k, b in timed.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -264,25 +318,62 @@ def figure(path: str, volumes: Mapping[str, dict], patient: str) -> str:
     return path
 
 
+def flagfile_steps(path: str) -> int:
+    """A flagfile's --steps as train reads it, through the flagfiles it nests (configs/demo_sct.cfg sets none
+    of its own): the last one set wins."""
+    import re
+
+    def last(p: str) -> int | None:
+        value = None
+        for line in Path(p).read_text().splitlines():
+            nested = re.match(r"^\s*--flagfile[=\s]\s*(\S+)\s*$", line)
+            if nested:
+                f = nested.group(1)
+                value = last(f if os.path.isabs(f) else str(REPO / f)) or value
+            elif re.match(r"^\s*--steps[=\s]", line):
+                value = int(re.split(r"[=\s]", line.strip(), maxsplit=1)[1])
+        return value
+
+    steps = last(path)
+    if steps is None:
+        raise table1.ExperimentError(f"{path}: no --steps in it or the flagfiles it nests")
+    return steps
+
+
+def carried_over(path: str, arms: Sequence[str]) -> dict:
+    """The arms of an earlier results json that this invocation does not run, so that one arm can be added
+    (or rerun) without retraining the others; each keeps the checkout and CPU it was measured with."""
+    old = table1._read_json(path)
+    out: dict = {k: {} for k in ("arms", "commands", "timings", "per_seed", "per_patient")}
+    for a, spec in (old.get("arms") or {}).items():
+        if a in arms:
+            continue
+        out["arms"][a] = {"records": "demo", "code": old.get("code"), "cpu": old.get("cpu"), **spec}
+        out["commands"].update({k: v for k, v in old["commands"].items() if k.split("/")[0] == a})
+        for k in ("timings", "per_seed", "per_patient"):
+            out[k][a] = {int(s): v for s, v in old[k][a].items()}
+    return out
+
+
 def run() -> int:
     arms = table1.check_choices("arms", FLAGS.arms, list(ARMS))
     seeds = [int(s) for s in FLAGS.seeds]
     root = os.path.abspath(FLAGS.root)
     t0 = time.perf_counter()
-    data_root, records = build_inputs(root, FLAGS.workers)
+    data_root, records, builds = build_inputs(root, FLAGS.workers, [ARMS[a].records for a in arms])
     grids = {}
     for arm in arms:
-        config, train_flags = ARMS[arm]
-        config = str(REPO / config)
+        config = str(REPO / ARMS[arm].config)
         table1.check_flagfile(config)
-        grids[arm] = StageGrid(root, arm, config, demo._flagfile_int(config, "steps"), train_flags)
+        grids[arm] = StageGrid(root, arm, config, flagfile_steps(config), ARMS[arm].train_flags,
+                               records[ARMS[arm].records])
     per_arm: dict = {a: {} for a in arms}
     raw: dict = {a: {} for a in arms}
     for seed in seeds:                                  # seed-major: an interrupted run still compares arms
         for arm, grid in grids.items():
             if not grid.finished("mrgan", seed):
                 grid.train("mrgan", seed)
-            raw[arm][seed] = score_run(os.path.join(grid.run_dir("mrgan", seed), "export"), data_root, records)
+            raw[arm][seed] = score_run(os.path.join(grid.run_dir("mrgan", seed), "export"), data_root, grid.records)
             per_arm[arm][seed] = patient_average(raw[arm][seed])
             table1.say(f"[{arm} seed {seed}] " + ", ".join(f"{label} {per_arm[arm][seed][k]:.{n}f}"
                                                             for k, label, n in SHOWN))
@@ -293,21 +384,31 @@ def run() -> int:
     from mrgan_tf.evaluation.grid import original_files
     from mrgan_tf.evaluation.patients import load_records_patients
     from mrgan_tf.inference.predictors import load_predictor
-    patients, cfg = load_records_patients(records)
-    pid = sorted(patients)[0]
-    files = original_files(data_root, patients)[pid]
-    vols = {a: score_patient(load_predictor(os.path.join(g.run_dir("mrgan", seeds[0]), "export"), "mr2ct"),
-                             files, cfg, patients[pid].ct_to_mr)[1] for a, g in grids.items()}
-    png = figure(os.path.join(FLAGS.results, "upsampling.png"), vols, pid)
-    md = summary_markdown(per_arm, timings)
-    doc = {"seeds": seeds, "arms": {a: {"config": ARMS[a][0], "train_flags": list(ARMS[a][1]),
-                                        "steps": grids[a].steps} for a in arms},
+    vols, pid = {}, None
+    for a, g in grids.items():                          # each arm on its own records (their registration)
+        patients, cfg = load_records_patients(g.records)
+        pid = pid or sorted(patients)[0]
+        files = original_files(data_root, patients)[pid]
+        vols[a] = score_patient(load_predictor(os.path.join(g.run_dir("mrgan", seeds[0]), "export"), "mr2ct"),
+                                files, cfg, patients[pid].ct_to_mr)[1]
+    png = figure(os.path.join(FLAGS.results, FLAGS.figure), vols, pid)
+    code, cpu = table1.code_version(), _cpu_model()
+    doc = {"seeds": seeds, "arms": {a: {"config": ARMS[a].config, "train_flags": list(ARMS[a].train_flags),
+                                        "records": ARMS[a].records, "steps": grids[a].steps, "code": code,
+                                        "cpu": cpu} for a in arms},
            "commands": {f"{a}/seed{s}": runs.cmd_text(g.command("mrgan", s)) for a, g in grids.items()
                         for s in seeds},
-           "timings": timings, "per_seed": per_arm, "per_patient": raw, "code": table1.code_version(),
-           "cpu": _cpu_model(), "wall_seconds": time.perf_counter() - t0}
+           "timings": timings, "per_seed": per_arm, "per_patient": raw,
+           "records": {k: {"folder": os.path.basename(records[k]), **builds[k]} for k in records},
+           "code": code, "cpu": cpu, "wall_seconds": time.perf_counter() - t0}
+    json_path = os.path.join(FLAGS.results, "upsampling.json")
+    old = carried_over(json_path, arms)
+    for k, v in old.items():
+        doc[k] = {**v, **doc[k]}
+    doc["records"] = {**table1._read_json(json_path).get("records", {}), **doc["records"]}
+    md = summary_markdown(doc["per_seed"], doc["timings"], doc["arms"], doc["records"])
     atomic_write_text(os.path.join(FLAGS.results, "upsampling.md"), md)
-    atomic_write_text(os.path.join(FLAGS.results, "upsampling.json"), json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
     print(md)
     print(f"wrote {png} and upsampling.{{md,json}} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -55,7 +55,8 @@ class DemoOptions:
     seed: int = 0
     config: str | None = None             # train flagfile (default configs/demo.cfg)
     sct_config: str | None = None         # the synthetic-CT stage's train flagfile (default configs/demo_sct.cfg)
-    sct_register: bool = False            # the synthetic-CT stage's records: MR registered to CT
+    sct_register: bool = True             # the synthetic-CT stage's records: MR registered to CT (demo_sct.cfg's
+                                          # measured MAE needs it: docs/RESULTS.md, "Generator upsampling")
     image_size: int | None = None         # None: 128 * size_scale (a multiple of 4)
     spacing_mm: float | None = None       # None: the demo data's own voxel size
     register: bool = False                # MI registration of MR to CT in make_records
