@@ -57,7 +57,10 @@ def dose_data(tmp_path_factory):
 
 
 def _known_synthetic_ct(predictor, mr, ct_to_mr, batch_size, source):
-    """The patient's own CT from its MR (the phantom's MR is a function of the CT), denser for model 'denser'."""
+    """The patient's own CT from its MR (the phantom's MR is a function of the CT), denser for model 'denser';
+    for model 'mrlike' the MR itself (no CT)."""
+    if source.startswith("mrlike"):
+        return Volume(np.asarray(mr.data, np.float32), mr.affine, source)
     ct = _ct_of(np.asarray(mr.data, np.float32))
     return Volume(np.where(ct > -500, ct + DENSER_HU, ct) if source.startswith("denser") else ct, mr.affine, source)
 
@@ -127,15 +130,17 @@ def test_each_patient_and_model_has_its_dose_report_folder(dosed):
     assert not [f for f in os.listdir(out) if f.startswith(".")]   # no temporary folder left
 
 
-def test_dose_on_the_first_patients_only(dose_data, tmp_path, monkeypatch):
+def test_dose_on_the_first_patients_only_and_a_refused_synthetic_ct_noted(dose_data, tmp_path, monkeypatch):
     _, records, export = dose_data
     monkeypatch.setattr(dose_models, "synthetic_ct", _known_synthetic_ct)
     lines = []
     monkeypatch.setattr(dose_models, "_line", lambda *a: lines.append(a) or "")
-    result = evaluate.evaluate({"same": export}, records, str(tmp_path), grid_metrics=False,
+    result = evaluate.evaluate({"same": export, "mrlike": export}, records, str(tmp_path), grid_metrics=False,
                                dose=dataclasses.replace(FAST, modalities=("protons",)),
                                dose_patients=1)
     assert list(result["dose"]["per_patient"]["same"]) == ["a"] and result["dose"]["left_out_patients"] == ["b"]
+    assert result["dose"]["per_patient"]["mrlike"] == {} and not (tmp_path / "dose" / "a" / "mrlike").exists()
+    assert any(n.startswith("patient a, model mrlike: no dose figures:") for n in result["dose"]["notes"])
     assert len(lines) == 1                          # a progress line per patient
     md = result["markdown"]
     assert "### Protons" in md and "### Photons" not in md and "beyond the first 1 (--dose_patients): b" in md

@@ -146,14 +146,14 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     results = {name: evaluate_predictors(preds, patients, cfg, batch_size, progress)
                for name, preds in paper.items()}
     grid = evaluate_on_grid(loaded, patients, cfg, originals, batch_size, progress) if grid_metrics else None
-    dose_dir = os.path.join(out_dir, dose_models.FOLDER)
-    dosed, dose_tmp = None, None
-    if dose is not None:
-        made = not os.path.exists(out_dir)
+    dosed = None
+    if dose is not None:   # the last numbers: its report folders are filled as it goes, put in place when done
+        made, dose_dir = not os.path.exists(out_dir), os.path.join(out_dir, dose_models.FOLDER)
         dose_tmp = temporary_folder(dose_dir)
         try:
             dosed = dose_models.evaluate_dose(models, loaded, patients, dose_files, dose_tmp, dose, dose_patients,
                                               batch_size, progress)
+            swap_in_directory(dose_tmp, dose_dir)
         except BaseException:
             shutil.rmtree(dose_tmp, ignore_errors=True)
             if made:   # leave no empty output folder behind
@@ -188,8 +188,7 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         doc["dose"] = {**json.loads(metric_tables.table_json(dosed.rows, dosed.metrics, ddof=DDOF)),
                        **dosed.to_json()}
         texts.append(("metrics_dose.csv", metric_tables.table_csv(dosed.rows, dosed.metrics)))
-        swap_in_directory(dose_tmp, dose_dir)
-        files.append(dose_dir)
+        files.append(os.path.join(out_dir, dose_models.FOLDER))
     texts.append(("metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"))
     for name, text in texts:
         atomic_write_text(os.path.join(out_dir, name), text)

@@ -41,7 +41,7 @@ class DoseEvaluation:
     left_out_patients: list[str]                    # beyond the patient limit
     left_out_models: list[str]                      # no MR -> CT generator
     folders: dict[str, dict[str, str]]              # model -> patient -> report folder, relative to the output
-    seconds: dict[str, dict[str, float]]            # patient -> {"plan": s, model: s}
+    seconds: dict[str, dict]                        # patient -> {"wall", "cpu", "plan": s, "check": {model: s}}
     notes: list[str]
     synthetic_target: bool = True
 
@@ -103,12 +103,13 @@ def row(result) -> dict[str, float]:
     return out
 
 
-def _line(pid: str, i: int, n: int, seconds: Mapping[str, float], rows: Mapping[str, Mapping]) -> str:
+def _line(pid: str, i: int, n: int, seconds: Mapping, rows: Mapping[str, Mapping]) -> str:
     figures = "; ".join(f"{name}: " + ", ".join(f"{m} mae_target {r[m + '_mae_target']:.2f} % gamma 2%/2mm "
                                                    f"{r[m + '_gamma_2_2']:.1f} %" for m in MODALITIES
                                                    if m + "_mae_target" in r)
                         for name, r in rows.items())
-    return f"dose: patient {pid} ({i}/{n}) in {sum(seconds.values()):.0f} s" + (f"; {figures}" if figures else "")
+    return (f"dose: patient {pid} ({i}/{n}) in {seconds['wall']:.0f} s (CPU {seconds['cpu']:.0f} s)"
+            + (f"; {figures}" if figures else ""))
 
 
 def evaluate_dose(models: Mapping[str, str], loaded: Mapping[str, Mapping[str, Predictor]],
@@ -130,11 +131,11 @@ def evaluate_dose(models: Mapping[str, str], loaded: Mapping[str, Mapping[str, P
     result = DoseEvaluation({name: {} for name in names}, config, pids, list(patients)[len(pids):],
                             [name for name in loaded if name not in names], {name: {} for name in names}, {}, [])
     for i, pid in enumerate(pids, 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()   # CPU time of every thread of the process
         ct, mr = read_volume(files[pid]["ct"]), read_volume(files[pid]["mr"])
         plans = plan_reference(ct, config=config, progress=progress)
         result.synthetic_target &= plans.structures.synthetic_target
-        seconds = {"plan": round(time.perf_counter() - t0, 1)}
+        seconds = {"plan": round(time.perf_counter() - t0, 1), "check": {}}
         for name in names:
             t1 = time.perf_counter()
             sct = synthetic_ct(loaded[name]["mr2ct"], mr, patients[pid].ct_to_mr, batch_size,
@@ -151,7 +152,9 @@ def evaluate_dose(models: Mapping[str, str], loaded: Mapping[str, Mapping[str, P
             result.folders[name][pid] = os.path.join(FOLDER, pid, name)
             result.notes += [f"patient {pid}, model {name}: {n}" for n in checked.notes
                              if n != SYNTHETIC_TARGET_NOTE]
-            seconds[name] = round(time.perf_counter() - t1, 1)
-        result.seconds[pid] = seconds
-        say(_line(pid, i, len(pids), seconds, {n: result.rows[n][pid] for n in names if pid in result.rows[n]}))
+            seconds["check"][name] = round(time.perf_counter() - t1, 1)
+        result.seconds[pid] = {"wall": round(time.perf_counter() - t0, 1),
+                               "cpu": round(time.process_time() - cpu0, 1), **seconds}
+        say(_line(pid, i, len(pids), result.seconds[pid],
+                  {n: result.rows[n][pid] for n in names if pid in result.rows[n]}))
     return result
