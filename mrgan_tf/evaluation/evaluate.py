@@ -34,6 +34,14 @@ synthesize writes beside the output) is scored against the absolute error inside
 ``*_unc_spearman`` (Spearman correlation), ``*_unc_mae_top10`` and ``*_unc_mae_rest`` (MAE in
 the 10 % of mask voxels with the largest spread, and in the rest).
 
+With ``--dose``, every model with an MR -> CT generator also gets a dose check of its synthetic CT on
+each test patient (``--dose_patients``: the first N), as the ``dose`` command makes it: per patient a
+photon and a proton plan optimised on the reference CT, recomputed on each model's synthetic CT with
+the same beams and weights (``evaluation.dose``). Its figures (``mae_target``, gamma pass rates, the
+target's D98 and D2 differences) are their own tables in metrics.md, ``dose`` in metrics.json and
+``metrics_dose.csv``; each patient's and model's dose report folder goes to ``dose/<patient>/<model>``.
+The plan's numbers are the ``dose`` command's flags (``--resolution_mm`` and the others of ``DoseConfig``).
+
 Avg±sd in metrics.md and metrics.json is over patients with a population sd
 (ddof=0), as the paper's Table I. Nothing is written until every number is
 computed; output files are written atomically.
@@ -42,20 +50,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Mapping
 
 from absl import app, flags
 
 from mrgan_tf import cli
 from mrgan_tf.evaluation import tables as metric_tables
-from mrgan_tf.evaluation.grid import check_preprocessing, evaluate_on_grid, scored_metrics, source_root
+from mrgan_tf.evaluation.dose import models as dose_models
+from mrgan_tf.evaluation.dose.config import FLAGS as DOSE_FLAGS
+from mrgan_tf.evaluation.dose.config import DoseConfig
+from mrgan_tf.evaluation.grid import check_preprocessing, evaluate_on_grid, original_files, scored_metrics, source_root
 from mrgan_tf.evaluation.paper import ALL_METRICS, DDOF, evaluate_predictors
 from mrgan_tf.evaluation.patients import EvaluationError, _is_records, load_records_patients, load_root_patients
 from mrgan_tf.evaluation.report import report_markdown, write_figures
 from mrgan_tf.inference.outputs import define_ensemble_flags
 from mrgan_tf.inference.predictors import Fusion, Predictor, load_predictors
 from mrgan_tf.inference.tta import TTAConfig, tta_from_flags
-from tfrecords_tools.atomic import atomic_write_text
+from tfrecords_tools.atomic import atomic_write_text, swap_in_directory, temporary_folder
 
 
 def load_model(path: str, tta: TTAConfig = TTAConfig(), fusion: str | None = None
@@ -75,13 +87,15 @@ def load_model(path: str, tta: TTAConfig = TTAConfig(), fusion: str | None = Non
 
 def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: int = 16,
              skip_missing: bool = False, fig_slices: int = 3, progress: bool = False, root: str | None = None,
-             grid_metrics: bool = True, tta: TTAConfig = TTAConfig(), fusion: str | None = None) -> dict:
+             grid_metrics: bool = True, tta: TTAConfig = TTAConfig(), fusion: str | None = None,
+             dose: DoseConfig | None = None, dose_patients: int | None = None) -> dict:
     """Evaluate ``{name: run dir or export}`` on ``dataset``; writes the report to ``out_dir``.
 
     Returns ``{"per_patient": {model: {patient: metrics}}, "summary", "latency", "files", "markdown"}``
     (the paper's conventions) and, with ``grid_metrics``, ``"synthrad": {"per_patient", "summary",
     "mask_source", "notes", "root"}`` (SynthRAD's, on the original grid; original volumes from ``root``
-    or, for records, the dataset root they were made from).
+    or, for records, the dataset root they were made from) and, with ``dose``, ``"dose": {"per_patient",
+    "summary", ...}`` (the dose check of each model's synthetic CT; ``dose_models.DoseEvaluation.to_json``).
 
     Args:
         models: ``{name: path}`` of run directories or SavedModel exports, compared side by side; a path
@@ -96,6 +110,8 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         grid_metrics: also score SynthRAD's metrics on each patient's original grid.
         tta: test-time augmented copies every model also predicts, fused with its own prediction.
         fusion: how several predictions of a model are fused (default median).
+        dose: also check each MR -> CT model's synthetic CT by dose, with these plans (``DoseConfig``).
+        dose_patients: the dose check on the first this many test patients only (default: all).
 
     A model of several predictions (comma-separated paths, or ``tta``) is scored on their fused
     volume, and its spread against the error on the original grid (``uncertainty``).
@@ -122,16 +138,33 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
         cfg = next(iter(next(iter(loaded.values())).values())).preprocess
         check_preprocessing(models, loaded, cfg, f"the first model ({next(iter(models.values()))})")
         patients = load_root_patients(dataset, cfg, skip_missing)
-    originals = source_root(dataset, records, root) if grid_metrics else None  # fail before the slow part
+    if dose is not None:
+        dose_models.check_models(models, loaded, cfg)
+    originals = source_root(dataset, records, root) if grid_metrics or dose else None  # fail before the slow part
+    if dose is not None:
+        dose_files = original_files(originals, patients)
     results = {name: evaluate_predictors(preds, patients, cfg, batch_size, progress)
                for name, preds in paper.items()}
     grid = evaluate_on_grid(loaded, patients, cfg, originals, batch_size, progress) if grid_metrics else None
+    dosed = None
+    if dose is not None:   # the last numbers: its report folders are filled as it goes, put in place when done
+        made, dose_dir = not os.path.exists(out_dir), os.path.join(out_dir, dose_models.FOLDER)
+        dose_tmp = temporary_folder(dose_dir)
+        try:
+            dosed = dose_models.evaluate_dose(models, loaded, patients, dose_files, dose_tmp, dose, dose_patients,
+                                              batch_size, progress)
+            swap_in_directory(dose_tmp, dose_dir)
+        except BaseException:
+            shutil.rmtree(dose_tmp, ignore_errors=True)
+            if made:   # leave no empty output folder behind
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     per_patient = {name: res.rows for name, res in results.items()}
     latency = {name: res.latency for name, res in results.items()}
     sources = {name: loaded[name]["ct2mr"].source for name in paper}
     os.makedirs(out_dir, exist_ok=True)
     files = write_figures(out_dir, patients, results, fig_slices)
-    md = report_markdown(per_patient, latency, sources, dataset, grid)
+    md = report_markdown(per_patient, latency, sources, dataset, grid, dosed)
     doc = json.loads(metric_tables.table_json(per_patient, ALL_METRICS, ddof=DDOF))
     doc.update({"dataset": os.path.abspath(dataset), "dataset_kind": "records" if records else "root",
                 "models": {n: ",".join(os.path.abspath(m) for m in p.split(",") if m) for n, p in models.items()},
@@ -151,6 +184,11 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
                                         "inside the mask; sct_* in HU, smr_* in the reference MR's units"})
         doc["synthrad"] = synthrad
         texts.append(("metrics_synthrad.csv", metric_tables.table_csv(grid.rows, metrics)))
+    if dosed is not None:
+        doc["dose"] = {**json.loads(metric_tables.table_json(dosed.rows, dosed.metrics, ddof=DDOF)),
+                       **dosed.to_json()}
+        texts.append(("metrics_dose.csv", metric_tables.table_csv(dosed.rows, dosed.metrics)))
+        files.append(os.path.join(out_dir, dose_models.FOLDER))
     texts.append(("metrics.json", json.dumps(doc, indent=2, allow_nan=False) + "\n"))
     for name, text in texts:
         atomic_write_text(os.path.join(out_dir, name), text)
@@ -159,6 +197,8 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
            "markdown": md}
     if synthrad is not None:
         out["synthrad"] = {"per_patient": grid.rows, **{k: v for k, v in synthrad.items() if k != "per_patient"}}
+    if dosed is not None:
+        out["dose"] = {"per_patient": dosed.rows, **{k: v for k, v in doc["dose"].items() if k != "per_patient"}}
     return out
 
 
@@ -196,6 +236,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "root).", flag_values=fv)
     flags.DEFINE_bool("grid_metrics", True, "SynthRAD's metrics on each test patient's original grid "
                       "(--nogrid_metrics: the paper's 2-D tables only).", flag_values=fv)
+    flags.DEFINE_bool("dose", False, "Also check each MR->CT model's synthetic CT by dose on the test patients: a "
+                      "photon and a proton plan on the reference CT, recomputed on the synthetic CT (needs the "
+                      "'dose' extra; minutes per patient). The plan's flags are the dose command's.", flag_values=fv)
+    flags.DEFINE_integer("dose_patients", None, "--dose on the first N test patients only (default: all).",
+                         lower_bound=1, flag_values=fv)
+    cli.define_field_flags(fv, DoseConfig, DOSE_FLAGS)
 
 
 def main(argv):
@@ -205,10 +251,14 @@ def main(argv):
             raise app.UsageError(f"--{name} is required")
     import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a SavedModel that does not load)
 
+    dose_flags = ["dose_patients", *(f.name or k for k, f in DOSE_FLAGS.items())]
+    if not fv.dose and any(fv[name].present for name in dose_flags):
+        raise app.UsageError(f"--{next(n for n in dose_flags if fv[n].present)} is a --dose flag; add --dose")
     with cli.user_errors("evaluate"):
+        dose = DoseConfig(**cli.field_values(fv, DOSE_FLAGS, DoseConfig)) if fv.dose else None
         result = evaluate(parse_models(fv.model), fv.dataset, fv.out, fv.batch_size, fv.skip_missing,
                           fv.fig_slices, fv.progress, root=fv.root, grid_metrics=fv.grid_metrics,
-                          tta=tta_from_flags(fv), fusion=fv.fusion)
+                          tta=tta_from_flags(fv), fusion=fv.fusion, dose=dose, dose_patients=fv.dose_patients)
     print(result["markdown"])
     print(f"wrote {len(result['files'])} files to {fv.out}")
     return 0

@@ -1,4 +1,4 @@
-"""An evaluation's report: metrics.md (both conventions, never mixed), the figures, latency.
+"""An evaluation's report: metrics.md (both conventions and the dose check, never mixed), the figures, latency.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from mrgan_tf.evaluation import figures
 from mrgan_tf.evaluation import tables as metric_tables
+from mrgan_tf.evaluation.dose.models import DOSE_TABLES, DoseEvaluation
 from mrgan_tf.evaluation.grid import GRID_TABLES, UNCERTAINTY_METRICS, UNCERTAINTY_TABLES, GridResult
 from mrgan_tf.evaluation.paper import DDOF, TABLES, ModelResult
 from mrgan_tf.evaluation.patients import TestPatient
@@ -109,8 +110,39 @@ def grid_markdown(grid: GridResult) -> str:
     return "\n".join(parts)
 
 
+def dose_markdown(dose: DoseEvaluation) -> str:
+    """The dose section: what was planned and on what, the caveat, one table per modality, what was left out."""
+    from mrgan_tf.evaluation.dose.report import ENGINE, NOT_CLINICAL
+
+    cfg = dose.config
+    beams = ", ".join(f"{len(cfg.angles(m))} coplanar {m[:-1]} beams" for m in cfg.modalities)
+    parts = ["## Dose check of the synthetic CT\n",
+             f"**{NOT_CLINICAL}** Engine: {ENGINE}.\n",
+             f"Per test patient, a plan per modality ({beams}; {cfg.prescription_gy:g} Gy in {cfg.fractions} "
+             f"fractions; {cfg.resolution_mm:g} mm planning and dose grid; {cfg.iterations} optimiser iterations) "
+             "is optimised on the reference CT and recomputed on each model's synthetic CT (from the patient's MR, "
+             "through the records' CT -> MR registration where they have one) with the same beams and weights, as "
+             "SynthRAD2025 "
+             "scores synthetic CTs. mae_target: mean |D_CT - D_sCT| over voxels with D_CT >= 90 % of the "
+             "prescription, in % of the prescription; gamma: global 3-D gamma pass rate (pymedphys) above a "
+             f"{cfg.gamma_cutoff_percent:g} % low-dose cutoff; ΔD98, ΔD2: the target's DVH points, synthetic - "
+             "reference, in Gy. Body: the reference CT above -500 HU." +
+             (" Target: a sphere of {:g} mm placed from the body mask (the dose command's synthetic comparison "
+              "target), not a clinical one.".format(cfg.target_radius_mm) if dose.synthetic_target else "") +
+             " Each patient's and model's report (dose.md, dose.json, dose-difference and DVH pictures, the "
+             f"doses as volumes) is in `dose/<patient>/<model>/`. Avg±sd: population sd (ddof={DDOF}).\n"]
+    parts += _tables(dose.rows, DOSE_TABLES, "###")
+    left = [f"test patients beyond the first {len(dose.patients)} (--dose_patients): "
+            f"{', '.join(dose.left_out_patients)}"] if dose.left_out_patients else []
+    left += [f"model {name}: no MR -> CT generator, no synthetic CT to check" for name in dose.left_out_models]
+    if left or dose.notes:
+        parts.append("Left out and noted:\n\n" + "\n".join(f"- {n}" for n in left + dose.notes) + "\n")
+    return "\n".join(parts)
+
+
 def report_markdown(per_patient: Mapping[str, Mapping], latency: Mapping[str, Mapping],
-                    sources: Mapping[str, str], dataset: str, grid: GridResult | None = None) -> str:
+                    sources: Mapping[str, str], dataset: str, grid: GridResult | None = None,
+                    dose: DoseEvaluation | None = None) -> str:
     parts = [f"# Evaluation on `{dataset}`\n",
              "Two conventions in separate tables: the paper's (2-D fitted slices, 0-255 scale) and "
              + ("SynthRAD's (3-D, original grid, HU, inside the mask)." if grid is not None else
@@ -123,6 +155,8 @@ def report_markdown(per_patient: Mapping[str, Mapping], latency: Mapping[str, Ma
     parts += _tables(per_patient, TABLES, "###")
     if grid is not None:
         parts.append(grid_markdown(grid))
+    if dose is not None:
+        parts.append(dose_markdown(dose))
     parts.append("## Inference latency\n")
     parts.append("CT -> MR generator only, after one warm-up call; a volume = one test patient's slices.\n")
     parts.append(_latency_markdown(latency, sources))

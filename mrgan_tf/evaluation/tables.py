@@ -40,6 +40,10 @@ _DISPLAY = {
     "smr_unc_mae_top10": ("MAE top-10% SD", 2),
     "smr_unc_mae_rest": ("MAE other 90%", 2),
 }
+# The dose check's figures (``evaluate --dose``), one table per modality: the same labels in each.
+_DISPLAY.update({f"{m}_{key}": shown for m in ("photons", "protons") for key, shown in {
+    "mae_target": ("mae_target %", 2), "gamma_2_2": ("gamma 2%/2mm %", 1), "gamma_1_1": ("gamma 1%/1mm %", 1),
+    "target_d98_diff": ("ΔD98 target Gy", 2), "target_d2_diff": ("ΔD2 target Gy", 2)}.items()})
 MISSING = "—"
 
 

@@ -79,6 +79,10 @@ def score(reference: np.ndarray, synthetic: np.ndarray, structures: Structures, 
     return out
 
 
+SYNTHETIC_TARGET_NOTE = ("the target is a synthetic sphere placed from the body mask: a comparison target for scoring "
+                         "the synthetic CT, not a clinical one")
+
+
 def _notes(cts: PlanningCTs, structures: Structures) -> list[str]:
     """What a reader of the figures must know: filled and clipped voxels, the kind of target."""
     notes = []
@@ -91,8 +95,7 @@ def _notes(cts: PlanningCTs, structures: Structures) -> list[str]:
             notes.append(f"{n} voxels of the {which} CT lay outside the HU-to-density table's range "
                          "[-1024, 3000] HU and were clipped to it")
     if structures.synthetic_target:
-        notes.append("the target is a synthetic sphere placed from the body mask: a comparison target for scoring "
-                     "the synthetic CT, not a clinical one")
+        notes.append(SYNTHETIC_TARGET_NOTE)
     return notes
 
 
