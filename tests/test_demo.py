@@ -62,6 +62,11 @@ def test_synthetic_ct_row_in_hu(built):
         assert -1 <= r["sct_unc_spearman"] <= 1 and r["sct_unc_mae_top10"] >= 0 and r["sct_unc_mae_rest"] >= 0
     assert "spread~error (Spearman)" in report and "sct_uncertainty.png" in report
     assert os.path.getsize(os.path.join(out, "sct_uncertainty.png")) > 1000
+    # The dose check of the synthetic CT on the first test head (--dose_patients=1, the default).
+    dose = json.load(open(os.path.join(out, "eval_sct", "metrics.json")))["dose"]
+    (pid, row), = dose["per_patient"]["mrgan"].items()
+    assert pid == "pair_test_01" and 0 <= row["photons_gamma_2_2"] <= 100 and row["protons_mae_target"] >= 0
+    assert "### Dose check of the synthetic CT" in report and "dose_difference.png" in report
 
 
 def test_records_verify(built):

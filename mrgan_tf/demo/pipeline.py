@@ -55,6 +55,7 @@ class DemoOptions:
     seed: int = 0
     config: str | None = None             # train flagfile (default configs/demo.cfg)
     sct_config: str | None = None         # the synthetic-CT stage's train flagfile (default configs/demo_sct.cfg)
+    dose_patients: int = 1                # the synthetic-CT stage's dose check: on this many test heads (0: none)
     sct_register: bool = True             # the synthetic-CT stage's records: MR registered to CT (demo_sct.cfg's
                                           # measured MAE needs it: docs/RESULTS.md, "Generator upsampling")
     image_size: int | None = None         # None: 128 * size_scale (a multiple of 4)
@@ -401,6 +402,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("config", None, "Train flagfile (default configs/demo.cfg).", flag_values=fv)
     flags.DEFINE_string("sct_config", None, "The synthetic-CT stage's train flagfile (default configs/demo_sct.cfg).",
                         flag_values=fv)
+    flags.DEFINE_integer("dose_patients", d.dose_patients, "Dose check of the synthetic CT (photon and proton "
+                         "plans, 5 mm grid) on this many test heads; 0: none.", flag_values=fv)
     flags.DEFINE_bool("sct_register", d.sct_register, "Register each MR to its CT in the synthetic-CT stage's "
                       "records (make_records --register).", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "Slice size (default 128 x size_scale).", flag_values=fv)
@@ -418,7 +421,7 @@ def main(argv):
     with cli.user_errors("demo"):
         run_demo(DemoOptions(out=fv.out, rebuild=fv.rebuild, steps=fv.steps, size_scale=fv.size_scale,
                              seed=fv.seed, config=fv.config, sct_config=fv.sct_config,
-                             sct_register=fv.sct_register, image_size=fv.image_size, spacing_mm=fv.spacing_mm,
+                             sct_register=fv.sct_register, dose_patients=fv.dose_patients, image_size=fv.image_size, spacing_mm=fv.spacing_mm,
                              register=fv.register, train_flags=tuple(fv.train_flag), jobs=fv.jobs,
                              workers=fv.workers))
     return 0

@@ -28,6 +28,10 @@ SCT_LABELS = {"sct_mae": "MAE (HU)", "sct_psnr": "PSNR (dB)", "sct_ssim": "SSIM 
               "sct_unc_spearman": "spread~error (Spearman)", "sct_unc_mae_top10": "MAE, top-10 % spread (HU)",
               "sct_unc_mae_rest": "MAE, other 90 % (HU)"}
 TTA = ("flip",)     # the demo's test-time augmentation: its spread is the uncertainty map
+DOSE_GRID_MM = 5.0  # the dose check's grid: ~20 s a head on 2 cores (3 mm, the dose tool's default: ~1 min)
+DOSE_SHOWN = (("photons_mae_target", "photons mae_target (%)"), ("photons_gamma_2_2", "photons gamma 2%/2mm (%)"),
+              ("protons_mae_target", "protons mae_target (%)"), ("protons_gamma_2_2", "protons gamma 2%/2mm (%)"),
+              ("protons_target_d98_diff", "protons target ΔD98 (Gy)"))
 
 
 def bone_window(hu) -> np.ndarray:
@@ -113,6 +117,7 @@ class SyntheticCTStage:
         self.eval_tta = os.path.join(demo.out, "eval_sct_tta")
         self.uncertainty_png = os.path.join(demo.out, "sct_uncertainty.png")
         self.per_patient: dict = {}
+        self.dose: dict = {}
 
     def preprocess_config(self):
         import dataclasses
@@ -136,10 +141,12 @@ class SyntheticCTStage:
             .replace(f"--out={d.records}", f"--out={self.records}")
         commands = [records_cmd, demo_lib.cmd_text(self.train_command()),
                     f"python -m mrgan_tf.evaluate --model=mrgan={self.run_dir}/export --dataset={self.records} "
-                    f"--out={self.eval}",
+                    f"--out={self.eval}" + (f" --dose --dose_patients={d.o.dose_patients} "
+                                        f"--resolution_mm={DOSE_GRID_MM:g}" if d.o.dose_patients else ""),
                     f"python -m mrgan_tf.evaluate --model=mrgan_{'_'.join(TTA)}={self.run_dir}/export "
                     f"--tta={','.join(TTA)} --dataset={self.records} --out={self.eval_tta}"]
-        key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:], "tta": TTA}
+        key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:], "tta": TTA,
+               "dose": [d.o.dose_patients, DOSE_GRID_MM]}
         done = [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
                 self.uncertainty_png]
         if not d.dirty and d.state.matches("sct", key) and all(os.path.isfile(f) for f in done):
@@ -153,7 +160,11 @@ class SyntheticCTStage:
         demo_lib.TrainingPool(lambda name: self.train_command(), {"sct": self.run_dir}, d.logs, 1,
                               d.o.steps).run(["sct"])   # logs/train_sct.log, progress lines, errors as DemoError
         export = os.path.join(self.run_dir, "export")
-        evaluate({"mrgan": export}, self.records, self.eval, progress=False)
+        dose = {}
+        if d.o.dose_patients:   # planned on each head's CT, recomputed on its synthetic CT (evaluate --dose)
+            from mrgan_tf.evaluation.dose.config import DoseConfig
+            dose = {"dose": DoseConfig(resolution_mm=DOSE_GRID_MM), "dose_patients": d.o.dose_patients}
+        evaluate({"mrgan": export}, self.records, self.eval, progress=False, **dose)
         tta = TTAConfig(augment=TTA)   # the same model with its augmented copies: their spread is the uncertainty
         evaluate({f"mrgan_{'_'.join(TTA)}": export}, self.records, self.eval_tta, progress=False, tta=tta)
         self._read_scores()
@@ -168,10 +179,34 @@ class SyntheticCTStage:
 
     def _read_scores(self) -> None:
         import json
-        self.per_patient = {}
+        self.per_patient, self.dose = {}, {}
         for folder in (self.eval, self.eval_tta):
             with open(os.path.join(folder, "metrics.json")) as f:
-                self.per_patient.update(json.load(f)["synthrad"]["per_patient"])
+                doc = json.load(f)
+            self.per_patient.update(doc["synthrad"]["per_patient"])
+            self.dose = self.dose or doc.get("dose", {})
+
+    def dose_lines(self, rel) -> list[str]:
+        """The dose check's rows (the demo's MR-GAN synthetic CT on its first test heads) and its pictures."""
+        rows = self.dose.get("per_patient", {}).get("mrgan", {})
+        if not rows:
+            return []
+        lines = ["### Dose check of the synthetic CT", "",
+                 f"`evaluate --dose` on the first {len(rows)} test head(s), {DOSE_GRID_MM:g} mm grid: a photon and a "
+                 "proton plan optimised on the CT, recomputed on the synthetic CT with the same beams and weights "
+                 "(SynthRAD2025's figures; target: a sphere in the brain placed from the body, a comparison target, "
+                 "not a clinical one). " + self.dose.get("caveat", ""), "",
+                 "| Patient | " + " | ".join(label for _, label in DOSE_SHOWN) + " |",
+                 "|---|" + "---:|" * len(DOSE_SHOWN)]
+        for pid, r in sorted(rows.items()):
+            lines.append(f"| {pid} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.2f}" for k, _ in DOSE_SHOWN)
+                         + " |")
+        lines.append("")
+        for pid, folder in sorted(self.dose.get("folders", {}).get("mrgan", {}).items()):
+            path = os.path.join(self.eval, folder)
+            lines += [f"![{pid}: dose difference]({rel(os.path.join(path, 'dose_difference.png'))}) "
+                      f"![{pid}: DVH]({rel(os.path.join(path, 'dvh.png'))})", ""]
+        return lines
 
     def report_lines(self, rel) -> list[str]:
         """The report's synthetic-CT section (``rel`` makes paths relative to the demo folder)."""
@@ -189,4 +224,4 @@ class SyntheticCTStage:
                 f"(`{rel(os.path.join(self.eval_tta, 'metrics.md'))}`).", "",
                 sct_table(self.per_patient).rstrip(), "",
                 f"![MR | SynCT | CT, bone window]({rel(self.png)})", "",
-                f"![SynCT | CT | error | spread]({rel(self.uncertainty_png)})", ""]
+                f"![SynCT | CT | error | spread]({rel(self.uncertainty_png)})", "", *self.dose_lines(rel)]
