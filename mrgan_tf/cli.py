@@ -97,6 +97,31 @@ def help_text(tool: str) -> str | None:
     return None
 
 
+def require_flags(fv, *names: str) -> None:
+    """A usage error naming the first flag of ``names`` that was left unset."""
+    for name in names:
+        if not fv[name].value:
+            from absl import app
+            raise app.UsageError(f"--{name} is required")
+
+
+def named_paths(values, flag: str, default_name: Callable[[str], str], error: type[Exception]) -> dict[str, str]:
+    """``["NAME=PATH", "PATH"]`` of a repeated flag -> {name: path}; a bare path is named by ``default_name``.
+
+    A malformed entry or a name given twice is an ``error`` naming the flag."""
+    out = {}
+    for v in values or ():
+        name, sep, path = v.partition("=")
+        if not sep:
+            path, name = v, default_name(v)
+        if not name or not path:
+            raise error(f"--{flag} {v!r}: expected PATH or NAME=PATH")
+        if name in out:
+            raise error(f"--{flag}: name {name!r} given twice")
+        out[name] = path
+    return out
+
+
 def _no_arguments(argv: list[str]) -> list[str]:
     """Every tool takes flags only: a stray word (a missing ``--``, a shell glob) is a usage error."""
     if len(argv) > 1:

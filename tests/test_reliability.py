@@ -93,6 +93,18 @@ def records_cmd(root, out, *extra):
             "--image_size=64", "--test_patients=1", "--workers=1", "--examples_per_shard=4", *extra]
 
 
+def test_atomic_folder_swaps_in_whole_or_leaves_the_old_one(tmp_path):
+    out = tmp_path / "report"
+    with atomic.atomic_folder(out) as tmp:
+        (Path(tmp) / "a.txt").write_text("1")
+    assert sorted(os.listdir(out)) == ["a.txt"]
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_folder(out) as tmp:
+            (Path(tmp) / "b.txt").write_text("2")
+            raise RuntimeError("failed half-way")
+    assert sorted(os.listdir(out)) == ["a.txt"] and os.listdir(tmp_path) == ["report"]
+
+
 def test_make_records_killed_then_rerun_heals(tmp_path):
     """--out inside --root: a kill mid-write leaves a hidden temporary that the rerun removes."""
     root = small_root(tmp_path / "root")

@@ -260,7 +260,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def temporary_folder(out: str | os.PathLike) -> str:
     """A new, empty temporary folder for ``out`` (named by the rule), stale ones removed first.
 
-    Fill it, then ``swap_in_directory(tmp, out)``; on failure ``shutil.rmtree`` it."""
+    Fill it, then ``swap_in_directory(tmp, out)``; on failure ``shutil.rmtree`` it (``atomic_folder`` does both)."""
     out = os.path.abspath(os.fspath(out))
     parent = ensure_folder(os.path.dirname(out))
     remove_stale_temporaries(parent)
@@ -270,6 +270,18 @@ def temporary_folder(out: str | os.PathLike) -> str:
     except OSError as e:
         raise OutputError(tmp, f"cannot create a temporary folder: {describe_os_error(e)}") from None
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | os.PathLike) -> Iterator[str]:
+    """Yields a new temporary folder for ``out``; swaps it in whole if the block succeeds, removes it if not."""
+    tmp = temporary_folder(out)
+    try:
+        yield tmp
+        swap_in_directory(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def swap_in_directory(tmp: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -67,7 +67,7 @@ from mrgan_tf.evaluation.report import report_markdown, write_figures
 from mrgan_tf.inference.outputs import define_ensemble_flags
 from mrgan_tf.inference.predictors import Fusion, Predictor, load_predictors
 from mrgan_tf.inference.tta import TTAConfig, tta_from_flags
-from tfrecords_tools.atomic import atomic_write_text, swap_in_directory, temporary_folder
+from tfrecords_tools.atomic import atomic_folder, atomic_write_text
 
 
 def load_model(path: str, tta: TTAConfig = TTAConfig(), fusion: str | None = None
@@ -149,13 +149,11 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
     dosed = None
     if dose is not None:   # the last numbers: its report folders are filled as it goes, put in place when done
         made, dose_dir = not os.path.exists(out_dir), os.path.join(out_dir, dose_models.FOLDER)
-        dose_tmp = temporary_folder(dose_dir)
         try:
-            dosed = dose_models.evaluate_dose(models, loaded, patients, dose_files, dose_tmp, dose, dose_patients,
-                                              batch_size, progress)
-            swap_in_directory(dose_tmp, dose_dir)
+            with atomic_folder(dose_dir) as dose_tmp:
+                dosed = dose_models.evaluate_dose(models, loaded, patients, dose_files, dose_tmp, dose,
+                                                  dose_patients, batch_size, progress)
         except BaseException:
-            shutil.rmtree(dose_tmp, ignore_errors=True)
             if made:   # leave no empty output folder behind
                 shutil.rmtree(out_dir, ignore_errors=True)
             raise
@@ -204,18 +202,8 @@ def evaluate(models: Mapping[str, str], dataset: str, out_dir: str, batch_size: 
 
 def parse_models(values: list[str]) -> dict[str, str]:
     """``["name=path", "path"]`` -> {name: path}; a bare path is named after its folder."""
-    out = {}
-    for v in values:
-        name, sep, path = v.partition("=")
-        if not sep:
-            path = v
-            name = os.path.basename(os.path.normpath(v)) or "model"
-        if not name or not path:
-            raise EvaluationError(f"--model {v!r}: expected PATH or NAME=PATH")
-        if name in out:
-            raise EvaluationError(f"--model: name {name!r} given twice")
-        out[name] = path
-    return out
+    return cli.named_paths(values, "model", lambda v: os.path.basename(os.path.normpath(v)) or "model",
+                           EvaluationError)
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -246,9 +234,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv):
     fv = flags.FLAGS
-    for name in ("model", "dataset", "out"):
-        if not fv[name].value:
-            raise app.UsageError(f"--{name} is required")
+    cli.require_flags(fv, "model", "dataset", "out")
     import tensorflow as tf  # noqa: F401  (its OpError counts as a user error: a SavedModel that does not load)
 
     dose_flags = ["dose_patients", *(f.name or k for k, f in DOSE_FLAGS.items())]

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
@@ -377,9 +377,7 @@ def parse_test_patients(text: str, flag: str = "--test_patients") -> int | list[
 
 def main(argv: Sequence[str]) -> int:
     fv = flags.FLAGS
-    for name in ("root", "out"):
-        if not fv[name].value:
-            raise app.UsageError(f"--{name} is required")
+    cli.require_flags(fv, "root", "out")
     if fv["manifest"].present and fv["test_patients"].present:
         logging.warning("--manifest given: its split column decides the test patients; --test_patients ignored")
     with cli.user_errors("make_records"):

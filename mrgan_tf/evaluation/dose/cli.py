@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from mrgan_tf import cli
 from mrgan_tf.evaluation.dose.config import FLAGS as CONFIG_FLAGS
@@ -17,7 +17,7 @@ from mrgan_tf.evaluation.dose.config import DoseConfig
 from mrgan_tf.evaluation.dose.errors import DoseError
 from mrgan_tf.evaluation.dose.structures import parse_oars
 from mrgan_tf.io.volumes import Volume
-from tfrecords_tools.atomic import check_folder_path, swap_in_directory, temporary_folder
+from tfrecords_tools.atomic import atomic_folder, check_folder_path
 
 VOLUME_SUFFIXES = {"nifti": ".nii.gz", "mha": ".mha"}
 
@@ -95,14 +95,8 @@ def run_dose(ct: str, sct: str, out: str, mask: str | None = None, target: str |
     reference, synthetic = read_volume(ct), read_volume(sct)
     body, target_vol, oar_vols = read_masks(reference, mask, target, oars or {}, rtstruct)
     result = dose_check(reference, synthetic, body, target_vol, oar_vols, config, progress, verbose)
-    tmp = temporary_folder(out)
-    try:
+    with atomic_folder(out) as tmp:
         files = write_outputs(tmp, result, volume_format, time.perf_counter() - t0)
-        swap_in_directory(tmp, out)
-    except BaseException:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result, report.report_markdown(result), [os.path.join(out, os.path.basename(f)) for f in files]
 
 
@@ -128,9 +122,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(argv):
     fv = flags.FLAGS
-    for name in ("ct", "sct", "out"):
-        if not fv[name].value:
-            raise app.UsageError(f"--{name} is required")
+    cli.require_flags(fv, "ct", "sct", "out")
     with cli.user_errors("dose"):
         config = DoseConfig(**cli.field_values(fv, CONFIG_FLAGS, DoseConfig))
         _, markdown, files = run_dose(fv.ct, fv.sct, fv.out, fv.mask, fv.target, parse_oars(fv.oar), fv.rtstruct,

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mrgan_tf import cli
 from mrgan_tf.evaluation.dose.errors import DoseError
 from mrgan_tf.io.volumes import Volume
 from mrgan_tf.preprocess import body_mask_from_ct, overlap_fraction, resample_like
@@ -113,14 +114,4 @@ def build_structures(grid: Volume, body: Volume | None = None, target: Volume | 
 
 def parse_oars(values) -> dict[str, str]:
     """``["NAME=PATH", "PATH"]`` -> {name: path}; a bare path is named after its file (or ROI)."""
-    out = {}
-    for v in values or ():
-        name, sep, path = v.partition("=")
-        if not sep:
-            path, name = v, os.path.basename(os.path.normpath(v)).split(".")[0]
-        if not name or not path:
-            raise DoseError(f"--oar {v!r}: expected NAME=PATH or PATH")
-        if name in out:
-            raise DoseError(f"--oar: name {name!r} given twice")
-        out[name] = path
-    return out
+    return cli.named_paths(values, "oar", lambda v: os.path.basename(os.path.normpath(v)).split(".")[0], DoseError)
