@@ -100,8 +100,7 @@ class WorkersStopTogether(keras.callbacks.Callback):
     def __init__(self, strategy: tf.distribute.Strategy, save: Callable[[], None], scratch: str):
         super().__init__()
         self.signal_name: str | None = None
-        self._save = save
-        config = tf.distribute.experimental.TerminationConfig(exit_fn=self._stop, save_fn=lambda: self._save())
+        config = tf.distribute.experimental.TerminationConfig(exit_fn=self._stop, save_fn=save)
         # The handler's own step counter lives in a checkpoint of its own, in scratch (never resumed from:
         # every worker restarts from the chief's checkpoint, and so counts from the same number).
         self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
