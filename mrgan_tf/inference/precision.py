@@ -17,6 +17,7 @@ from typing import Iterator
 
 from mrgan_tf import cli
 from mrgan_tf.errors import UserError
+from mrgan_tf.modeling.fast import device
 
 PRECISIONS = ("float32", "bfloat16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")     # /proc/cpuinfo flags of a CPU with native bf16 arithmetic
@@ -45,12 +46,7 @@ class InferenceConfig:
 
 def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     """The BF16 flags the CPU announces (empty where it has none, or where cpuinfo is not readable)."""
-    try:
-        with open(cpuinfo) as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return ()
-    have = set(line.partition(":")[2].split())
+    have = device.cpu_flags(cpuinfo)
     return tuple(flag for flag in BF16_CPU_FLAGS if flag in have)
 
 

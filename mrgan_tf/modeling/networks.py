@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from mrgan_tf.modeling.fast import device
 from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D, BiasAddConv2DTranspose
 from mrgan_tf.modeling.fast.narrow_conv import NarrowConv2D
 
@@ -80,15 +81,20 @@ class InstanceNormalization(layers.Layer):
 
     def call(self, x):
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
-        single = x.shape[0] == 1
-        if not single:      # [B, H, W, C] -> [1, H, W, B*C]: every (sample, channel) is a channel
+        single, flat = x.shape[0] == 1, pixels_as_batch()
+        if not single or flat:
             shape = tf.shape(x)
             b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        if not single:      # [B, H, W, C] -> [1, H, W, B*C]: every (sample, channel) is a channel
             x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, b * c])
             gamma, beta = tf.tile(gamma, [b]), tf.tile(beta, [b])
+        if flat:            # the same statistics over [H*W, 1, 1, channels]: oneDNN's fast path on AVX2
+            x = tf.reshape(x, [h * w, 1, 1, -1])
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon, is_training=True)
         if not single:
             y = tf.transpose(tf.reshape(y, [h, w, b, c]), [2, 0, 1, 3])
+        elif flat:
+            y = tf.reshape(y, shape)
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, shape):
@@ -96,6 +102,13 @@ class InstanceNormalization(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def pixels_as_batch() -> bool:
+    """Whether instance norm hands oneDNN its pixels as the batch: on AVX2 its batch norm over [1, H, W, C]
+    is 5-10x slower forward than over [H*W, 1, 1, C] (docs/BENCHMARKS.md "Kernels per CPU"); on AVX-512
+    the first is as fast or faster."""
+    return device.cpu_kernels() and device.vector_isa() == "avx2"
 
 
 def instance_norm(name=None):

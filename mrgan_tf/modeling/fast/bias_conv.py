@@ -14,6 +14,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from mrgan_tf.modeling.fast import split_conv
+
 
 def _finish(layer, outputs):
     """Bias and activation, as Keras' conv layers apply them."""
@@ -25,10 +27,18 @@ def _finish(layer, outputs):
 
 @keras.saving.register_keras_serializable(package="mrgan_tf")
 class BiasAddConv2D(layers.Conv2D):
-    """``keras.layers.Conv2D`` with its bias as one ``BiasAdd``."""
+    """``keras.layers.Conv2D`` with its bias as one ``BiasAdd``; a stride-1 "valid" one cut per CPU (split_conv)."""
 
     def call(self, inputs):
         return _finish(self, self.convolution_op(inputs, self.kernel))
+
+    def convolution_op(self, inputs, kernel):
+        plain = (self.padding != "valid" or self.data_format != "channels_last" or self.groups != 1
+                 or any(s != 1 for s in self.strides) or any(d != 1 for d in self.dilation_rate))
+        if plain:
+            return super().convolution_op(inputs, kernel)
+        # A tensor, not the variable: a custom gradient then reaches it through the read.
+        return split_conv.conv2d_valid(inputs, tf.convert_to_tensor(kernel))
 
 
 @keras.saving.register_keras_serializable(package="mrgan_tf")
