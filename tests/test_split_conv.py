@@ -17,7 +17,7 @@ def _conv_and_grads(conv, x, w, dy):
 
 
 @pytest.mark.parametrize("isa,h,c,n,cuts", [
-    ("avx512", 6, 256, 256, (Cut("channels", 2), split_conv.WHOLE)),
+    ("avx512", 6, 256, 256, (split_conv.WHOLE, split_conv.WHOLE)),     # batch 2: no cut on AVX-512
     ("avx2", 12, 256, 256, (Cut("rows", 8), split_conv.WHOLE)),
     ("avx2", 66, 128, 128, (split_conv.WHOLE, Cut("rows", 4))),
     ("avx2", 66, 256, 256, (Cut("rows", 8), Cut("rows", 4))),
@@ -39,6 +39,16 @@ def test_cut_convs_match_the_plain_conv(isa, h, c, n, cuts):
         np.testing.assert_array_equal(ours[0].numpy(), ref[0].numpy())
 
 
+def test_avx512_cuts_one_image_only():
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(1, 6, 7, 256)).astype("float32"))
+    w = tf.constant(rng.normal(0, 0.05, size=(3, 3, 256, 256)).astype("float32"))
+    with device.kernels(cpu=True, isa="avx512"):
+        assert split_conv.cuts(x.shape, w.shape, tf.float32) == (Cut("channels", 2), split_conv.WHOLE)
+        ours = split_conv.conv2d_valid(x, w)
+    np.testing.assert_array_equal(ours.numpy(), tf.nn.conv2d(x, w, 1, "VALID").numpy())
+
+
 def test_no_cut_off_cpu_in_bfloat16_or_for_unknown_sizes():
     big = (1, 66, 66, 256), (3, 3, 256, 256)
     with device.kernels(cpu=False, isa="avx2"):
@@ -58,7 +68,7 @@ def test_bands_cover_every_row_once():
 
 
 def test_the_layer_cuts_only_stride_one_valid_convs():
-    x = tf.random.stateless_normal((1, 10, 10, 256), seed=(1, 2))
+    x = tf.random.stateless_normal((1, 10, 10, 256), seed=(1, 2))    # batch 1: cut in two on AVX-512
     for kwargs, cut in [({}, True), ({"strides": 2}, False), ({"padding": "same"}, False)]:
         layer = BiasAddConv2D(256, 3, **kwargs)
         layer.build(x.shape)

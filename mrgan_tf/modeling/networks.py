@@ -82,8 +82,8 @@ class InstanceNormalization(layers.Layer):
     def call(self, x):
         gamma, beta = tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32)
         single, flat = x.shape[0] == 1, pixels_as_batch()
-        if not single or flat:
-            shape = tf.shape(x)
+        if not single or flat:   # static sizes where known: fewer ops to trace
+            shape = x.shape.as_list() if x.shape.is_fully_defined() else tf.shape(x)
             b, h, w, c = shape[0], shape[1], shape[2], shape[3]
         if not single:      # [B, H, W, C] -> [1, H, W, B*C]: every (sample, channel) is a channel
             x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, b * c])

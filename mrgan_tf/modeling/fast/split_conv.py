@@ -4,12 +4,15 @@ The generator's residual convs (3x3, 256 -> 256 channels at 64x64 in the paper's
 model) are most of an iteration's FLOPs. On 2 cores (docs/BENCHMARKS.md "Kernels
 per CPU", float32), oneDNN computes them:
 
-- on AVX-512, forward, at 2/3 of the speed of the same conv cut into two
-  128-channel halves of its output (16.9 against 11.4 ms; bit-identical result);
 - on AVX2, forward, through its im2col + GEMM fallback: cut into 8 bands of
   output rows it is 1.45x faster (43.1 against 29.6 ms; bit-identical), and the
   weight gradient summed over 4 bands of rows is 1.55x faster (52.0 against
-  33.3 ms; float32 round-off apart).
+  33.3 ms; float32 round-off apart). A full-size iteration is 1.2-1.3x faster.
+- on AVX-512, forward, for one image, at 2/3 of the speed of the same conv cut
+  into two 128-channel halves of its output (16.9 against 11.4 ms; bit-identical):
+  a one-slice generator call is 1.28x faster. In training, where other ops run
+  beside each conv, and for batches of 4 or more, the cut gains nothing, so it
+  applies to batch 1 only.
 
 Smaller convs (the demo's 64 channels, 128 channels) lose by being cut, so each
 cut applies only at and above the sizes where it was measured to win. The input
@@ -35,10 +38,10 @@ class Cut(NamedTuple):
 WHOLE = Cut()
 
 
-def forward_cut(in_channels: int, out_channels: int, isa: str) -> Cut:
+def forward_cut(batch: int | None, in_channels: int, out_channels: int, isa: str) -> Cut:
     """The forward pass's cut for a conv of these channels on ``isa`` (measured; see the module doc)."""
     if in_channels >= 256 and out_channels >= 256:
-        if isa == "avx512":
+        if isa == "avx512" and batch == 1:
             return Cut("channels", out_channels // 128)
         if isa == "avx2":
             return Cut("rows", 8)
@@ -89,7 +92,7 @@ def cuts(x_shape, w_shape, dtype) -> tuple[Cut, Cut]:
         return WHOLE, WHOLE
     isa = device.vector_isa()
     pixels = (x_shape[1] - k + 1) * (x_shape[2] - w_shape[1] + 1)
-    return forward_cut(c, n, isa), filter_grad_cut(pixels, c, n, isa)
+    return forward_cut(x_shape[0], c, n, isa), filter_grad_cut(pixels, c, n, isa)
 
 
 def conv2d_valid(x, w):
