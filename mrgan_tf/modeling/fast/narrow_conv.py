@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrgan_tf.modeling.fast import device
+from mrgan_tf.modeling.fast import device, split_conv
 from mrgan_tf.modeling.fast.bias_conv import BiasAddConv2D
 
 BLOCK = 4   # output pixels per side computed by one position of the blocked conv
@@ -96,13 +96,11 @@ def conv2d_valid(x, w):
             back = tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2])
             dx = correlate_blocked(tf.pad(dy, [[0, 0], [k - 1, k - 1], [k - 1, k - 1], [0, 0]]), back)
         else:
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy,
-                                                strides=[1, 1, 1, 1], padding="VALID")
+            dx = split_conv.input_grad(x, w, dy)
         if n <= NARROW:
             dw = correlate_blocked_filter_grad(x, dy, w.shape)
         else:
-            dw = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(w), out_backprop=dy,
-                                                 strides=[1, 1, 1, 1], padding="VALID")
+            dw = split_conv.filter_grad(x, dy, w.shape, split_conv.WHOLE)
         return dx, dw
 
     return y, grad

@@ -74,6 +74,12 @@ def forward(x, w, cut: Cut):
     return tf.nn.conv2d(x, w, 1, "VALID")
 
 
+def input_grad(x, w, dy):
+    """The gradient of ``tf.nn.conv2d(x, w, 1, "VALID")`` with respect to ``x``: oneDNN's own, never cut."""
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy,
+                                          strides=[1, 1, 1, 1], padding="VALID")
+
+
 def filter_grad(x, dy, w_shape, cut: Cut):
     """The gradient of ``forward`` with respect to its weights, computed by ``cut``."""
     def whole(x, dy):
@@ -107,9 +113,7 @@ def _cut_conv(x, w, fwd: Cut, grad_w: Cut):
     @tf.custom_gradient
     def conv(x, w):
         def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy,
-                                                strides=[1, 1, 1, 1], padding="VALID")
-            return dx, filter_grad(x, dy, w.shape, grad_w)
+            return input_grad(x, w, dy), filter_grad(x, dy, w.shape, grad_w)
         return forward(x, w, fwd), grad
 
     return conv(x, w)
