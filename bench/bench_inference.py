@@ -170,10 +170,15 @@ def main() -> None:
     results["machine"]["load_after"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - t0
     print(markdown(results))
+    finish(results, args.json)
+
+
+def finish(results: dict, json_path: str | None) -> None:
+    """The run's total time and machine load, and its JSON where asked (shared with bench_synthesis)."""
     print(f"total {results['wall_s']:.0f} s, load average {results['machine']['load_before']} -> "
           f"{results['machine']['load_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_inference import _head_ct, cpu_name  # noqa: E402
+from bench_inference import _head_ct, cpu_name, finish  # noqa: E402
 
 
 def schedstat() -> dict[str, tuple[float, float]]:
@@ -185,11 +185,7 @@ def main() -> None:
                          med["bfloat16"]}
     res["summary"] = summary
     print(json.dumps(summary, indent=1))
-    print(f"total {res['wall_s']:.0f} s, load average {res['machine']['load_before']} -> "
-          f"{res['machine']['load_after']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    finish(res, args.json)
 
 
 if __name__ == "__main__":
