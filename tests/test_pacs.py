@@ -80,6 +80,28 @@ def test_rejected_association_says_why_and_that_nothing_was_stored(orthanc, seri
         pacs.store_series(folder, pacs.parse_peer(orthanc.peer), calling_aet="STRANGER", timeout_s=PEER_TIMEOUT_S)
 
 
+def test_rejection_is_reported_even_when_the_peer_closes_before_we_look(orthanc, series, monkeypatch):
+    """Orthanc rejects and closes at once; on a loaded machine pynetdicom saw the closed socket first
+    and called it an abort (7.8 % of 1000 tries under 3 busy loops). Hold our side after the request
+    so that this order always happens: the rejection must still be named."""
+    import time
+
+    from pynetdicom.acse import ACSE
+
+    send_request = ACSE.send_request
+
+    def send_then_stall(self):
+        send_request(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ACSE, "send_request", send_then_stall)
+    folder, _ = series
+    with pytest.raises(pacs.PacsError) as err:
+        pacs.store_series(folder, pacs.Peer("NOT_ORTHANC", "127.0.0.1", orthanc.dicom_port),
+                          timeout_s=PEER_TIMEOUT_S)
+    assert "association rejected" in str(err.value) and "Called AE title not recognised" in str(err.value)
+
+
 @pytest.fixture()
 def refusing_scp():
     """A storage SCP on 127.0.0.1 that refuses the instance numbered 3 (0xA700, out of resources)."""

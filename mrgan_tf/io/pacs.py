@@ -130,6 +130,7 @@ def _read(files: list[Path]):
 def _associate(peer: Peer, contexts, calling_aet: str, timeout_s: float, what: str):
     """An established association, or PacsError saying why not (unreachable, rejected, no context)."""
     from pynetdicom import AE, evt
+    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 
     quiet = logging.getLogger("pynetdicom")
     if quiet.level == logging.NOTSET:   # its log lines repeat what PacsError says; a caller's setting wins
@@ -139,16 +140,19 @@ def _associate(peer: Peer, contexts, calling_aet: str, timeout_s: float, what: s
     ae.connection_timeout = timeout_s
     for sop_class, syntaxes in contexts:
         ae.add_requested_context(sop_class, syntaxes)
-    replies = []
+    # What the peer sent, as the transport decoded it. Not the ACSE's view: when the peer rejects and
+    # closes at once, pynetdicom (3.0) can see the closed socket before reading the rejection and call
+    # the association aborted; the rejection PDU has still arrived, and it says why.
+    received = []
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: replies.append(event.primitive))])
+                         evt_handlers=[(evt.EVT_PDU_RECV, lambda event: received.append(event.pdu))])
     if assoc.is_established:
         return assoc
-    if assoc.is_rejected:
-        rj = next((r for r in replies if hasattr(r, "reason_str")), None)
+    rj = next((p for p in received if isinstance(p, A_ASSOCIATE_RJ)), None)
+    if assoc.is_rejected or rj is not None:
         why = f"{rj.result_str}, {rj.source_str}: {rj.reason_str}" if rj is not None else "no reason given"
         raise PacsError(f"{peer}: association rejected ({why}); {what}")
-    if assoc.is_aborted and replies:
+    if any(isinstance(p, A_ASSOCIATE_AC) for p in received):
         raise PacsError(f"{peer}: the peer accepted none of the requested SOP classes / transfer syntaxes "
                         f"({', '.join(sorted({str(c[0]) for c in contexts}))}); {what}")
     raise PacsError(f"{peer}: cannot reach the peer (connection refused, no DICOM service there, or no "
