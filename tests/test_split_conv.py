@@ -19,23 +19,25 @@ def _conv_and_grads(conv, x, w, dy):
 @pytest.mark.parametrize("isa,h,c,n,cuts", [
     ("avx512", 6, 256, 256, (split_conv.WHOLE, split_conv.WHOLE)),     # batch 2: no cut on AVX-512
     ("avx2", 12, 256, 256, (Cut("rows", 8), split_conv.WHOLE)),
-    ("avx2", 66, 128, 128, (split_conv.WHOLE, Cut("rows", 4))),
+    ("avx2", 66, 128, 128, (split_conv.WHOLE, Cut("rows", 4))),     # output width 65: no Winograd
     ("avx2", 66, 256, 256, (Cut("rows", 8), Cut("rows", 4))),
+    ("avx2", 10, 128, 256, (Cut("winograd"), Cut("winograd"))),   # square, even: Winograd
     ("avx512", 66, 128, 128, (split_conv.WHOLE, split_conv.WHOLE)),
 ])
 def test_cut_convs_match_the_plain_conv(isa, h, c, n, cuts):
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(2, h, h + 1, c)).astype("float32"))
+    width = h if cuts[0].along == "winograd" else h + 1
+    x = tf.constant(rng.normal(size=(2, h, width, c)).astype("float32"))
     w = tf.constant(rng.normal(0, 0.05, size=(3, 3, c, n)).astype("float32"))
-    dy = tf.constant(rng.normal(size=(2, h - 2, h - 1, n)).astype("float32"))
+    dy = tf.constant(rng.normal(size=(2, h - 2, width - 2, n)).astype("float32"))
     with device.kernels(cpu=True, isa=isa):
         assert split_conv.cuts(x.shape, w.shape, tf.float32) == cuts
         ours = _conv_and_grads(split_conv.conv2d_valid, x, w, dy)
     ref = _conv_and_grads(lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"), x, w, dy)
-    for a, b, name in zip(ours, ref, ("y", "dx", "dw")):
+    for a, b, name in zip(ours, ref, ("y", "dx", "dw")):   # dw sums 8,000 products: AVX2's order differs
         scale = float(tf.reduce_max(tf.abs(b)))
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-6 * scale, rtol=0, err_msg=name)
-    if cuts[0] != split_conv.WHOLE:    # the forward cuts are exact: every output is the same sum
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5 * scale, rtol=0, err_msg=name)
+    if cuts[0].along in ("rows", "channels"):    # these forward cuts are exact: every output is the same sum
         np.testing.assert_array_equal(ours[0].numpy(), ref[0].numpy())
 
 
