@@ -1,7 +1,7 @@
 """The per-CPU kernel choices, measured: whole convs against split_conv's cuts, and instance norm's two views.
 
-For each conv shape (a stride-1 3x3 "valid" conv, batch 1) it times the forward pass and the
-weight gradient whole and under every cut, and for each feature-map shape the instance norm's
+For each conv shape (a stride-1 3x3 "valid" conv, batch 1) it times the forward pass, the input
+gradient and the weight gradient whole and under every cut (rows, channels, Winograd), and for each feature-map shape the instance norm's
 fused batch norm over [1, H, W, C] and over [H*W, 1, 1, C] (forward, and forward + backward),
 all interleaved in rounds, medians printed; then what the model chooses here
 (``split_conv.cuts``, ``networks.pixels_as_batch``). Run it once as is and once with oneDNN
@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 CONVS = [(32, 64, 64), (64, 128, 128), (32, 256, 256), (64, 256, 256)]   # output H=W, Cin, Cout
 NORMS = [(32, 64), (64, 32), (128, 16), (64, 256), (128, 128), (256, 64)]  # H=W, C
-CUTS = {"forward": [("channels", 2), ("rows", 4), ("rows", 8)], "filter_grad": [("rows", 4), ("rows", 8)]}
+CUTS = {"forward": [("channels", 2), ("rows", 4), ("rows", 8), ("winograd", 1)],
+        "input_grad": [("winograd", 1)], "filter_grad": [("rows", 4), ("rows", 8), ("winograd", 1)]}
 
 
 def _median_ms(fns: dict, rounds: int, calls: int) -> dict:
@@ -51,15 +52,14 @@ def conv_rows(rounds: int) -> list[dict]:
         x = tf.random.normal([1, h + 2, h + 2, c])
         w = tf.random.normal([3, 3, c, n]) * 0.05
         dy = tf.random.normal([1, h, h, n])
-        fns = {"forward whole": tf.function(lambda: split_conv.forward(x, w, split_conv.WHOLE)),
-               "filter_grad whole": tf.function(lambda: split_conv.filter_grad(x, dy, w.shape, split_conv.WHOLE))}
-        for along, parts in CUTS["forward"]:
-            cut = Cut(along, parts)
-            fns[f"forward {along}/{parts}"] = tf.function(lambda cut=cut: split_conv.forward(x, w, cut))
-        for along, parts in CUTS["filter_grad"]:
-            cut = Cut(along, parts)
-            fns[f"filter_grad {along}/{parts}"] = tf.function(
-                lambda cut=cut: split_conv.filter_grad(x, dy, w.shape, cut))
+        passes = {"forward": lambda cut: split_conv.forward(x, w, cut),
+                  "input_grad": lambda cut: split_conv.input_grad(x, w, dy, cut),
+                  "filter_grad": lambda cut: split_conv.filter_grad(x, dy, w.shape, cut)}
+        fns = {}
+        for name, run in passes.items():
+            for cut in [split_conv.WHOLE] + [Cut(*c) for c in CUTS[name]]:
+                label = "whole" if cut == split_conv.WHOLE else f"{cut.along}/{cut.parts}"
+                fns[f"{name} {label}"] = tf.function(lambda run=run, cut=cut: run(cut))
         calls = max(2, int(40 / (h * h * c * n / 64 ** 4 + 0.05)))
         ms = _median_ms(fns, rounds, min(calls, 100))
         fwd, grad_w = split_conv.cuts(x.shape, w.shape, tf.float32)

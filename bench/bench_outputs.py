@@ -13,7 +13,6 @@ keeps nothing (the client's and the network's share of the time).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import tempfile

@@ -68,6 +68,8 @@ def measure(h, cin, cout, k, s, pad, narrow: bool, reps: int, dtype: str = "floa
         cut_fwd, cut_dw = split_conv.cuts(x.shape, w.shape, x.dtype)
         if cut_fwd != split_conv.WHOLE:
             passes.append(("forward_cut", tf.function(lambda: split_conv.forward(x, w, cut_fwd))))
+        if cut_fwd.along == "winograd":
+            passes.append(("input_grad_cut", tf.function(lambda: split_conv.input_grad(x, w, dy, cut_fwd))))
         if cut_dw != split_conv.WHOLE:
             passes.append(("weight_grad_cut", tf.function(lambda: split_conv.filter_grad(x, dy, w.shape, cut_dw))))
     flop = 2 * k * k * cin * cout * y.shape[1] * y.shape[2]

@@ -83,8 +83,10 @@ def forward(x, w, cut: Cut):
     return tf.nn.conv2d(x, w, 1, "VALID")
 
 
-def input_grad(x, w, dy):
-    """The gradient of ``tf.nn.conv2d(x, w, 1, "VALID")`` with respect to ``x``: oneDNN's own, never cut."""
+def input_grad(x, w, dy, cut: Cut = WHOLE):
+    """The gradient of ``tf.nn.conv2d(x, w, 1, "VALID")`` with respect to ``x``: oneDNN's own, or by ``winograd``."""
+    if cut.along == "winograd":
+        return winograd.input_grad(w, dy)
     return tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=w, out_backprop=dy,
                                           strides=[1, 1, 1, 1], padding="VALID")
 
