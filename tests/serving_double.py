@@ -137,9 +137,12 @@ class ModelRepository:
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, repository: ModelRepository, calls: list):
         self.repository, self.calls = repository, calls
+        self.gate = threading.Event()     # cleared by ``Servers.held``: answers wait until it is set again
+        self.gate.set()
 
     def Predict(self, request, context):
         self.calls.append(request)
+        self.gate.wait(timeout=60)
         try:
             return self.repository.predict(request)
         except ServingError as e:
@@ -324,8 +327,8 @@ class Servers:
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            _PredictionService(repository, self.grpc_calls), self._grpc)
+        self._service = _PredictionService(repository, self.grpc_calls)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self._service, self._grpc)
         self.grpc_target = f"127.0.0.1:{self._grpc.add_insecure_port('127.0.0.1:0')}"
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(repository, self.rest_calls))
         self.rest_url = f"http://127.0.0.1:{self._http.server_address[1]}"
@@ -337,7 +340,17 @@ class Servers:
         self._http_thread.start()
         return self
 
+    @contextlib.contextmanager
+    def held(self):
+        """gRPC Predict answers nothing until the block ends: a client's deadline passes for certain."""
+        self._service.gate.clear()
+        try:
+            yield self
+        finally:
+            self._service.gate.set()
+
     def stop(self):
+        self._service.gate.set()
         self._grpc.stop(grace=None)
         self._http.shutdown()
         self._http.server_close()
