@@ -8,7 +8,7 @@ speed on any ISA, plus cheap linear transforms of 4x4 tiles (Lavin and Gray,
 "Fast Algorithms for Convolutional Neural Networks", 2016). float32 round-off
 differs from the direct conv's (about 1e-6 relative).
 
-Each transform has its adjoint beside it; the gradient is written out, not taped:
+The kernel and output transforms have their adjoints beside them; the gradient is written out, not taped:
 the input gradient is the same Winograd conv over the zero-padded output gradient
 with the kernel flipped, the weight gradient is the adjoint chain of the forward.
 Output height and width must be even (the residual convs' 64x64, 32x32).
