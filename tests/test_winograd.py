@@ -28,7 +28,8 @@ def test_three_passes_equal_tensorflows_conv(shape):
 
 
 def test_adjoints_are_adjoint():
-    """<T a, b> == <a, T* b> for the kernel and output transforms (the input transform needs none: the input gradient is a Winograd conv of its own)."""
+    """<T a, b> == <a, T* b> for the kernel and output transforms (the input transform needs none:
+    the input gradient is a Winograd conv of its own)."""
     rng = np.random.default_rng(3)
     w, du = _rng_tensor(rng, (3, 3, 4, 5)), _rng_tensor(rng, (16, 4, 5))
     np.testing.assert_allclose(tf.reduce_sum(winograd.kernel_tiles(w) * du).numpy(),
