@@ -20,7 +20,7 @@ per CPU", float32), oneDNN computes them:
 
 Smaller convs (the demo's 64 channels, 128 channels) lose by being cut, so each
 cut applies only at and above the sizes where it was measured to win. The input
-gradient is oneDNN's own everywhere. Only on CPU (``device.cpu_kernels``) and in
+gradient is oneDNN's own except under Winograd. Only on CPU (``device.cpu_kernels``) and in
 float32; elsewhere ``conv2d_valid`` is ``tf.nn.conv2d(x, w, 1, "VALID")``.
 """
 from __future__ import annotations
