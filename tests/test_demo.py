@@ -210,3 +210,42 @@ def test_register_help_names_the_transform_that_runs():
     fv = flags.FlagValues()
     demo.define_flags(fv)
     assert PreprocessConfig().register_model == "rigid" and "rigid" in fv["register"].help
+
+
+def test_trainings_side_by_side_share_the_cores(monkeypatch):
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_FORCE_GPU_ALLOW_GROWTH"):
+        monkeypatch.delenv(name, raising=False)
+    assert runs.shared_cores_env(1, cores=2) == {}
+    assert runs.shared_cores_env(2, cores=2) == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                                                 "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    assert runs.shared_cores_env(2, cores=8)["TF_NUM_INTRAOP_THREADS"] == "4"
+    assert runs.shared_cores_env(3, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")      # the user's own setting wins
+    assert "TF_NUM_INTRAOP_THREADS" not in runs.shared_cores_env(2, cores=2)
+    assert runs.cmd_text(["python", "-m", "x"], {"A": "1"}) == "A=1 python -m x"
+    o = demo.DemoOptions(out="/tmp/unused").resolved()
+    assert o.jobs == (2 if runs.available_cores() >= 2 else 1)
+
+
+def test_training_pool_runs_two_at_once_with_their_share(tmp_path, monkeypatch):
+    """Two children that each wait for the other's file: they finish only if they run at the same time."""
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    child = ("import os, sys, time\n"
+             "me, other = sys.argv[1], sys.argv[2]\n"
+             "open(me, 'w').write(os.environ.get('TF_NUM_INTRAOP_THREADS', '-'))\n"
+             "deadline = time.time() + 60\n"
+             "while not os.path.exists(other) and time.time() < deadline: time.sleep(0.01)\n"
+             "print('saw the other' if os.path.exists(other) else 'alone')\n")
+    files = {n: str(tmp_path / f"{n}.started") for n in ("a", "b")}
+
+    def command(name):
+        return [sys.executable, "-c", child, files[name], files["b" if name == "a" else "a"]]
+
+    done = []
+    pool = runs.TrainingPool(command, {n: str(tmp_path / n) for n in files}, str(tmp_path), jobs=2, steps=1)
+    pool.run(["a", "b"], on_done=lambda name, seconds: done.append(name))
+    assert sorted(done) == ["a", "b"]
+    share = str(max(1, runs.available_cores() // 2))
+    for name in files:
+        assert open(files[name]).read() == share
+        assert "saw the other" in open(tmp_path / f"train_{name}.log").read()

@@ -6,15 +6,17 @@ Stages (each reused when its output exists and was built with the same settings;
 ``--rebuild`` redoes everything; a stage that is redone makes every later one redo):
 
 1. ``<out>/data``: the offline demo set (``demo.data.build_demo_dataset``);
-2. ``<out>/records``: ``make_records`` with the set's own train/test manifest;
-3. ``<out>/{mrgan,paired,unpaired}``: ``python -m mrgan_tf.train --flagfile=configs/demo.cfg``,
-   one process per mode (each trace costs ~45 s; processes keep TF state apart).
+2. ``<out>/records``: ``make_records`` with the set's own train/test manifest, and ``<out>/records_sct``,
+   the same heads with CT over its full HU range for the synthetic-CT model (``demo.sct``);
+3. ``<out>/{mrgan,paired,unpaired}``: ``python -m mrgan_tf.train --flagfile=configs/demo.cfg``, one
+   process per mode (processes keep TF state apart), and ``<out>/sct`` (configs/demo_sct.cfg on
+   records_sct); ``--jobs`` of them at once (2 where there are 2 cores or more), the cores shared.
    A run already at ``--steps`` is not started again; a shorter one resumes;
 4. SavedModels in ``<run>/export`` (train writes them; re-exported here if missing);
 5. ``<out>/eval``: the three models side by side on the paired test patients;
 6. ``<out>/cranium_syn_mr.nii.gz`` + PNG: the MR-GAN model applied to the real Cranium CT;
-7. ``<out>/{records_sct,sct,eval_sct}``: a synthetic CT in HU (``demo_sct``: full-range records,
-   MR-GAN, SynthRAD-convention scores, a bone-window PNG);
+7. ``<out>/eval_sct*``: the synthetic CT in HU scored as SynthRAD does, its uncertainty and dose check,
+   bone-window PNGs;
 8. ``<out>/report.md``: commands, times, the Table I-style comparison, the sCT row, figures, paths.
 
 ``run_demo(DemoOptions(...))`` is the importable entry point (tests use it with
@@ -37,7 +39,7 @@ from absl import flags
 
 from mrgan_tf import cli
 from mrgan_tf.demo.report import stage_report, write_synthesis_png
-from mrgan_tf.demo.runs import MODES, DemoError, TrainingStage, cmd_text, say
+from mrgan_tf.demo.runs import MODES, TRAININGS, DemoError, TrainingStage, available_cores, cmd_text, say
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 BASE_IMAGE_SIZE = 128          # slice size at size_scale 1 (128 px x 2 mm = 256 mm field of view)
@@ -63,7 +65,7 @@ class DemoOptions:
     register: bool = False                # MI registration of MR to CT in make_records
     ct_range: tuple[float, float] | None = None   # records with CT over this HU range (16 bits), not the window
     train_flags: tuple[str, ...] = ()     # extra train flags, after the flagfile (e.g. --ngf=4)
-    jobs: int = 1                         # trainings run at once
+    jobs: int | None = None               # trainings run at once (None: 2 where there are >= 2 cores)
     workers: int = 2                      # make_records worker processes
 
     def resolved(self) -> "DemoOptions":
@@ -87,6 +89,8 @@ class DemoOptions:
             o.steps = _flagfile_int(o.config, "steps")
         if o.steps is None or o.steps < 1:
             raise DemoError(f"{o.config}: no --steps >= 1 in the flagfile and none given with --steps")
+        if o.jobs is None:
+            o.jobs = 2 if available_cores() >= 2 else 1
         if o.jobs < 1:
             raise DemoError(f"--jobs must be >= 1, got {o.jobs}")
         return o
@@ -200,6 +204,7 @@ class Demo:
         self.loss_pngs: dict[str, str] = {}
         from mrgan_tf.demo.sct import SyntheticCTStage
         self.sct = SyntheticCTStage(self)
+        self.run_dirs = {**self.runs, "sct": self.sct.run_dir}   # every training (runs.TRAININGS)
 
     # ---- helpers
     def _reuse(self, stage: str, key: Any, exists: bool) -> bool:
@@ -225,6 +230,9 @@ class Demo:
         return cmd + (["--register"] if self.o.register else [])
 
     def train_command(self, mode: str) -> list[str]:
+        """The train command of one of ``runs.TRAININGS``."""
+        if mode == "sct":
+            return self.sct.train_command()
         return [sys.executable, "-m", "mrgan_tf.train", f"--flagfile={self.o.config}", f"--mode={mode}",
                 f"--records={self.records}", f"--out={self.runs[mode]}", f"--steps={self.o.steps}",
                 f"--seed={self.o.seed}", *self.o.train_flags]
@@ -261,6 +269,12 @@ class Demo:
         say(format_summary(summary))
         self.state.record("records", key)
         return "built", cmd
+
+    def stage_all_records(self):
+        """Stage 2: the Table I records, then the synthetic-CT model's (``SyntheticCTStage.build_records``)."""
+        status, cmd = self.stage_records()
+        sct_status, sct_cmd = self.sct.build_records()
+        return ("reused" if (status, sct_status) == ("reused", "reused") else "built"), cmd + sct_cmd
 
     # ---- 3. training (demo_runs.TrainingStage)
     def stage_train(self):
@@ -373,12 +387,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
          f"{opts.image_size} px at {opts.spacing_mm:g} mm{', --rebuild' if opts.rebuild else ''})")
     stages.run("Demo data", demo.stage_data)
-    stages.run("Records (make_records)", demo.stage_records)
-    stages.run("Training: " + ", ".join(MODES), demo.stage_train)
+    stages.run("Records (make_records)", demo.stage_all_records)
+    stages.run("Training: " + ", ".join(TRAININGS), demo.stage_train)
     stages.run("SavedModels", demo.stage_export)
     stages.run("Evaluation", demo.stage_eval)
     stages.run("Synthesis from the Cranium CT", demo.stage_synthesize)
-    stages.run("Synthetic CT in HU (full-range records, MR-GAN)", demo.sct)
+    stages.run("Synthetic CT in HU (scores, uncertainty, dose)", demo.sct)
     stages.run("Loss curves + report", lambda: demo.stage_report(stages))
     report = os.path.join(opts.out, "report.md")
     say(f"\ndone in {stages.elapsed()}: {report}\nTensorBoard: tensorboard --logdir {opts.out}")
@@ -412,7 +426,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "information (make_records --register; slower).", flag_values=fv)
     flags.DEFINE_multi_string("train_flag", [], "Extra train flag, e.g. --train_flag=--ngf=8 (repeatable).",
                               flag_values=fv)
-    flags.DEFINE_integer("jobs", d.jobs, "Trainings run at once.", flag_values=fv)
+    flags.DEFINE_integer("jobs", None, "Trainings run at once, the cores shared between them (default: 2 where "
+                         "there are 2 cores or more).", flag_values=fv)
     flags.DEFINE_integer("workers", d.workers, "make_records worker processes.", flag_values=fv)
 
 

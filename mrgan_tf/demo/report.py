@@ -6,7 +6,7 @@ import json
 import os
 import re
 
-from mrgan_tf.demo.runs import MODES, DemoError, say
+from mrgan_tf.demo.runs import MODES, TRAININGS, DemoError, say
 
 
 def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -74,16 +74,18 @@ def report_markdown(demo, stages) -> str:
              f"(field of view {o.spacing_mm * o.image_size:g} mm), CT window 40/80 HU, 8-bit records, MR-to-CT "
              f"registration {'on' if o.register else 'off (the demo MRs are misaligned by 1-3 mm / 1-3 deg on purpose; --register turns it on, at ~20 s CPU per paired patient)'}.",
              f"- Training: `{os.path.relpath(o.config)}` in "
-             f"modes {', '.join(MODES)}, {o.steps} iterations each, seed {o.seed}.",
+             f"modes {', '.join(MODES)}, and the synthetic-CT model (`{os.path.relpath(o.sct_config)}`), "
+             f"{o.steps} iterations each, seed {o.seed}, {o.jobs} at once.",
              "", "| Stage | This run | Time this run (s) | Time when built (s) |", "|---|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['status']} | {r['seconds']:.1f} | "
               f"{'-' if r['built_seconds'] is None else format(r['built_seconds'], '.1f')} |" for r in stages.rows]
     total = sum(r["seconds"] for r in stages.rows)
     built = sum(r["built_seconds"] or 0.0 for r in stages.rows)
     lines += [f"| **total** | | **{total:.1f}** | **{built:.1f}** |", ""]
-    train = {m: demo.state.seconds(f"train/{m}") for m in MODES}
+    train = {m: demo.state.seconds(f"train/{m}") for m in TRAININGS}
     if all(v is not None for v in train.values()):
-        lines += ["Training wall time per mode (includes graph tracing and the SavedModel export): "
+        lines += ["Training wall time per run (includes graph tracing and the SavedModel export; runs that "
+                  "trained at once shared the cores): "
                   + ", ".join(f"{m} {s:.0f} s" for m, s in train.items()) + ".", ""]
     lines += ["Equivalent commands:", "", "```sh"]
     lines += [c for r in stages.rows for c in r["commands"]]

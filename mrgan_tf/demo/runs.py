@@ -22,6 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 from mrgan_tf.errors import UserError
 
 MODES = ("mrgan", "paired", "unpaired")
+# Every training the demo runs: the Table I modes and the synthetic-CT model, longest first, so that
+# with two at once the two lanes end close together.
+TRAININGS = ("sct", "mrgan", "unpaired", "paired")
 PROGRESS_EVERY_S = 15.0        # how often a training's history.csv is polled for a progress line
 # Our own modules' absl log lines are shown; TF's INFO chatter goes only to the log files.
 _ABSL_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\]")
@@ -54,17 +57,40 @@ def worth_showing(line: str) -> bool:
     return not (m and m.group(1) == "I" and m.group(2) not in _OUR_FILES)
 
 
-def cmd_text(cmd: Sequence[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd).replace(shlex.quote(sys.executable), "python")
+def cmd_text(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """The command as a shell line (``env`` as VAR=value prefixes), with this interpreter shown as python."""
+    words = [f"{k}={v}" for k, v in (env or {}).items()] + list(cmd)
+    return " ".join(shlex.quote(c) for c in words).replace(shlex.quote(sys.executable), "python")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, as a container or taskset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # not Linux
+        return os.cpu_count() or 1
+
+
+def shared_cores_env(lanes: int, cores: int | None = None) -> dict[str, str]:
+    """Environment for one of ``lanes`` trainings that run at once: each gets its share of the cores as
+    TensorFlow's intra- and inter-op threads (on 2 cores, two demo trainings side by side with one
+    thread each finish 1.2-1.5x sooner than one after the other with two: docs/BENCHMARKS.md, "The
+    demo's trainings side by side"), and GPU memory grows on demand instead of the first taking it all.
+    A thread count the user set in the environment is kept."""
+    if lanes <= 1:
+        return {}
+    share = str(max(1, (cores or available_cores()) // lanes))
+    env = {"TF_NUM_INTRAOP_THREADS": share, "TF_NUM_INTEROP_THREADS": share, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 class Child:
     """A subprocess whose merged output goes to a log file and, filtered and prefixed, to the console."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: str):
+    def __init__(self, name: str, cmd: list[str], log_path: str, env: Mapping[str, str] | None = None):
         self.name, self.cmd, self.log_path = name, cmd, log_path
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **(env or {}))
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1, env=env)
@@ -105,22 +131,27 @@ def history_progress(run_dir: str) -> tuple[int, float] | None:
 
 
 class TrainingPool:
-    """Runs the trainings of ``todo`` at most ``jobs`` at once; the first failure stops the others."""
+    """Runs the trainings of ``todo`` at most ``jobs`` at once, the cores shared between them
+    (``shared_cores_env``); the first failure stops the others."""
 
     def __init__(self, command: Callable[[str], list[str]], run_dirs: Mapping[str, str], logs: str, jobs: int,
                  steps: int):
         self.command, self.run_dirs, self.logs, self.jobs, self.steps = command, run_dirs, logs, jobs, steps
 
+    def env(self, n_todo: int) -> dict[str, str]:
+        """The environment each of ``n_todo`` trainings runs with."""
+        return shared_cores_env(min(self.jobs, n_todo))
+
     def run(self, todo: Sequence[str], on_start: Callable[[str], None] = lambda name: None,
             on_done: Callable[[str, float], None] = lambda name, seconds: None) -> None:
-        pending, running = list(todo), {}
+        pending, running, env = list(todo), {}, self.env(len(todo))
         while pending or running:
             while pending and len(running) < self.jobs:
                 name = pending.pop(0)
-                say(f"[{name}] {cmd_text(self.command(name))}")
-                say(f"[{name}] tracing the train step first (tens of seconds), then {self.steps} iterations")
+                say(f"[{name}] {cmd_text(self.command(name), env)}")
+                say(f"[{name}] tracing the train step first, then {self.steps} iterations")
                 on_start(name)
-                running[name] = (Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log")),
+                running[name] = (Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log"), env),
                                  time.perf_counter())
             finished = self._wait_any(running)
             child, t = running.pop(finished)
@@ -153,56 +184,62 @@ class TrainingPool:
 
 
 class TrainingStage:
-    """The demo's training stage: reuse, resume or (re)start each mode's run, then train what is left."""
+    """The demo's training stage: reuse, resume or (re)start each run of ``TRAININGS`` (the three Table I
+    modes and the synthetic-CT model), then train what is left, ``--jobs`` at once."""
 
     def __init__(self, demo):
         self.d = demo
 
-    def _trained_iterations(self, mode: str) -> int:
+    def _trained_iterations(self, name: str) -> int:
         import tensorflow as tf
-        path = tf.train.latest_checkpoint(os.path.join(self.d.runs[mode], "checkpoints"))
+        path = tf.train.latest_checkpoint(os.path.join(self.d.run_dirs[name], "checkpoints"))
         return int(path.rsplit("-", 1)[1]) if path else 0
 
-    def __call__(self) -> tuple[str, list[str]]:
-        # Comments and --steps are left out: a longer run resumes the same run dir.
-        config = [line.strip() for line in Path(self.d.o.config).read_text().splitlines()
+    def _key(self, name: str) -> dict:
+        """What a run was trained with: its flagfiles' lines (comments and --steps left out, so that a
+        longer run resumes the same run dir), the extra train flags and the seed."""
+        files = [self.d.o.config] + ([self.d.o.sct_config] if name == "sct" else [])
+        config = [line.strip() for f in files for line in Path(f).read_text().splitlines()
                   if line.strip() and not line.lstrip().startswith(("#", "--steps"))]
-        key = {"config": config, "train_flags": list(self.d.o.train_flags), "seed": self.d.o.seed}
-        todo, commands = [], []
-        for mode in MODES:
-            commands.append(cmd_text(self.d.train_command(mode)))
-            if not self._reuse_run(mode, key):
-                if os.path.isdir(self.d.runs[mode]):
-                    say(f"[{mode}] removing the old run (--rebuild, or its settings or inputs changed) {self.d.runs[mode]}")
-                    shutil.rmtree(self.d.runs[mode])
-                todo.append(mode)
+        return {"config": config, "train_flags": list(self.d.o.train_flags), "seed": self.d.o.seed}
+
+    def __call__(self) -> tuple[str, list[str]]:
+        todo = []
+        for name in TRAININGS:
+            run_dir = self.d.run_dirs[name]
+            if not self._reuse_run(name, self._key(name)):
+                if os.path.isdir(run_dir):
+                    say(f"[{name}] removing the old run (--rebuild, or its settings or inputs changed) {run_dir}")
+                    shutil.rmtree(run_dir)
+                todo.append(name)
                 continue
-            done = self._trained_iterations(mode)
+            done = self._trained_iterations(name)
             if done >= self.d.o.steps:
-                say(f"[{mode}] reusing {self.d.runs[mode]} ({done} iterations)")
-                self.d.iterations[mode] = done
+                say(f"[{name}] reusing {run_dir} ({done} iterations)")
+                self.d.iterations[name] = done
             else:
-                say(f"[{mode}] resuming {self.d.runs[mode]} from iteration {done}")
-                todo.append(mode)
-        self._train_all(todo, key)
+                say(f"[{name}] resuming {run_dir} from iteration {done}")
+                todo.append(name)
+        pool = TrainingPool(self.d.train_command, self.d.run_dirs, self.d.logs, self.d.o.jobs, self.d.o.steps)
+        env = pool.env(len(todo) or len(TRAININGS))
+        commands = [cmd_text(self.d.train_command(name), env) for name in TRAININGS]
+        if todo:
+            say(f"training {', '.join(todo)}, {min(self.d.o.jobs, len(todo))} at once"
+                + (f" ({env['TF_NUM_INTRAOP_THREADS']} thread(s) each)" if "TF_NUM_INTRAOP_THREADS" in env else ""))
+        pool.run(todo, lambda name: self.d.state.record(f"train/{name}", self._key(name)),  # even if interrupted
+                 self._done)
         self.d.dirty = self.d.dirty or bool(todo)
         return ("trained " + ", ".join(todo) if todo else "reused"), commands
 
-    def _reuse_run(self, mode: str, key: Any) -> bool:
-        """Like ``_reuse`` but per run and without dirtying the other runs."""
-        stage = f"train/{mode}"
-        exists = os.path.isfile(os.path.join(self.d.runs[mode], "run.json"))
+    def _done(self, name: str, seconds: float) -> None:
+        self.d.state.set_seconds(f"train/{name}", seconds)
+        self.d.iterations[name] = self._trained_iterations(name)
+
+    def _reuse_run(self, name: str, key: Any) -> bool:
+        """Like ``Demo._reuse`` but per run and without dirtying the other runs."""
+        stage = f"train/{name}"
+        exists = os.path.isfile(os.path.join(self.d.run_dirs[name], "run.json"))
         if not self.d.dirty and exists and self.d.state.matches(stage, key):
             return True
         self.d.state.forget(stage)
         return False
-
-    def _train_all(self, todo: list[str], key: Any) -> None:
-        def started(mode: str) -> None:
-            self.d.state.record(f"train/{mode}", key)  # the settings this run dir holds, even if interrupted
-
-        def done(mode: str, seconds: float) -> None:
-            self.d.state.set_seconds(f"train/{mode}", seconds)
-            self.d.iterations[mode] = self._trained_iterations(mode)
-
-        TrainingPool(self.d.train_command, self.d.runs, self.d.logs, self.d.o.jobs, self.d.o.steps).run(todo, started, done)

@@ -1,9 +1,10 @@
 """The demo's synthetic-CT stage: full-range records, an MR-GAN run, SynthRAD-convention scores, a PNG.
 
 The paper's records keep CT as a 40/80 HU window, so the demo's three Table I
-runs cannot give a synthetic CT in real HU. This stage makes a second records
-directory from the same demo data with CT over [-1024, 3000] HU at 16 bits,
-trains MR-GAN on it with the demo's flagfile, and scores its MR -> CT generator
+runs cannot give a synthetic CT in real HU. The demo's records stage makes a second
+records directory from the same demo data with CT over [-1024, 3000] HU at 16 bits
+(``build_records``), its training stage trains MR-GAN on it (``train_command``,
+configs/demo_sct.cfg) beside the Table I runs, and this stage scores its MR -> CT generator
 as SynthRAD does (``evaluate``'s original-grid metrics: MAE in HU, PSNR, 3-D
 SSIM, MS-SSIM inside the mask), with a bone-window PNG of synthetic beside
 reference CT. ``bench/experiments/sct_demo.py`` runs the same setting in all
@@ -18,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mrgan_tf.demo.runs import cmd_text, say
 from mrgan_tf.inference.tta import TTAConfig
 
 CT_RANGE = (-1024.0, 3000.0)      # SynthRAD's clip
@@ -106,7 +108,7 @@ def sct_table(per_patient: Mapping[str, Mapping[str, Mapping[str, float]]]) -> s
 
 
 class SyntheticCTStage:
-    """Records, training, evaluation and figure of the demo's synthetic-CT model (one ``Demo`` stage)."""
+    """Records, training command, evaluation and figures of the demo's synthetic-CT model."""
 
     def __init__(self, demo):
         self.d = demo
@@ -129,37 +131,44 @@ class SyntheticCTStage:
                 f"--records={self.records}", f"--out={self.run_dir}", f"--steps={self.d.o.steps}",
                 f"--seed={self.d.o.seed}", *self.d.o.train_flags]
 
-    def __call__(self) -> tuple[str, list[str]]:
-        from mrgan_tf.demo import runs as demo_lib
-        from mrgan_tf.evaluation.evaluate import evaluate
-        from mrgan_tf.records.make_records import make_records
-
-        d, cfg = self.d, self.preprocess_config()
-        manifest = os.path.join(d.data, "demo_manifest.csv")
-        register = ["--register"] if cfg.register and not d.o.register else []   # else records_command has it
-        records_cmd = demo_lib.cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16", *register]) \
+    def records_command(self) -> str:
+        d = self.d
+        register = ["--register"] if self.preprocess_config().register and not d.o.register else []  # else d's has it
+        return cmd_text([*d.records_command(), "--ct_range=-1024,3000", "--bits=16", *register]) \
             .replace(f"--out={d.records}", f"--out={self.records}")
-        commands = [records_cmd, demo_lib.cmd_text(self.train_command()),
-                    f"python -m mrgan_tf.evaluate --model=mrgan={self.run_dir}/export --dataset={self.records} "
+
+    def build_records(self) -> tuple[str, list[str]]:
+        """``<out>/records_sct`` (part of the demo's records stage)."""
+        from mrgan_tf.records.make_records import make_records
+        d, cfg, cmd = self.d, self.preprocess_config(), self.records_command()
+        if d._reuse("records_sct", cfg.to_dict(), os.path.isfile(os.path.join(self.records, "dataset.json"))):
+            say(f"reusing {self.records}")
+            return "reused", [cmd]
+        say(cmd)
+        make_records(d.data, self.records, cfg, manifest=os.path.join(d.data, "demo_manifest.csv"), overwrite=True,
+                     workers=d.o.workers, progress=False)
+        d.state.record("records_sct", cfg.to_dict())
+        return "built", [cmd]
+
+    def __call__(self) -> tuple[str, list[str]]:
+        """Stage 7: scores (plain and with TTA), the dose check and the figures of the trained model."""
+        from mrgan_tf.evaluation.evaluate import evaluate
+        from mrgan_tf.serving.export import resolve_version_dir
+
+        d = self.d
+        export = os.path.join(self.run_dir, "export")
+        commands = [f"python -m mrgan_tf.evaluate --model=mrgan={export} --dataset={self.records} "
                     f"--out={self.eval}" + (f" --dose --dose_patients={d.o.dose_patients} "
-                                        f"--resolution_mm={DOSE_GRID_MM:g}" if d.o.dose_patients else ""),
-                    f"python -m mrgan_tf.evaluate --model=mrgan_{'_'.join(TTA)}={self.run_dir}/export "
+                                            f"--resolution_mm={DOSE_GRID_MM:g}" if d.o.dose_patients else ""),
+                    f"python -m mrgan_tf.evaluate --model=mrgan_{'_'.join(TTA)}={export} "
                     f"--tta={','.join(TTA)} --dataset={self.records} --out={self.eval_tta}"]
-        key = {"preprocess": cfg.to_dict(), "train": self.train_command()[2:], "tta": TTA,
-               "dose": [d.o.dose_patients, DOSE_GRID_MM]}
+        key = {"model": resolve_version_dir(export, "mr2ct"), "tta": TTA, "dose": [d.o.dose_patients, DOSE_GRID_MM]}
         done = [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
                 self.uncertainty_png]
-        if not d.dirty and d.state.matches("sct", key) and all(os.path.isfile(f) for f in done):
-            demo_lib.say(f"reusing {self.eval}")
+        if d._reuse("sct", key, all(os.path.isfile(f) for f in done)):
+            say(f"reusing {self.eval}")
             self._read_scores()
             return "reused", commands
-        d.state.forget("sct")
-        demo_lib.say(records_cmd)
-        make_records(d.data, self.records, cfg, manifest=manifest, overwrite=True, workers=d.o.workers,
-                     progress=False)
-        demo_lib.TrainingPool(lambda name: self.train_command(), {"sct": self.run_dir}, d.logs, 1,
-                              d.o.steps).run(["sct"])   # logs/train_sct.log, progress lines, errors as DemoError
-        export = os.path.join(self.run_dir, "export")
         dose = {}
         if d.o.dose_patients:   # planned on each head's CT, recomputed on its synthetic CT (evaluate --dose)
             from mrgan_tf.evaluation.dose.config import DoseConfig
@@ -173,7 +182,7 @@ class SyntheticCTStage:
         predictor = load_predictor(export, "mr2ct")
         sct_figure(self.png, d.data, patients, {"MR-GAN": predictor})
         uncertainty_figure(self.uncertainty_png, d.data, patients, Fusion((predictor,), tta=tta))
-        demo_lib.say(sct_table(self.per_patient))
+        say(sct_table(self.per_patient))
         d.state.record("sct", key)
         return "built", commands
 
