@@ -74,8 +74,8 @@ def available_cores() -> int:
 def shared_cores_env(lanes: int, cores: int | None = None) -> dict[str, str]:
     """Environment for one of ``lanes`` trainings that run at once: each gets its share of the cores as
     TensorFlow's intra- and inter-op threads (on 2 cores, two demo trainings side by side with one
-    thread each finish 1.2-1.5x sooner than one after the other with two: docs/BENCHMARKS.md, "The
-    demo's trainings side by side"), and GPU memory grows on demand instead of the first taking it all.
+    thread each finish 1.05-1.5x sooner than one after the other with two: docs/BENCHMARKS.md, "The
+    demo on 2 cores"), and GPU memory grows on demand instead of the first taking it all.
     A thread count the user set in the environment is kept."""
     if lanes <= 1:
         return {}
@@ -89,8 +89,8 @@ class Child:
 
     def __init__(self, name: str, cmd: list[str], log_path: str, env: Mapping[str, str] | None = None):
         self.name, self.cmd, self.log_path = name, cmd, log_path
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-                   PYTHONUNBUFFERED="1", **(env or {}))
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      bufsize=1, env=env)
