@@ -69,6 +69,28 @@ def test_synthetic_ct_row_in_hu(built):
     assert "### Dose check of the synthetic CT" in report and "dose_difference.png" in report
 
 
+def test_synthetic_ct_scoring_starts_when_its_training_ends(built):
+    """Stage 7's evaluations run as the commands the report lists, started beside the last trainings."""
+    out, stdout = built
+    assert stdout.index("[eval_sct] started beside the rest") < stdout.index("=== [4/8] SavedModels")
+    assert stdout.index("[eval_sct_tta] started beside the rest") < stdout.index("=== [4/8] SavedModels")
+    report = open(os.path.join(out, "report.md")).read()
+    for name in ("eval_sct", "eval_sct_tta"):
+        log = open(os.path.join(out, "logs", f"{name}.log")).read()
+        assert f"files to {os.path.join(out, name)}" in log         # evaluate's own last line
+        assert f"--out={os.path.join(out, name)}" in report
+
+
+def test_synthetic_ct_scoring_failure_names_its_log(tmp_path):
+    d = demo.Demo(demo.DemoOptions(out=str(tmp_path)).resolved())
+    d.sct.scoring_commands = lambda: {"eval_sct": [sys.executable, "-c", "import sys; sys.exit('no model here')"]}
+    d.sct._key = dict
+    d.sct.start_scoring(force=True)
+    with pytest.raises(runs.DemoError, match=r"exit 1.*eval_sct\.log(.|\n)*no model here"):
+        d.sct.finish_scoring()
+    assert not d.sct._scoring
+
+
 def test_records_verify(built):
     from tfrecords_tools import reader
     out, _ = built

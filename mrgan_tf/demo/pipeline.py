@@ -280,6 +280,12 @@ class Demo:
     def stage_train(self):
         return TrainingStage(self)()
 
+    def on_trained(self, name: str) -> None:
+        """A training of ``runs.TRAININGS`` has ended (and exported): the synthetic-CT model's scoring starts
+        at once, beside the trainings still running."""
+        if name == "sct":
+            self.sct.start_scoring(force=True)
+
     # ---- 4. SavedModels
     def stage_export(self):
         from mrgan_tf.serving.export import ExportError, export_run, resolve_version_dir
@@ -301,6 +307,7 @@ class Demo:
                 except ExportError:
                     pass
             say(f"[{mode}] " + ", ".join(f"{n}: {p}" for n, p in self.exports[mode].items()))
+        self.sct.start_scoring()   # unless the training stage started it or stage 7 will be reused
         return status, commands
 
     # ---- 5. evaluation
@@ -386,14 +393,17 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     stages = Stages(8, demo.state)
     say(f"mrgan-tf demo -> {opts.out}  (steps {opts.steps}, size_scale {opts.size_scale:g}, "
          f"{opts.image_size} px at {opts.spacing_mm:g} mm{', --rebuild' if opts.rebuild else ''})")
-    stages.run("Demo data", demo.stage_data)
-    stages.run("Records (make_records)", demo.stage_all_records)
-    stages.run("Training: " + ", ".join(TRAININGS), demo.stage_train)
-    stages.run("SavedModels", demo.stage_export)
-    stages.run("Evaluation", demo.stage_eval)
-    stages.run("Synthesis from the Cranium CT", demo.stage_synthesize)
-    stages.run("Synthetic CT in HU (scores, uncertainty, dose)", demo.sct)
-    stages.run("Loss curves + report", lambda: demo.stage_report(stages))
+    try:
+        stages.run("Demo data", demo.stage_data)
+        stages.run("Records (make_records)", demo.stage_all_records)
+        stages.run("Training: " + ", ".join(TRAININGS), demo.stage_train)
+        stages.run("SavedModels", demo.stage_export)
+        stages.run("Evaluation", demo.stage_eval)
+        stages.run("Synthesis from the Cranium CT", demo.stage_synthesize)
+        stages.run("Synthetic CT in HU (scores, uncertainty, dose)", demo.sct)
+        stages.run("Loss curves + report", lambda: demo.stage_report(stages))
+    finally:
+        demo.sct.stop_scoring()    # a stage that failed leaves no evaluation running
     report = os.path.join(opts.out, "report.md")
     say(f"\ndone in {stages.elapsed()}: {report}\nTensorBoard: tensorboard --logdir {opts.out}")
     return {"out": opts.out, "report": report, "data": demo.data, "records": demo.records, "runs": demo.runs,

@@ -85,10 +85,11 @@ def shared_cores_env(lanes: int, cores: int | None = None) -> dict[str, str]:
 
 
 class Child:
-    """A subprocess whose merged output goes to a log file and, filtered and prefixed, to the console."""
+    """A subprocess whose merged output goes to a log file and (``echo``), filtered and prefixed, to the console."""
 
-    def __init__(self, name: str, cmd: list[str], log_path: str, env: Mapping[str, str] | None = None):
-        self.name, self.cmd, self.log_path = name, cmd, log_path
+    def __init__(self, name: str, cmd: list[str], log_path: str, env: Mapping[str, str] | None = None,
+                 echo: bool = True):
+        self.name, self.cmd, self.log_path, self.echo = name, cmd, log_path, echo
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
                "PYTHONUNBUFFERED": "1", **(env or {})}
         self._log = open(log_path, "w")
@@ -100,7 +101,7 @@ class Child:
     def _copy(self) -> None:
         for line in self.proc.stdout:
             self._log.write(line)
-            if worth_showing(line):
+            if self.echo and worth_showing(line):
                 print(f"  [{self.name}] {line.rstrip()}", flush=True)
 
     def finish(self) -> int:
@@ -112,6 +113,12 @@ class Child:
     def tail(self, n: int = 20) -> str:
         with open(self.log_path) as f:
             return "".join(f.readlines()[-n:])
+
+    def stop(self) -> None:
+        """Ends the child if it still runs (a demo that fails elsewhere leaves nothing running)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish()
 
 
 def history_progress(run_dir: str) -> tuple[int, float] | None:
@@ -158,8 +165,7 @@ class TrainingPool:
             rc = child.finish()
             if rc != 0:
                 for other, _ in running.values():
-                    other.proc.kill()
-                    other.finish()
+                    other.stop()
                 raise DemoError(f"training {finished} failed (exit {rc}); full log: {child.log_path}\n{child.tail()}")
             on_done(finished, time.perf_counter() - t)
 
@@ -234,6 +240,7 @@ class TrainingStage:
     def _done(self, name: str, seconds: float) -> None:
         self.d.state.set_seconds(f"train/{name}", seconds)
         self.d.iterations[name] = self._trained_iterations(name)
+        self.d.on_trained(name)
 
     def _reuse_run(self, name: str, key: Any) -> bool:
         """Like ``Demo._reuse`` but per run and without dirtying the other runs."""

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mrgan_tf.demo.runs import cmd_text, say
+from mrgan_tf.demo.runs import Child, DemoError, cmd_text, say, shared_cores_env
 from mrgan_tf.inference.tta import TTAConfig
 
 CT_RANGE = (-1024.0, 3000.0)      # SynthRAD's clip
@@ -120,6 +120,7 @@ class SyntheticCTStage:
         self.uncertainty_png = os.path.join(demo.out, "sct_uncertainty.png")
         self.per_patient: dict = {}
         self.dose: dict = {}
+        self._scoring: list[Child] = []     # the evaluations started ahead (start_scoring)
 
     def preprocess_config(self):
         import dataclasses
@@ -150,38 +151,78 @@ class SyntheticCTStage:
         d.state.record("records_sct", cfg.to_dict())
         return "built", [cmd]
 
-    def __call__(self) -> tuple[str, list[str]]:
-        """Stage 7: scores (plain and with TTA), the dose check and the figures of the trained model."""
-        from mrgan_tf.evaluation.evaluate import evaluate
-        from mrgan_tf.serving.export import resolve_version_dir
+    def _export(self) -> str:
+        return os.path.join(self.run_dir, "export")
 
-        d = self.d
-        export = os.path.join(self.run_dir, "export")
-        commands = [f"python -m mrgan_tf.evaluate --model=mrgan={export} --dataset={self.records} "
-                    f"--out={self.eval}" + (f" --dose --dose_patients={d.o.dose_patients} "
-                                            f"--resolution_mm={DOSE_GRID_MM:g}" if d.o.dose_patients else ""),
-                    f"python -m mrgan_tf.evaluate --model=mrgan_{'_'.join(TTA)}={export} "
-                    f"--tta={','.join(TTA)} --dataset={self.records} --out={self.eval_tta}"]
-        key = {"model": resolve_version_dir(export, "mr2ct"), "tta": TTA, "dose": [d.o.dose_patients, DOSE_GRID_MM]}
-        done = [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
+    def scoring_commands(self) -> dict[str, list[str]]:
+        """This stage's two evaluations: the plain scores with the dose check, and the same model with TTA."""
+        d, export = self.d, self._export()
+        base = [sys.executable, "-m", "mrgan_tf.evaluate", f"--dataset={self.records}"]
+        dose = ["--dose", f"--dose_patients={d.o.dose_patients}", f"--resolution_mm={DOSE_GRID_MM:g}"]
+        return {"eval_sct": [*base, f"--model=mrgan={export}", f"--out={self.eval}",
+                             *(dose if d.o.dose_patients else [])],
+                "eval_sct_tta": [*base, f"--model=mrgan_{'_'.join(TTA)}={export}", f"--tta={','.join(TTA)}",
+                                 f"--out={self.eval_tta}"]}
+
+    def _key(self) -> dict:
+        from mrgan_tf.serving.export import resolve_version_dir
+        return {"model": resolve_version_dir(self._export(), "mr2ct"), "tta": TTA,
+                "dose": [self.d.o.dose_patients, DOSE_GRID_MM]}
+
+    def _outputs(self) -> list[str]:
+        return [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
                 self.uncertainty_png]
-        if d._reuse("sct", key, all(os.path.isfile(f) for f in done)):
+
+    def start_scoring(self, force: bool = False) -> None:
+        """Starts ``scoring_commands`` as child processes as soon as the model is exported: they run beside
+        the last trainings and the Table I evaluation, mostly on one core each (the dose check's plans are
+        numpy), and ``__call__`` waits for them. Unless ``force`` (the model was just trained), nothing
+        starts when the stage will be reused."""
+        d = self.d
+        if self._scoring or (not force and not d.dirty and all(map(os.path.isfile, self._outputs()))
+                             and d.state.matches("sct", self._key())):
+            return
+        d.state.forget("sct")
+        env = shared_cores_env(2)
+        for name, cmd in self.scoring_commands().items():
+            log = os.path.join(d.logs, f"{name}.log")
+            say(f"[{name}] started beside the rest: {cmd_text(cmd, env)} (log: {log})")
+            self._scoring.append(Child(name, cmd, log, env, echo=False))
+
+    def finish_scoring(self) -> None:
+        """Waits for ``start_scoring``'s children; a failure names its log."""
+        children, self._scoring = self._scoring, []
+        try:
+            for child in children:
+                if child.finish() != 0:
+                    raise DemoError(f"{cmd_text(child.cmd)} failed (exit {child.proc.returncode}); full log: "
+                                    f"{child.log_path}\n{child.tail()}")
+        finally:
+            self.stop_scoring(children)
+
+    def stop_scoring(self, children: Sequence[Child] | None = None) -> None:
+        """Ends the scoring children still running (the demo failed elsewhere)."""
+        for child in (self._scoring if children is None else children):
+            child.stop()
+
+    def __call__(self) -> tuple[str, list[str]]:
+        """Stage 7: scores (plain and with TTA) and the dose check (``start_scoring``), then the figures."""
+        d = self.d
+        commands = [cmd_text(cmd) for cmd in self.scoring_commands().values()]
+        key = self._key()
+        if d._reuse("sct", key, all(map(os.path.isfile, self._outputs()))):   # false once scoring started
             say(f"reusing {self.eval}")
             self._read_scores()
             return "reused", commands
-        dose = {}
-        if d.o.dose_patients:   # planned on each head's CT, recomputed on its synthetic CT (evaluate --dose)
-            from mrgan_tf.evaluation.dose.config import DoseConfig
-            dose = {"dose": DoseConfig(resolution_mm=DOSE_GRID_MM), "dose_patients": d.o.dose_patients}
-        evaluate({"mrgan": export}, self.records, self.eval, progress=False, **dose)
-        tta = TTAConfig(augment=TTA)   # the same model with its augmented copies: their spread is the uncertainty
-        evaluate({f"mrgan_{'_'.join(TTA)}": export}, self.records, self.eval_tta, progress=False, tta=tta)
+        self.start_scoring(force=True)
+        say("waiting for " + " and ".join(c.name for c in self._scoring))
+        self.finish_scoring()
         self._read_scores()
         from mrgan_tf.inference.predictors import Fusion, load_predictor
         patients = sorted(next(iter(self.per_patient.values())))
-        predictor = load_predictor(export, "mr2ct")
+        predictor = load_predictor(self._export(), "mr2ct")
         sct_figure(self.png, d.data, patients, {"MR-GAN": predictor})
-        uncertainty_figure(self.uncertainty_png, d.data, patients, Fusion((predictor,), tta=tta))
+        uncertainty_figure(self.uncertainty_png, d.data, patients, Fusion((predictor,), tta=TTAConfig(augment=TTA)))
         say(sct_table(self.per_patient))
         d.state.record("sct", key)
         return "built", commands
