@@ -15,8 +15,8 @@ Stages (each reused when its output exists and was built with the same settings;
 4. SavedModels in ``<run>/export`` (train writes them; re-exported here if missing);
 5. ``<out>/eval``: the three models side by side on the paired test patients;
 6. ``<out>/cranium_syn_mr.nii.gz`` + PNG: the MR-GAN model applied to the real Cranium CT;
-7. ``<out>/eval_sct*``: the synthetic CT in HU scored as SynthRAD does, its uncertainty and dose check,
-   bone-window PNGs;
+7. ``<out>/eval_sct*``: the synthetic CT in HU scored as SynthRAD does, its uncertainty and dose check
+   (two ``evaluate`` children, started when its training ends), bone-window PNGs;
 8. ``<out>/report.md``: commands, times, the Table I-style comparison, the sCT row, figures, paths.
 
 ``run_demo(DemoOptions(...))`` is the importable entry point (tests use it with

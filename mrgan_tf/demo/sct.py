@@ -5,10 +5,10 @@ runs cannot give a synthetic CT in real HU. The demo's records stage makes a sec
 records directory from the same demo data with CT over [-1024, 3000] HU at 16 bits
 (``build_records``), its training stage trains MR-GAN on it (``train_command``,
 configs/demo_sct.cfg) beside the Table I runs, and this stage scores its MR -> CT generator
-as SynthRAD does (``evaluate``'s original-grid metrics: MAE in HU, PSNR, 3-D
-SSIM, MS-SSIM inside the mask), with a bone-window PNG of synthetic beside
-reference CT. ``bench/experiments/sct_demo.py`` runs the same setting in all
-three modes for docs/RESULTS.md.
+as SynthRAD does (``evaluate``'s original-grid metrics: MAE in HU, PSNR, 3-D SSIM, MS-SSIM
+inside the mask; two ``evaluate`` processes, started as soon as that training ends:
+``start_scoring``), with a bone-window PNG of synthetic beside reference CT.
+``bench/experiments/sct_demo.py`` runs the same setting in all three modes for docs/RESULTS.md.
 """
 from __future__ import annotations
 
