@@ -207,9 +207,13 @@ class Demo:
         self.run_dirs = {**self.runs, "sct": self.sct.run_dir}   # every training (runs.TRAININGS)
 
     # ---- helpers
+    def reusable(self, stage: str, key: Any, exists: bool) -> bool:
+        """Whether ``stage``'s output (``exists``) was built with ``key`` and no earlier stage was redone."""
+        return not self.dirty and exists and self.state.matches(stage, key)
+
     def _reuse(self, stage: str, key: Any, exists: bool) -> bool:
         """True when ``stage`` can be reused; otherwise forgets it and marks later stages dirty."""
-        if not self.dirty and exists and self.state.matches(stage, key):
+        if self.reusable(stage, key, exists):
             return True
         self.state.forget(stage)
         self.dirty = True

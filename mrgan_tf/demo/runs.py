@@ -155,10 +155,11 @@ class TrainingPool:
         while pending or running:
             while pending and len(running) < self.jobs:
                 name = pending.pop(0)
-                say(f"[{name}] {cmd_text(self.command(name), env)}")
+                cmd = self.command(name)
+                say(f"[{name}] {cmd_text(cmd, env)}")
                 say(f"[{name}] tracing the train step first, then {self.steps} iterations")
                 on_start(name)
-                running[name] = (Child(name, self.command(name), os.path.join(self.logs, f"train_{name}.log"), env),
+                running[name] = (Child(name, cmd, os.path.join(self.logs, f"train_{name}.log"), env),
                                  time.perf_counter())
             finished = self._wait_any(running)
             child, t = running.pop(finished)
@@ -245,8 +246,7 @@ class TrainingStage:
     def _reuse_run(self, name: str, key: Any) -> bool:
         """Like ``Demo._reuse`` but per run and without dirtying the other runs."""
         stage = f"train/{name}"
-        exists = os.path.isfile(os.path.join(self.d.run_dirs[name], "run.json"))
-        if not self.d.dirty and exists and self.d.state.matches(stage, key):
+        if self.d.reusable(stage, key, os.path.isfile(os.path.join(self.d.run_dirs[name], "run.json"))):
             return True
         self.d.state.forget(stage)
         return False

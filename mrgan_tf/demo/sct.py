@@ -169,9 +169,11 @@ class SyntheticCTStage:
         return {"model": resolve_version_dir(self._export(), "mr2ct"), "tta": TTA,
                 "dose": [self.d.o.dose_patients, DOSE_GRID_MM]}
 
-    def _outputs(self) -> list[str]:
-        return [os.path.join(self.eval, "metrics.json"), os.path.join(self.eval_tta, "metrics.json"), self.png,
-                self.uncertainty_png]
+    def _built(self) -> bool:
+        """Whether every output of stage 7 is there."""
+        return all(os.path.isfile(f) for f in (os.path.join(self.eval, "metrics.json"),
+                                                os.path.join(self.eval_tta, "metrics.json"), self.png,
+                                                self.uncertainty_png))
 
     def start_scoring(self, force: bool = False) -> None:
         """Starts ``scoring_commands`` as child processes as soon as the model is exported: they run beside
@@ -179,8 +181,7 @@ class SyntheticCTStage:
         numpy), and ``__call__`` waits for them. Unless ``force`` (the model was just trained), nothing
         starts when the stage will be reused."""
         d = self.d
-        if self._scoring or (not force and not d.dirty and all(map(os.path.isfile, self._outputs()))
-                             and d.state.matches("sct", self._key())):
+        if self._scoring or (not force and d.reusable("sct", self._key(), self._built())):
             return
         d.state.forget("sct")
         env = shared_cores_env(2)
@@ -210,7 +211,7 @@ class SyntheticCTStage:
         d = self.d
         commands = [cmd_text(cmd) for cmd in self.scoring_commands().values()]
         key = self._key()
-        if d._reuse("sct", key, all(map(os.path.isfile, self._outputs()))):   # false once scoring started
+        if d._reuse("sct", key, self._built()):   # false once scoring started (it forgets the stage)
             say(f"reusing {self.eval}")
             self._read_scores()
             return "reused", commands

@@ -64,26 +64,6 @@ def _affine_to_matrix(tx) -> np.ndarray:
     return _FLIP @ lps @ _FLIP
 
 
-def register_affine(fixed: Volume, moving: Volume, *, fixed_mask: np.ndarray | None = None,
-                    moving_mask: np.ndarray | None = None, model: str = "rigid", iterations: int = 200,
-                    seed: int = 0, sampling: float = 0.25) -> RegistrationResult:
-    """Mutual-information registration of ``moving`` to ``fixed``; the result is a 4x4 affine.
-
-    ``model="rigid"`` (6 dof) or ``"affine"`` (rigid first, then 12 dof, as the paper).
-    Rigid is the default because Mattes MI on a head with much air around it rewards
-    spurious scaling (on synthetic heads the affine stage drifted 1-10 % in scale while
-    rigid was exact); for one patient's CT and MR the head is rigid anyway.
-    ``fixed_mask`` / ``moving_mask`` (bool, on each grid) restrict the metric,
-    e.g. body minus skull on the CT. The result maps fixed world points to moving
-    world points, so ``preprocess.resample_like(moving, fixed, transform=result.transform)``
-    is aligned.
-    """
-    if model not in MODELS:
-        raise ValueError(f"registration model must be one of {MODELS}, got {model!r}")
-    with _one_itk_thread():
-        return _register(fixed, moving, fixed_mask, moving_mask, model, iterations, seed, sampling)
-
-
 @contextlib.contextmanager
 def _one_itk_thread() -> Iterator[None]:
     """ITK's registration on one thread: on two, the metric's partial sums meet in a varying order, so
@@ -100,7 +80,23 @@ def _one_itk_thread() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
-def _register(fixed, moving, fixed_mask, moving_mask, model, iterations, seed, sampling) -> RegistrationResult:
+@_one_itk_thread()    # a fresh context per call
+def register_affine(fixed: Volume, moving: Volume, *, fixed_mask: np.ndarray | None = None,
+                    moving_mask: np.ndarray | None = None, model: str = "rigid", iterations: int = 200,
+                    seed: int = 0, sampling: float = 0.25) -> RegistrationResult:
+    """Mutual-information registration of ``moving`` to ``fixed``; the result is a 4x4 affine.
+
+    ``model="rigid"`` (6 dof) or ``"affine"`` (rigid first, then 12 dof, as the paper).
+    Rigid is the default because Mattes MI on a head with much air around it rewards
+    spurious scaling (on synthetic heads the affine stage drifted 1-10 % in scale while
+    rigid was exact); for one patient's CT and MR the head is rigid anyway.
+    ``fixed_mask`` / ``moving_mask`` (bool, on each grid) restrict the metric,
+    e.g. body minus skull on the CT. The result maps fixed world points to moving
+    world points, so ``preprocess.resample_like(moving, fixed, transform=result.transform)``
+    is aligned.
+    """
+    if model not in MODELS:
+        raise ValueError(f"registration model must be one of {MODELS}, got {model!r}")
     import SimpleITK as sitk
 
     f_img = to_sitk(fixed, np.asarray(fixed.data, np.float32))
